@@ -1,0 +1,33 @@
+"""The `tallyflow` command: one subcommand per pipeline or tool.
+
+Each subcommand's module owns its arguments (`main(argv)`), so `tallyflow X
+--help` and `python -m pipelines.X --help` document the same options.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+# subcommand -> (module, one-line help)
+COMMANDS = {
+    "recompute": ("pipelines.recompute_usage", "Recompute exact usage for a period (batch)."),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        width = max(len(name) for name in COMMANDS)
+        print("usage: tallyflow COMMAND [options]   (tallyflow COMMAND --help for its options)\n")
+        for name, (_, text) in COMMANDS.items():
+            print(f"  {name.ljust(width)}  {text}")
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\ntallyflow: unknown command {argv[0]!r}", file=sys.stderr)
+            return 2
+        return 0 if argv else 2
+    module = importlib.import_module(COMMANDS[argv[0]][0])
+    return module.main(argv[1:]) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

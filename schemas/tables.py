@@ -1,0 +1,290 @@
+"""The BigQuery tables and views of SPEC §4, defined once.
+
+Every other representation derives from these definitions: the
+`google-cloud-bigquery` schemas the local stack creates tables with, the DDL,
+the Beam `WriteToBigQuery` schemas and the table reference in the docs. Usage
+values are NUMERIC (29 integer and 9 fraction digits, exact); meters declared
+`precision: BIGNUMERIC` write `value_bignumeric` instead, so no value ever
+passes through a float or a narrower decimal.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str  # BigQuery standard SQL type name
+    description: str
+    mode: str = "NULLABLE"
+
+    def bigquery_field(self):
+        from google.cloud import bigquery
+
+        return bigquery.SchemaField(self.name, self.type, mode=self.mode,
+                                    description=self.description)
+
+    def ddl(self) -> str:
+        not_null = " NOT NULL" if self.mode == "REQUIRED" else ""
+        return f"  `{self.name}` {self.type}{not_null} OPTIONS(description={_sql_string(self.description)})"
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    description: str
+    columns: tuple[Column, ...]
+    partition_field: str | None = None  # DAY partitioning on this TIMESTAMP column
+    clustering: tuple[str, ...] = ()
+
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def bigquery_schema(self) -> list:
+        return [c.bigquery_field() for c in self.columns]
+
+    def beam_schema(self) -> dict:
+        """The schema in the JSON form `beam.io.WriteToBigQuery(schema=...)` accepts."""
+        return {"fields": [{"name": c.name, "type": c.type, "mode": c.mode,
+                            "description": c.description} for c in self.columns]}
+
+    def bigquery_table(self, project: str, dataset: str):
+        from google.cloud import bigquery
+
+        table = bigquery.Table(f"{project}.{dataset}.{self.name}", schema=self.bigquery_schema())
+        table.description = self.description
+        if self.partition_field:
+            table.time_partitioning = bigquery.TimePartitioning(
+                type_=bigquery.TimePartitioningType.DAY, field=self.partition_field)
+        if self.clustering:
+            table.clustering_fields = list(self.clustering)
+        return table
+
+    def ddl(self, project: str, dataset: str) -> str:
+        columns = ",\n".join(c.ddl() for c in self.columns)
+        parts = [f"CREATE TABLE IF NOT EXISTS `{project}.{dataset}.{self.name}` (\n{columns}\n)"]
+        if self.partition_field:
+            parts.append(f"PARTITION BY DATE(`{self.partition_field}`)")
+        if self.clustering:
+            parts.append("CLUSTER BY " + ", ".join(f"`{c}`" for c in self.clustering))
+        parts.append(f"OPTIONS(description={_sql_string(self.description)})")
+        return "\n".join(parts)
+
+    def markdown(self) -> str:
+        lines = [f"### `{self.name}`", "", self.description, ""]
+        if self.partition_field:
+            lines.append(f"Partitioned by day of `{self.partition_field}`.")
+        if self.clustering:
+            lines.append("Clustered by " + ", ".join(f"`{c}`" for c in self.clustering) + ".")
+        lines += ["", "| column | type | mode | description |", "|---|---|---|---|"]
+        lines += [f"| `{c.name}` | {c.type} | {c.mode} | {c.description} |" for c in self.columns]
+        return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class View:
+    name: str
+    description: str
+    sql: str  # uses {project} and {dataset}
+
+    def query(self, project: str, dataset: str) -> str:
+        return self.sql.format(project=project, dataset=dataset)
+
+    def ddl(self, project: str, dataset: str) -> str:
+        return (f"CREATE OR REPLACE VIEW `{project}.{dataset}.{self.name}` "
+                f"OPTIONS(description={_sql_string(self.description)}) AS\n"
+                + self.query(project, dataset))
+
+    def markdown(self) -> str:
+        return f"### `{self.name}` (view)\n\n{self.description}\n\n```sql\n{self.sql.strip()}\n```\n"
+
+
+def _sql_string(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _usage_key_columns() -> tuple[Column, ...]:
+    return (
+        Column("subject", "STRING", "Customer id (CloudEvents `subject`).", "REQUIRED"),
+        Column("meter", "STRING", "Meter key from the catalog.", "REQUIRED"),
+        Column("dimensions", "STRING",
+               "The meter's group-by values as a JSON object with sorted keys.", "REQUIRED"),
+        Column("window_start", "TIMESTAMP", "Window start (inclusive), UTC.", "REQUIRED"),
+        Column("window_end", "TIMESTAMP", "Window end (exclusive), UTC.", "REQUIRED"),
+    )
+
+
+def _usage_value_columns(prefix: str = "") -> tuple[Column, ...]:
+    return (
+        Column(f"{prefix}value", "NUMERIC",
+               "Exact usage value (NULL for meters declared BIGNUMERIC)."),
+        Column(f"{prefix}value_bignumeric", "BIGNUMERIC",
+               "Exact usage value of a meter declared `precision: BIGNUMERIC`."),
+        Column(f"{prefix}event_count", "INT64",
+               "Deduplicated events that fed the value."),
+        Column(f"{prefix}fingerprint", "STRING",
+               "Order-independent fingerprint of the (source, id) identities behind the value."),
+    )
+
+
+EVENTS = Table(
+    name="events",
+    description="Every accepted (valid, first-seen) usage event: the source of truth for "
+                "recompute and audit.",
+    columns=(
+        Column("source", "STRING", "CloudEvents `source`.", "REQUIRED"),
+        Column("id", "STRING", "CloudEvents `id`; (source, id) is the identity.", "REQUIRED"),
+        Column("type", "STRING", "CloudEvents `type`.", "REQUIRED"),
+        Column("subject", "STRING", "Customer id.", "REQUIRED"),
+        Column("time", "TIMESTAMP", "Event time (microseconds; `raw` keeps full precision).",
+               "REQUIRED"),
+        Column("data", "STRING", "The event's `data` as JSON text."),
+        Column("raw", "STRING", "The event exactly as received (JSON).", "REQUIRED"),
+        Column("ingest_time", "TIMESTAMP", "When the pipeline accepted the event.", "REQUIRED"),
+        Column("message_id", "STRING", "Pub/Sub message id, or file:line for file input."),
+        Column("job_id", "STRING", "The pipeline run that accepted the event."),
+    ),
+    partition_field="time",
+    clustering=("subject", "type"),
+)
+
+USAGE_PANES = Table(
+    name="usage_panes",
+    description="One row per emitted streaming pane (accumulating): the provisional and "
+                "on-time usage per subject x meter x dimensions x window.",
+    columns=_usage_key_columns() + _usage_value_columns() + (
+        Column("pane_timing", "STRING", "EARLY, ON_TIME or LATE.", "REQUIRED"),
+        Column("pane_index", "INT64", "Index of the pane within its window.", "REQUIRED"),
+        Column("is_final", "BOOL", "Whether this is the window's last pane.", "REQUIRED"),
+        Column("emitted_at", "TIMESTAMP", "Processing time the pane was emitted.", "REQUIRED"),
+        Column("job_id", "STRING", "The streaming job that emitted the pane."),
+        Column("row_id", "STRING", "Deterministic id of the row, used as insert id.", "REQUIRED"),
+    ),
+    partition_field="window_start",
+    clustering=("subject", "meter"),
+)
+
+USAGE_RECOMPUTED = Table(
+    name="usage_recomputed",
+    description="Batch recompute results per window of a recomputed period. Append-only: "
+                "each run adds a revision; the latest revision of a period is authoritative.",
+    columns=_usage_key_columns() + _usage_value_columns() + (
+        Column("revision", "INT64", "Revision number of the period (1, 2, ...).", "REQUIRED"),
+        Column("run_id", "STRING", "The recompute run that wrote the row.", "REQUIRED"),
+        Column("recomputed_at", "TIMESTAMP", "When the run committed.", "REQUIRED"),
+        Column("reason", "STRING", "Why the period was recomputed."),
+        Column("period_start", "TIMESTAMP", "Start of the recomputed period.", "REQUIRED"),
+        Column("period_end", "TIMESTAMP", "End (exclusive) of the recomputed period.", "REQUIRED"),
+    ),
+    partition_field="window_start",
+    clustering=("subject", "meter"),
+)
+
+DEAD_LETTER = Table(
+    name="dead_letter",
+    description="Every rejected message or event, with the reason. Nothing is dropped.",
+    columns=(
+        Column("payload", "STRING", "The rejected payload as text (invalid UTF-8 replaced)."),
+        Column("payload_bytes", "BYTES", "The rejected payload exactly as received."),
+        Column("attributes", "STRING", "Pub/Sub attributes as a JSON object."),
+        Column("error_code", "STRING", "Stable error code (first problem).", "REQUIRED"),
+        Column("error_message", "STRING", "Every problem found, human readable.", "REQUIRED"),
+        Column("event_source", "STRING", "The event's `source`, when it could be read."),
+        Column("event_id", "STRING", "The event's `id`, when it could be read."),
+        Column("message_id", "STRING", "Pub/Sub message id, or file:line for file input."),
+        Column("pipeline", "STRING", "The pipeline that rejected it.", "REQUIRED"),
+        Column("job_id", "STRING", "The run that rejected it."),
+        Column("failed_at", "TIMESTAMP", "When it was rejected.", "REQUIRED"),
+    ),
+    partition_field="failed_at",
+    clustering=("error_code",),
+)
+
+LATE_EVENTS = Table(
+    name="late_events",
+    description="Accepted events that arrived after their window's allowed lateness. Their "
+                "windows are marked for batch recompute; the events are also in `events`.",
+    columns=(
+        Column("source", "STRING", "CloudEvents `source`.", "REQUIRED"),
+        Column("id", "STRING", "CloudEvents `id`.", "REQUIRED"),
+        Column("subject", "STRING", "Customer id.", "REQUIRED"),
+        Column("type", "STRING", "CloudEvents `type`.", "REQUIRED"),
+        Column("time", "TIMESTAMP", "Event time.", "REQUIRED"),
+        Column("window_start", "TIMESTAMP", "Start of the window the event belongs to.",
+               "REQUIRED"),
+        Column("window_end", "TIMESTAMP", "End of that window.", "REQUIRED"),
+        Column("ingest_time", "TIMESTAMP", "When the pipeline received the event.", "REQUIRED"),
+        Column("lateness_seconds", "NUMERIC",
+               "How far past window end + allowed lateness it arrived.", "REQUIRED"),
+        Column("job_id", "STRING", "The streaming job that saw it."),
+    ),
+    partition_field="window_start",
+    clustering=("subject",),
+)
+
+RECONCILIATION = Table(
+    name="reconciliation",
+    description="Streaming vs recomputed usage per subject x meter x dimensions x window of a "
+                "recomputed period.",
+    columns=_usage_key_columns() + (
+        Column("stream_value", "BIGNUMERIC", "Latest streaming pane value."),
+        Column("stream_event_count", "INT64", "Latest streaming pane event count."),
+        Column("stream_fingerprint", "STRING", "Latest streaming pane fingerprint."),
+        Column("batch_value", "BIGNUMERIC", "Recomputed value (latest revision)."),
+        Column("batch_event_count", "INT64", "Recomputed event count."),
+        Column("batch_fingerprint", "STRING", "Recomputed fingerprint."),
+        Column("value_difference", "BIGNUMERIC", "batch_value - stream_value."),
+        Column("status", "STRING",
+               "match, value_mismatch, missing_in_stream or missing_in_batch.", "REQUIRED"),
+        Column("run_id", "STRING", "The reconcile run.", "REQUIRED"),
+        Column("reconciled_at", "TIMESTAMP", "When it ran.", "REQUIRED"),
+    ),
+    partition_field="window_start",
+    clustering=("status", "subject"),
+)
+
+TABLES: tuple[Table, ...] = (EVENTS, USAGE_PANES, USAGE_RECOMPUTED, DEAD_LETTER, LATE_EVENTS,
+                             RECONCILIATION)
+
+USAGE_VIEW = View(
+    name="usage",
+    description="Exact current usage per subject x meter x dimensions x window: the latest "
+                "recomputed revision where the window's period was recomputed, else the "
+                "latest streaming pane.",
+    sql="""
+WITH latest_pane AS (
+  SELECT subject, meter, dimensions, window_start, window_end, value, value_bignumeric,
+         event_count, fingerprint, 'stream' AS origin, emitted_at AS as_of
+  FROM `{project}.{dataset}.usage_panes`
+  QUALIFY ROW_NUMBER() OVER (
+    PARTITION BY subject, meter, dimensions, window_start
+    ORDER BY pane_index DESC, emitted_at DESC) = 1
+),
+latest_revision AS (
+  SELECT window_start, MAX(revision) AS revision
+  FROM `{project}.{dataset}.usage_recomputed`
+  GROUP BY window_start
+),
+recomputed AS (
+  SELECT r.subject, r.meter, r.dimensions, r.window_start, r.window_end, r.value,
+         r.value_bignumeric, r.event_count, r.fingerprint, 'recompute' AS origin,
+         r.recomputed_at AS as_of
+  FROM `{project}.{dataset}.usage_recomputed` r
+  JOIN latest_revision l USING (window_start, revision)
+)
+SELECT * FROM recomputed
+UNION ALL
+SELECT p.* FROM latest_pane p
+WHERE p.window_start NOT IN (SELECT window_start FROM latest_revision)
+""",
+)
+
+VIEWS: tuple[View, ...] = (USAGE_VIEW,)
+
+
+def table(name: str) -> Table:
+    for t in TABLES:
+        if t.name == name:
+            return t
+    raise KeyError(f"no table named {name!r}; tables: {', '.join(t.name for t in TABLES)}")

@@ -1,0 +1,31 @@
+"""tallyflow: exact usage metering on Apache Beam.
+
+The package is installable so Dataflow workers get the same code the launcher
+runs (Flex Templates use FLEX_TEMPLATE_PYTHON_SETUP_FILE with this file).
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="tallyflow",
+    version="0.1.0",
+    description="Exact usage metering: CloudEvents from Pub/Sub to BigQuery with Apache Beam",
+    python_requires=">=3.11,<3.14",
+    packages=find_packages(include=["schemas", "schemas.*", "transforms", "transforms.*",
+                                    "pipelines", "pipelines.*"]),
+    package_data={"schemas": ["*.yaml"]},
+    install_requires=[
+        "apache-beam[gcp]==2.77.*",
+        "orjson>=3.8",
+        "PyYAML>=6.0",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "hypothesis>=6.100",
+            "duckdb>=1.1",
+            "pandas>=2.0",
+        ],
+    },
+    entry_points={"console_scripts": ["tallyflow=pipelines.cli:main"]},
+)
