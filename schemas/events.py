@@ -1,0 +1,190 @@
+"""Usage events (SPEC §1): CloudEvents 1.0 in JSON, validated whole.
+
+`parse_payload` turns one input payload (a file line or a Pub/Sub message)
+into accepted events and rejections; nothing it is given disappears. An event
+is accepted or rejected whole: every meter that reads it must find a valid
+value, else it is rejected once with every problem listed, so a producer can
+re-send a corrected event under the same identity.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from schemas.catalog import MeterCatalog
+from schemas.values import ValueProblem, dumps_exact, loads_exact, parse_rfc3339
+
+SPECVERSION = "1.0"
+REQUIRED_ATTRIBUTES = ("specversion", "id", "source", "type", "subject", "time")
+IDENTIFIER_ATTRIBUTES = ("id", "source", "type", "subject")
+DEFAULT_MAX_IDENTIFIER_LENGTH = 256
+DEFAULT_MAX_FUTURE_SKEW_NS = 5 * 60 * 1_000_000_000
+
+# Stable error codes, in the order a rejection names its first problem.
+ERROR_CODES = (
+    "MALFORMED_JSON",          # not JSON, not UTF-8, or an empty line
+    "EMPTY_BATCH",             # a CloudEvents batch (JSON array) with no event
+    "NOT_AN_OBJECT",           # the payload or a batch element is not a JSON object
+    "MISSING_ATTRIBUTE",       # a required attribute is absent or null
+    "INVALID_ATTRIBUTE",       # not a string, or longer than the identifier limit
+    "EMPTY_ATTRIBUTE",         # a required attribute is ""
+    "UNSUPPORTED_SPECVERSION",
+    "BAD_TIME",                # not RFC 3339 with an offset, or outside years 1..9999
+    "FUTURE_TIME",             # further ahead of processing time than max_future_skew
+    "VALUE_MISSING",
+    "VALUE_NOT_SCALAR",
+    "VALUE_NOT_NUMERIC",
+    "VALUE_NOT_FINITE",
+    "VALUE_NEGATIVE",
+    "VALUE_OUT_OF_RANGE",
+    "DIMENSION_NOT_SCALAR",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """What one meter takes from one event: value is Decimal, text (UNIQUE_COUNT) or None."""
+
+    meter: str
+    dimensions: str  # canonical JSON object, sorted keys
+    value: object
+
+
+@dataclass(frozen=True, slots=True)
+class UsageEvent:
+    source: str
+    id: str
+    type: str
+    subject: str
+    time_ns: int
+    raw: str           # the event as received (batch elements re-serialised exactly)
+    position: str      # where it came from: message id, or file:line[#element]
+    order: tuple       # sort key of the position; the smallest copy of an identity wins
+    readings: tuple[Reading, ...]
+
+    @property
+    def identity(self) -> tuple[str, str]:
+        return (self.source, self.id)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    error_code: str
+    error_message: str
+    payload: str
+    position: str
+    event_source: str | None = None
+    event_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Limits:
+    now_ns: int
+    max_future_skew_ns: int = DEFAULT_MAX_FUTURE_SKEW_NS
+    max_identifier_length: int = DEFAULT_MAX_IDENTIFIER_LENGTH
+
+
+def parse_payload(payload: bytes, position: str, order: tuple, catalog: MeterCatalog,
+                  limits: Limits) -> list[UsageEvent | Rejection]:
+    """One payload -> its events and rejections (a JSON array is a CloudEvents batch)."""
+    text = _text(payload)
+    if not payload.strip():
+        return [Rejection("MALFORMED_JSON", "empty payload", text, position)]
+    try:
+        document = loads_exact(payload)
+    except (ValueError, RecursionError) as e:
+        return [Rejection("MALFORMED_JSON", f"not valid JSON: {e}", text, position)]
+    if isinstance(document, list):
+        if not document:
+            return [Rejection("EMPTY_BATCH", "CloudEvents batch contains no event", text,
+                              position)]
+        return [parse_event(element, f"{position}#{i}", order + (i,), catalog, limits)
+                for i, element in enumerate(document)]
+    return [parse_event(document, position, order, catalog, limits, raw=text.strip())]
+
+
+def parse_event(obj, position: str, order: tuple, catalog: MeterCatalog,
+                limits: Limits, raw: str | None = None) -> UsageEvent | Rejection:
+    """One decoded JSON value -> an accepted event or a rejection listing every problem.
+
+    `raw` is the event's text as received when it had a payload of its own.
+    """
+    raw = dumps_exact(obj) if raw is None else raw
+    if not isinstance(obj, dict):
+        return Rejection("NOT_AN_OBJECT", f"event is a JSON {_kind(obj)}, not an object",
+                         raw, position)
+    problems: list[tuple[str, str]] = []
+    for name in REQUIRED_ATTRIBUTES:
+        value = obj.get(name)
+        if value is None:
+            problems.append(("MISSING_ATTRIBUTE", f"required attribute {name} is missing"))
+        elif not isinstance(value, str):
+            problems.append(("INVALID_ATTRIBUTE",
+                             f"attribute {name} must be a string, got {_kind(value)}"))
+        elif not value:
+            problems.append(("EMPTY_ATTRIBUTE", f"attribute {name} is empty"))
+        elif name in IDENTIFIER_ATTRIBUTES and len(value) > limits.max_identifier_length:
+            problems.append(("INVALID_ATTRIBUTE", f"attribute {name} is longer than "
+                             f"{limits.max_identifier_length} characters"))
+    specversion = obj.get("specversion")
+    if isinstance(specversion, str) and specversion and specversion != SPECVERSION:
+        problems.append(("UNSUPPORTED_SPECVERSION",
+                         f"specversion {specversion!r} is not supported (only {SPECVERSION})"))
+    time_ns = None
+    if isinstance(obj.get("time"), str) and obj["time"]:
+        try:
+            time_ns = parse_rfc3339(obj["time"])
+        except ValueError as e:
+            problems.append(("BAD_TIME", str(e)))
+        else:
+            if time_ns > limits.now_ns + limits.max_future_skew_ns:
+                problems.append(("FUTURE_TIME", f"time {obj['time']} is more than "
+                                 f"{limits.max_future_skew_ns // 1_000_000_000} s ahead of "
+                                 "processing time"))
+    readings = _readings(obj, catalog, problems)
+    source, event_id = _text_or_none(obj.get("source")), _text_or_none(obj.get("id"))
+    if problems:
+        code = min(problems, key=lambda p: ERROR_CODES.index(p[0]))[0]
+        return Rejection(code, "; ".join(message for _, message in problems), raw, position,
+                         source, event_id)
+    return UsageEvent(source=source, id=event_id, type=obj["type"], subject=obj["subject"],
+                      time_ns=time_ns, raw=raw, position=position, order=order,
+                      readings=readings)
+
+
+def _readings(obj: dict, catalog: MeterCatalog, problems: list) -> tuple[Reading, ...]:
+    event_type = obj.get("type")
+    if not isinstance(event_type, str):
+        return ()
+    data = obj.get("data")
+    readings = []
+    for meter in catalog.meters_for(event_type):
+        try:
+            value = meter.read_value(data)
+            dimensions = dumps_exact(meter.read_dimensions(data), sort_keys=True)
+        except ValueProblem as problem:
+            problems.append((problem.code, str(problem)))
+            continue
+        readings.append(Reading(meter.key, dimensions, value))
+    return tuple(readings)
+
+
+def _text(payload: bytes) -> str:
+    return payload.decode("utf-8", errors="replace")
+
+
+def _text_or_none(value) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _kind(value) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if value is None:
+        return "null"
+    if isinstance(value, dict):
+        return "object"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    return "number"

@@ -1,0 +1,102 @@
+"""Where every input ends up: file rows for usage and dead letters, and the summary.
+
+The summary is computed from the data itself (not from runner metrics), so
+its conservation check means the same on every runner.
+"""
+from __future__ import annotations
+
+import json
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.transforms.window import GlobalWindows
+
+
+def usage_line(row: dict) -> str:
+    """A usage row as a JSONL line: dimensions as a JSON object with sorted keys."""
+    return json.dumps({**row, "dimensions": json.loads(row["dimensions"])},
+                      sort_keys=True, ensure_ascii=False)
+
+
+def dead_letter_line(rejection) -> str:
+    return json.dumps({
+        "error_code": rejection.error_code,
+        "error_message": rejection.error_message,
+        "payload": rejection.payload,
+        "position": rejection.position,
+        "event_source": rejection.event_source,
+        "event_id": rejection.event_id,
+    }, sort_keys=True, ensure_ascii=False)
+
+
+def _outcome_counts(name: str):
+    """The (counter, amount) pairs one element of outcome `name` contributes."""
+    if name == "duplicates":
+        return lambda d: [("duplicates", d.copies), ("conflicting_duplicates", d.conflicts)]
+    if name == "dead_letters":
+        return lambda r: [("records", 1), ("dead_lettered", 1),
+                          (f"dead_lettered_by_code/{r.error_code}", 1)]
+    if name == "parsed_events":
+        return lambda _: [("records", 1)]
+    return lambda _: [(name, 1)]
+
+
+class _WriteSummary(beam.DoFn):
+    def __init__(self, path: str, context: dict):
+        self._path = path
+        self._context = context
+
+    def process(self, counts):
+        counts = dict(counts)
+        by_code = {key.split("/", 1)[1]: n for key, n in sorted(counts.items())
+                   if key.startswith("dead_lettered_by_code/")}
+        records = counts.get("records", 0)
+        accounted = (counts.get("accepted", 0) + counts.get("duplicates", 0)
+                     + counts.get("dead_lettered", 0))
+        summary = {
+            **self._context,
+            "lines_read": counts.get("lines", 0),
+            "records_read": records,
+            "events_accepted": counts.get("accepted", 0),
+            "duplicates": counts.get("duplicates", 0),
+            "conflicting_duplicates": counts.get("conflicting_duplicates", 0),
+            "dead_lettered": counts.get("dead_lettered", 0),
+            "dead_lettered_by_code": by_code,
+            "unmetered": counts.get("unmetered", 0),
+            "outside_period": counts.get("outside_period", 0),
+            "usage_rows": counts.get("usage_rows", 0),
+            "conservation": {
+                "records_read": records,
+                "accepted_plus_duplicates_plus_dead_lettered": accounted,
+                "holds": records == accounted,
+            },
+        }
+        with FileSystems.create(self._path) as f:
+            f.write(json.dumps(summary, indent=2).encode("utf-8") + b"\n")
+        yield summary
+
+
+class SummarizeOutcomes(beam.PTransform):
+    """{outcome name: PCollection} -> summary.json at `path`.
+
+    `lines` are raw inputs; records (a line, or each event of a batch line)
+    are what parsing produced (`parsed_events` + `dead_letters`). Conservation
+    holds when deduplication accounted for every parsed event:
+    records = accepted + duplicates + dead-lettered.
+    """
+
+    def __init__(self, path: str, context: dict):
+        super().__init__()
+        self._path = path
+        self._context = context
+
+    def expand(self, outcomes: dict):
+        counted = [pcoll
+                   | f"Unwindow_{name}" >> beam.WindowInto(GlobalWindows())
+                   | f"Count_{name}" >> beam.FlatMap(_outcome_counts(name))
+                   for name, pcoll in outcomes.items()]
+        return (counted
+                | "All" >> beam.Flatten()
+                | "Sum" >> beam.CombinePerKey(sum)
+                | "Gather" >> beam.combiners.ToList()
+                | "Write" >> beam.ParDo(_WriteSummary(self._path, self._context)))
