@@ -1,0 +1,132 @@
+"""CloudEvents validation: every error code, whole-event acceptance, batches."""
+from decimal import Decimal
+
+import pytest
+
+from schemas.events import ERROR_CODES, Limits, Rejection, UsageEvent, parse_payload
+from schemas.values import parse_rfc3339
+from tests.conftest import event, line
+
+NOW = parse_rfc3339("2026-11-21T00:00:00Z")
+LIMITS = Limits(now_ns=NOW)
+CALL = {"region": "eu", "amount": "2.5", "user": "u1"}
+
+
+def parse(payload: bytes, catalog):
+    return parse_payload(payload, "f:1", ("f", 1), catalog, LIMITS)
+
+
+def one(payload, catalog):
+    results = parse(payload, catalog)
+    assert len(results) == 1
+    return results[0]
+
+
+def rejected_code(payload, catalog) -> str:
+    result = one(payload, catalog)
+    assert isinstance(result, Rejection), result
+    return result.error_code
+
+
+CASES = [
+    (b"{not json", "MALFORMED_JSON"),
+    (b"", "MALFORMED_JSON"),
+    (b"   ", "MALFORMED_JSON"),
+    (b'{"id": "\xff\xfe"}', "MALFORMED_JSON"),
+    (b"[]", "EMPTY_BATCH"),
+    (b'"just a string"', "NOT_AN_OBJECT"),
+    (b"42", "NOT_AN_OBJECT"),
+    (b"null", "NOT_AN_OBJECT"),
+    (line(event(time=None)), "MISSING_ATTRIBUTE"),
+    (line({k: v for k, v in event(data=CALL).items() if k != "subject"}), "MISSING_ATTRIBUTE"),
+    (line(event(id="", data=CALL)), "EMPTY_ATTRIBUTE"),
+    (line(event(source="", data=CALL)), "EMPTY_ATTRIBUTE"),
+    (line(event(id=17, data=CALL)), "INVALID_ATTRIBUTE"),
+    (line(event(id="x" * 257, data=CALL)), "INVALID_ATTRIBUTE"),
+    (line(event(specversion="0.3", data=CALL)), "UNSUPPORTED_SPECVERSION"),
+    (line(event(time="2026-11-02 09:00:00", data=CALL)), "BAD_TIME"),
+    (line(event(time="2026-11-21T00:05:01Z", data=CALL)), "FUTURE_TIME"),
+    (line(event(data={**CALL, "amount": None})), "VALUE_MISSING"),
+    (line(event(data={"region": "eu", "user": "u1"})), "VALUE_MISSING"),
+    (line(event()), "VALUE_MISSING"),
+    (line(event(data="amount=3")), "VALUE_MISSING"),
+    (line(event(data={**CALL, "amount": [1]})), "VALUE_NOT_SCALAR"),
+    (line(event(data={**CALL, "user": {"id": 1}})), "VALUE_NOT_SCALAR"),
+    (line(event(data={**CALL, "amount": "three"})), "VALUE_NOT_NUMERIC"),
+    (line(event(data={**CALL, "amount": True})), "VALUE_NOT_NUMERIC"),
+    (line(event(data={**CALL, "amount": "Infinity"})), "VALUE_NOT_FINITE"),
+    (b'{"specversion":"1.0","id":"n","source":"s","type":"call","subject":"a",'
+     b'"time":"2026-11-02T09:00:00Z","data":{"region":"eu","user":"u","amount":NaN}}',
+     "VALUE_NOT_FINITE"),
+    (line(event(data={**CALL, "amount": "-1"})), "VALUE_NEGATIVE"),
+    (line(event(data={**CALL, "amount": "1e30"})), "VALUE_OUT_OF_RANGE"),
+    (line(event(data={**CALL, "amount": "0.0000000001"})), "VALUE_OUT_OF_RANGE"),
+    (line(event(data={**CALL, "region": ["eu"]})), "DIMENSION_NOT_SCALAR"),
+]
+
+
+@pytest.mark.parametrize("payload,code", CASES)
+def test_every_error_code(payload, code, catalog):
+    assert rejected_code(payload, catalog) == code
+
+
+def test_every_declared_code_is_exercised():
+    assert {code for _, code in CASES} == set(ERROR_CODES)
+
+
+def test_a_rejection_lists_every_problem_and_names_the_first_code(catalog):
+    doc = event(id="", specversion="2.0", time="soon",
+                data={"region": "eu", "amount": "-3", "user": None})
+    result = one(line(doc), catalog)
+    assert result.error_code == "EMPTY_ATTRIBUTE"
+    for fragment in ("id is empty", "specversion '2.0'", "soon", "negative", "null"):
+        assert fragment in result.error_message
+    assert result.event_source == "//test" and result.event_id is None
+
+
+def test_event_is_rejected_whole_when_one_meter_fails(catalog):
+    # COUNT would accept it, SUM cannot read the amount: no meter may count it
+    result = one(line(event(data={"region": "eu", "user": "u1", "amount": "x"})), catalog)
+    assert isinstance(result, Rejection) and result.error_code == "VALUE_NOT_NUMERIC"
+
+
+def test_valid_event_with_all_readings(catalog):
+    result = one(line(event(time="2026-11-02T10:00:00+01:00", data=CALL)), catalog)
+    assert isinstance(result, UsageEvent)
+    assert result.time_ns == parse_rfc3339("2026-11-02T09:00:00Z")
+    readings = {r.meter: (r.dimensions, r.value) for r in result.readings}
+    assert readings == {
+        "calls": ('{"region":"eu"}', None),
+        "amount": ('{"region":"eu"}', Decimal("2.5")),
+        "users": ("{}", "u1"),
+        "low": ("{}", Decimal("2.5")),
+        "high": ("{}", Decimal("2.5")),
+        "last": ("{}", Decimal("2.5")),
+    }
+
+
+def test_unmetered_type_is_accepted_without_readings(catalog):
+    result = one(line(event(type="admin.login", data="anything")), catalog)
+    assert isinstance(result, UsageEvent) and result.readings == ()
+
+
+def test_missing_dimension_is_null_and_numbers_unify_with_strings(catalog):
+    result = one(line(event(data={"amount": 1, "user": 7})), catalog)
+    readings = {r.meter: (r.dimensions, r.value) for r in result.readings}
+    assert readings["amount"] == ('{"region":null}', Decimal(1))
+    assert readings["users"] == ("{}", "7")
+
+
+def test_batch_yields_each_element_with_its_own_position(catalog):
+    payload = b"[" + line(event(id="a", data=CALL)) + b',17,' + line(event(id="b")) + b"]"
+    results = parse(payload, catalog)
+    assert [type(r).__name__ for r in results] == ["UsageEvent", "Rejection", "Rejection"]
+    assert [r.position for r in results] == ["f:1#0", "f:1#1", "f:1#2"]
+    assert results[0].order == ("f", 1, 0)
+    assert results[1].error_code == "NOT_AN_OBJECT"
+    assert results[2].error_code == "VALUE_MISSING"
+
+
+def test_time_at_the_skew_limit_is_accepted(catalog):
+    result = one(line(event(time="2026-11-21T00:05:00Z", data=CALL)), catalog)
+    assert isinstance(result, UsageEvent)
