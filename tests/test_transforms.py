@@ -1,0 +1,140 @@
+"""Each composite transform alone, with TestPipeline and assert_that."""
+import apache_beam as beam
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.test_stream import TestStream
+from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.transforms.window import FixedWindows, TimestampedValue
+from apache_beam.options.pipeline_options import StandardOptions
+
+from schemas.aggregation import fingerprint_of
+from schemas.events import Limits, parse_payload
+from schemas.values import parse_rfc3339
+from transforms.aggregate import AggregateUsage, MeterReadings, event_timestamp
+from transforms.dedup import DeduplicateEvents
+from transforms.parse import ParseEvents
+from tests.conftest import event, line
+
+LIMITS = Limits(now_ns=parse_rfc3339("2026-11-21T00:00:00Z"))
+
+
+def parsed(catalog, *docs, positions=None):
+    """UsageEvents parsed from `docs`, positioned as lines 1..n of file f."""
+    out = []
+    for n, doc in enumerate(docs, start=1):
+        position = positions[n - 1] if positions else n
+        out += parse_payload(line(doc), f"f:{position}", ("f", position), catalog, LIMITS)
+    return out
+
+
+def call(id, amount, time="2026-11-02T09:10:00Z", subject="acme", region="eu", user="u1",
+         source="//test"):
+    return event(id=id, source=source, subject=subject, time=time,
+                 data={"region": region, "amount": amount, "user": user})
+
+
+def test_parse_events_routes_every_payload(catalog):
+    payloads = [("f:1", ("f", 1), line(call("a", "1"))),
+                ("f:2", ("f", 2), b"{broken"),
+                ("f:3", ("f", 3), b"[" + line(call("b", "2")) + b"," + line(call("c", "-1")) + b"]")]
+    with TestPipeline() as p:
+        out = p | beam.Create(payloads) | ParseEvents(catalog, LIMITS)
+        assert_that(out.events | "ids" >> beam.Map(lambda e: (e.id, e.position)),
+                    equal_to([("a", "f:1"), ("b", "f:3#0")]), label="events")
+        assert_that(out.dead_letters | "codes" >> beam.Map(lambda r: (r.position, r.error_code)),
+                    equal_to([("f:2", "MALFORMED_JSON"), ("f:3#1", "VALUE_NEGATIVE")]),
+                    label="dead")
+
+
+def test_bounded_dedup_keeps_the_first_copy_and_counts_conflicts(catalog):
+    events = parsed(catalog, call("a", "1"), call("b", "5"), call("a", "1"), call("a", "999"),
+                    call("a", "1", source="//other"))
+    shuffled = [events[3], events[0], events[4], events[2], events[1]]
+    with TestPipeline() as p:
+        out = p | beam.Create(shuffled) | DeduplicateEvents()
+        assert_that(out.unique | "kept" >> beam.Map(lambda e: (e.source, e.id, e.position)),
+                    equal_to([("//test", "a", "f:1"), ("//test", "b", "f:2"),
+                              ("//other", "a", "f:5")]), label="unique")
+        assert_that(out.duplicates | "dups" >> beam.Map(lambda d: (d.id, d.copies, d.conflicts)),
+                    equal_to([("a", 2, 1)]), label="duplicates")
+
+
+def test_streaming_dedup_across_panes_with_test_stream(catalog):
+    first, again, conflict, other = parsed(catalog, call("a", "1"), call("a", "1"),
+                                           call("a", "7"), call("b", "2"))
+    t0 = event_timestamp(parse_rfc3339("2026-11-02T09:10:00Z"))
+    stream = (TestStream()
+              .advance_watermark_to(t0)
+              .add_elements([TimestampedValue(first, t0), TimestampedValue(other, t0)])
+              .advance_processing_time(60)
+              .add_elements([TimestampedValue(again, t0)])
+              .advance_watermark_to(t0 + 3600)
+              .add_elements([TimestampedValue(conflict, t0)])
+              .advance_watermark_to_infinity())
+    options = StandardOptions(streaming=True)
+    with TestPipeline(options=options) as p:
+        out = p | stream | DeduplicateEvents(horizon_seconds=86400)
+        assert_that(out.unique | "kept" >> beam.Map(lambda e: (e.id, e.position)),
+                    equal_to([("a", "f:1"), ("b", "f:4")]), label="unique")
+        assert_that(out.duplicates | "dups" >> beam.Map(
+            lambda d: (d.position, d.kept_position, d.conflicts)),
+            equal_to([("f:2", "f:1", 0), ("f:3", "f:1", 1)]), label="duplicates")
+
+
+def test_streaming_dedup_forgets_identities_after_the_horizon(catalog):
+    first, again = parsed(catalog, call("a", "1"), call("a", "1"))
+    t0 = event_timestamp(parse_rfc3339("2026-11-02T09:10:00Z"))
+    stream = (TestStream()
+              .add_elements([TimestampedValue(first, t0)])
+              .advance_watermark_to(t0 + 7200)
+              .add_elements([TimestampedValue(again, t0 + 7200)])
+              .advance_watermark_to_infinity())
+    with TestPipeline(options=StandardOptions(streaming=True)) as p:
+        out = p | stream | DeduplicateEvents(horizon_seconds=3600)
+        assert_that(out.unique | beam.Map(lambda e: e.position), equal_to(["f:1", "f:2"]))
+
+
+def test_meter_readings_feed_every_meter_and_count_unmetered(catalog):
+    events = parsed(catalog, call("a", "2"), event(id="x", type="admin.login"))
+    with TestPipeline() as p:
+        out = p | beam.Create(events) | MeterReadings(catalog)
+        assert_that(out.readings | "meters" >> beam.Map(lambda kv: kv[0][1]),
+                    equal_to(["calls", "amount", "users", "low", "high", "last"]),
+                    label="readings")
+        assert_that(out.unmetered | "ids" >> beam.Map(lambda e: e.id), equal_to(["x"]),
+                    label="unmetered")
+
+
+def test_aggregate_usage_per_key_and_window(catalog):
+    events = parsed(catalog,
+                    call("a", "0.000000001", time="2026-11-02T09:00:00Z"),
+                    call("b", "99999999999999999999999999999", time="2026-11-02T10:59:59+01:00"),
+                    call("c", "3", time="2026-11-02T09:30:00Z", user="u2"),
+                    call("d", "4", time="2026-11-02T10:00:00Z"),
+                    call("e", "5", time="2026-11-02T09:30:00Z", region="us"))
+    with TestPipeline() as p:
+        rows = p | beam.Create(events) | MeterReadings(catalog)
+        usage = (rows.readings | beam.WindowInto(FixedWindows(3600)) | AggregateUsage())
+        got = usage | beam.Map(lambda r: (r["meter"], r["dimensions"], r["window_start"],
+                                          r["value"], r["event_count"]))
+        assert_that(got, equal_to([
+            ("amount", '{"region":"eu"}', "2026-11-02T09:00:00Z",
+             "100000000000000000000000000002.000000001", 3),
+            ("amount", '{"region":"us"}', "2026-11-02T09:00:00Z", "5", 1),
+            ("amount", '{"region":"eu"}', "2026-11-02T10:00:00Z", "4", 1),
+            ("calls", '{"region":"eu"}', "2026-11-02T09:00:00Z", "3", 3),
+            ("calls", '{"region":"us"}', "2026-11-02T09:00:00Z", "1", 1),
+            ("calls", '{"region":"eu"}', "2026-11-02T10:00:00Z", "1", 1),
+            ("users", "{}", "2026-11-02T09:00:00Z", "2", 4),
+            ("users", "{}", "2026-11-02T10:00:00Z", "1", 1),
+            ("low", "{}", "2026-11-02T09:00:00Z", "0.000000001", 4),
+            ("low", "{}", "2026-11-02T10:00:00Z", "4", 1),
+            ("high", "{}", "2026-11-02T09:00:00Z", "99999999999999999999999999999", 4),
+            ("high", "{}", "2026-11-02T10:00:00Z", "4", 1),
+            # b at 09:59:59Z is the latest of the 09:00 window
+            ("last", "{}", "2026-11-02T09:00:00Z", "99999999999999999999999999999", 4),
+            ("last", "{}", "2026-11-02T10:00:00Z", "4", 1),
+        ]))
+        fingerprints = usage | "fp" >> beam.Filter(
+            lambda r: r["meter"] == "calls" and r["window_start"] == "2026-11-02T10:00:00Z"
+        ) | beam.Map(lambda r: r["fingerprint"])
+        assert_that(fingerprints, equal_to([fingerprint_of([("//test", "d")])]), label="fp")
