@@ -312,14 +312,23 @@ def up(run_dir: str | Path = DEFAULT_RUN_DIR, *, project: str = DEFAULT_PROJECT,
     if stack:
         _check_same(stack, wanted)
         progress(f"reusing the local stack already running in {run_dir}")
-    else:
-        home = install(progress=progress)
-        stack = _start(run_dir, home, wanted, timeout, progress)
+        _provision_or_explain(stack)
+        return stack
+    stack = _start(run_dir, install(progress=progress), wanted, timeout, progress)
+    try:
+        _provision_or_explain(stack)
+    except BaseException:
+        down(run_dir)  # a stack without its resources is of no use: leave nothing behind
+        raise
+    return stack
+
+
+def _provision_or_explain(stack: LocalStack) -> None:
     try:
         provision(stack)
     except Exception as error:
-        raise StackError(f"creating resources on the local stack failed: {_one_line(error)}")
-    return stack
+        raise StackError(f"creating resources on the local stack failed: "
+                         f"{_one_line(error)}") from error
 
 
 def _running_stack(run_dir: Path) -> LocalStack | None:
