@@ -202,12 +202,12 @@ def generate(seed: int, events: int, subjects: int = 6) -> Messy:
     return _layout(rng, records)
 
 
-def _dump(value) -> str:
+def dump_json(value) -> str:
     """JSON text where Decimals are written as numbers, exactly as generated."""
     if isinstance(value, dict):
-        return "{" + ",".join(json.dumps(k) + ":" + _dump(v) for k, v in value.items()) + "}"
+        return "{" + ",".join(json.dumps(k) + ":" + dump_json(v) for k, v in value.items()) + "}"
     if isinstance(value, list):
-        return "[" + ",".join(_dump(v) for v in value) + "]"
+        return "[" + ",".join(dump_json(v) for v in value) + "]"
     if isinstance(value, Decimal):
         return str(value)
     return json.dumps(value)
@@ -223,12 +223,12 @@ def _layout(rng: random.Random, records: list[Record]) -> Messy:
         take = rng.randint(2, 5)
         group = records[i:i + take]
         if rng.random() < 0.1 and all(r.text is None for r in group):
-            messy.lines.append(("[" + ",".join(_dump(r.doc) for r in group) + "]").encode())
+            messy.lines.append(("[" + ",".join(dump_json(r.doc) for r in group) + "]").encode())
             positions = [f"{line_no}#{k}" for k in range(len(group))]
         else:
             group = records[i:i + 1]
             r = group[0]
-            messy.lines.append((r.text if r.text is not None else _dump(r.doc)).encode())
+            messy.lines.append((r.text if r.text is not None else dump_json(r.doc)).encode())
             positions = [f"{line_no}"]
         i += len(group)
         for record, position in zip(group, positions):
