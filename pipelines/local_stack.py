@@ -146,6 +146,7 @@ class ServiceStatus:
     address: str
     running: bool  # the recorded process is alive and is the one we started
     ready: bool  # it answers on its port
+    problem: str | None = None  # it answers, but with an error
 
 
 # ---------------------------------------------------------------- clients
@@ -210,8 +211,13 @@ def _install_marker() -> dict:
 
 
 def is_installed(home: Path | None = None) -> bool:
-    marker = (home or emulator_home()) / "installed.json"
-    return marker.exists() and json.loads(marker.read_text()) == _install_marker()
+    """The marker matches these pins and the extensions are still where DuckDB looks."""
+    home = home or emulator_home()
+    marker = home / "installed.json"
+    extensions = home / "home" / ".duckdb" / "extensions" / f"v{DUCKDB_VERSION}"
+    return (marker.exists() and json.loads(marker.read_text()) == _install_marker()
+            and all(any(extensions.glob(f"*/{name}.duckdb_extension"))
+                    for name in DUCKDB_EXTENSIONS))
 
 
 def install(home: Path | None = None, progress=None) -> Path:
@@ -226,7 +232,8 @@ def install(home: Path | None = None, progress=None) -> Path:
             return home
         started = time.monotonic()
         venv = home / "venv"
-        shutil.rmtree(venv, ignore_errors=True)  # leftovers of an interrupted install
+        for leftover in (venv, home / "home"):  # of an interrupted or damaged install
+            shutil.rmtree(leftover, ignore_errors=True)
         pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check"]
         steps = [
             ("Python 3.13 virtual environment", [_python313(), "-m", "venv", str(venv)]),
@@ -399,6 +406,8 @@ def _choose_ports(*explicit: int | None) -> tuple[int, ...]:
     """Explicit ports must be free; the others are picked by the kernel, all distinct."""
     names = ("--pubsub-port", "--bigquery-port", "--bigquery-grpc-port")
     for name, port in zip(names, explicit):
+        if port is not None and explicit.count(port) > 1:
+            raise StackError(f"port {port} is given twice ({name} and another port option)")
         if port is not None and not _port_free(port):
             raise StackError(f"port {port} on {HOST} ({name}) is already in use")
     chosen: list[int] = []
@@ -446,6 +455,9 @@ def _wait_ready(stack: LocalStack, timeout: float) -> None:
             log = stack.run_dir / logs[service.name]
             if not service.running:
                 raise StackError(f"{labels[service.name]} failed to start: {_last_line(log)} "
+                                 f"(log: {log})")
+            if service.problem:
+                raise StackError(f"{labels[service.name]} failed to start: {service.problem} "
                                  f"(log: {log})")
             if service.ready:
                 pending.discard(service.name)
@@ -543,15 +555,14 @@ def _write_state(stack: LocalStack) -> None:
 
 
 def _services(stack: LocalStack) -> list[ServiceStatus]:
+    pubsub = _probe(f"http://{stack.pubsub_host}/")
+    bigquery = _probe(f"{stack.bigquery_endpoint}/bigquery/v2/projects/{stack.project}/datasets")
     return [
         ServiceStatus("pubsub", stack.pubsub_pid, stack.pubsub_host,
-                      _is_ours(stack.pubsub_pid, stack.pubsub_port),
-                      _answers(f"http://{stack.pubsub_host}/")),
+                      _is_ours(stack.pubsub_pid, stack.pubsub_port), *pubsub),
         ServiceStatus("bigquery", stack.bigquery_pid, stack.bigquery_endpoint,
                       _is_ours(stack.bigquery_pid, stack.bigquery_port),
-                      _answers(f"{stack.bigquery_endpoint}/bigquery/v2/projects/"
-                               f"{stack.project}/datasets")
-                      and _port_open(stack.bigquery_grpc_port)),
+                      bigquery[0] and _port_open(stack.bigquery_grpc_port), bigquery[1]),
     ]
 
 
@@ -607,12 +618,18 @@ def _port_open(port: int) -> bool:
     return False
 
 
-def _answers(url: str) -> bool:
+def _probe(url: str) -> tuple[bool, str | None]:
+    """(answers 200, the error it answers with): a broken server answers, but with an error."""
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except (OSError, urllib.error.URLError):
-        return False
+        with urllib.request.urlopen(url, timeout=2):
+            return True, None
+    except urllib.error.HTTPError as error:
+        body = error.read().decode(errors="replace")
+        with contextlib.suppress(ValueError, AttributeError, TypeError):
+            body = json.loads(body)["error"]["message"]
+        return False, f"HTTP {error.code}: {_one_line(body)}"
+    except OSError:  # not listening (yet)
+        return False, None
 
 
 def _last_line(log: Path) -> str:
@@ -721,8 +738,8 @@ def _cmd_install(args) -> int:
 def _print_stack(stack: LocalStack, services: list[ServiceStatus]) -> None:
     print(f"local stack in {stack.run_dir} (project {stack.project}, dataset {stack.dataset})")
     for service in services:
-        state = ("running" if service.ready else "not answering") if service.running \
-            else "not running"
+        state = ("running" if service.ready else service.problem or "not answering") \
+            if service.running else "not running"
         print(f"  {service.name:<9} {service.address:<24} pid {service.pid:<8} {state}")
     print(f"  topic {stack.topic_path()}  subscription {stack.subscription_path()}")
     print(f"  dead letters {stack.topic_path(stack.dead_letter_topic)}  "
