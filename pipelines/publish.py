@@ -19,7 +19,7 @@ import os
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pipelines import local_stack
@@ -37,16 +37,21 @@ class Outgoing:
 
     data: bytes
     events: int
+    time: str | None  # the timestamp attribute's value
     at_ns: int | None = None
 
+    @classmethod
+    def of(cls, data: bytes, at_ns: int | None = None) -> "Outgoing":
+        try:
+            document = json.loads(data)
+        except ValueError:  # sent anyway: the pipeline dead-letters it
+            return cls(data, 1, None, at_ns)
+        events = document if isinstance(document, list) else [document]
+        return cls(data, len(events), earliest_time(events), at_ns)
 
-def timestamp_attribute(data: bytes) -> str | None:
-    """The earliest readable `time` in the message (RFC 3339 UTC, ms), or None."""
-    try:
-        document = json.loads(data)
-    except ValueError:
-        return None
-    events = document if isinstance(document, list) else [document]
+
+def earliest_time(events: list) -> str | None:
+    """The earliest readable `time` of the events (RFC 3339 UTC, ms), or None."""
     times = []
     for event in events:
         try:
@@ -66,21 +71,13 @@ def read_jsonl(path: Path) -> list[Outgoing]:
         for line in lines:
             data = line.rstrip(b"\r\n")
             if data.strip():
-                messages.append(Outgoing(data, _event_count(data)))
+                messages.append(Outgoing.of(data))
     return messages
-
-
-def _event_count(data: bytes) -> int:
-    try:
-        document = json.loads(data)
-    except ValueError:
-        return 1
-    return len(document) if isinstance(document, list) else 1
 
 
 def synthetic_messages(config: SyntheticConfig) -> tuple[list[Message], list[Outgoing]]:
     messages = generate(config)
-    return messages, [Outgoing(m.data, len(m.labels), m.emitted_ns) for m in messages]
+    return messages, [Outgoing.of(m.data, m.emitted_ns) for m in messages]
 
 
 def publish(publisher, topic_path: str, messages: list[Outgoing], attribute: str,
@@ -94,8 +91,7 @@ def publish(publisher, topic_path: str, messages: list[Outgoing], attribute: str
             delay = started + (message.at_ns - first_ns) / NS - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-        stamp = timestamp_attribute(message.data)
-        attributes = {attribute: stamp} if stamp else {}
+        attributes = {attribute: message.time} if message.time else {}
         futures.append(publisher.publish(topic_path, message.data, **attributes))
         progress.update(len(futures))
     ids = [future.result(timeout=60) for future in futures]
@@ -154,7 +150,7 @@ def _run(args, config: SyntheticConfig | None) -> int:
     if config:
         labelled, messages = synthetic_messages(config)
         if not args.realtime:
-            messages = [Outgoing(m.data, m.events) for m in messages]
+            messages = [replace(m, at_ns=None) for m in messages]
     else:
         messages = _read_file(Path(args.file))
     publisher = local_stack.publisher_client(host, publisher_options=_flow_control())
@@ -224,7 +220,7 @@ def _summary(messages: list[Outgoing], labelled: list[Message], topic_path: str,
              elapsed: float, attribute: str) -> str:
     events = sum(m.events for m in messages)
     size = sum(len(m.data) for m in messages)
-    unstamped = sum(1 for m in messages if timestamp_attribute(m.data) is None)
+    unstamped = sum(1 for m in messages if m.time is None)
     lines = [f"published {len(messages)} messages ({events} events, {size / 1e6:.2f} MB) to "
              f"{topic_path} in {elapsed:.1f} s ({len(messages) / max(elapsed, 1e-9):.0f} "
              "messages/s)"]
