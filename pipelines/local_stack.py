@@ -682,7 +682,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="seconds to wait for the servers to answer (default %(default)s)")
     start.set_defaults(handler=_cmd_up)
 
-    stop = commands.add_parser("down", parents=[run_dir], help="stop the stack and remove its state")
+    stop = commands.add_parser("down", parents=[run_dir],
+                               help="stop the stack and remove its state")
     stop.set_defaults(handler=_cmd_down)
     show = commands.add_parser("status", parents=[run_dir], help="show what runs where "
                                "(exit 1 if not running)")
@@ -702,7 +703,8 @@ def _cmd_up(args) -> int:
                bigquery_port=args.bigquery_port, bigquery_grpc_port=args.bigquery_grpc_port,
                timeout=args.timeout)
     _print_stack(stack, _services(stack))
-    print(f'\nfor other shells: eval "$(tallyflow local env --run-dir {shlex.quote(str(stack.run_dir))})"')
+    run_dir = shlex.quote(str(stack.run_dir))
+    print(f'\nfor other shells: eval "$(tallyflow local env --run-dir {run_dir})"')
     return 0
 
 

@@ -82,11 +82,13 @@ def tallyflow(*args, env=None) -> subprocess.CompletedProcess:
 
 def test_every_table_has_the_schema_partitioning_and_clustering_of_schemas(local_stack,
                                                                           bq_client):
-    listed = {t.table_id for t in bq_client.list_tables(f"{local_stack.project}.{local_stack.dataset}")}
+    dataset = f"{local_stack.project}.{local_stack.dataset}"
+    listed = {t.table_id for t in bq_client.list_tables(dataset)}
     assert listed == {t.name for t in TABLES} | {v.name for v in VIEWS}
     for table in TABLES:
-        actual = bq_client.get_table(f"{local_stack.project}.{local_stack.dataset}.{table.name}")
-        assert [standard(f) for f in actual.schema] == [standard(f) for f in table.bigquery_schema()]
+        actual = bq_client.get_table(f"{dataset}.{table.name}")
+        expected = table.bigquery_schema()
+        assert [standard(f) for f in actual.schema] == [standard(f) for f in expected]
         assert actual.time_partitioning.type_ == "DAY"
         assert actual.time_partitioning.field == table.partition_field
         assert actual.clustering_fields == list(table.clustering)
@@ -209,7 +211,8 @@ def test_an_explicit_port_in_use_is_named(tmp_path):
 
 
 def test_missing_java_is_named(tmp_path):
-    done = tallyflow("local", "up", "--run-dir", str(tmp_path), env={**os.environ, "PATH": "/nonexistent"})
+    done = tallyflow("local", "up", "--run-dir", str(tmp_path),
+                     env={**os.environ, "PATH": "/nonexistent"})
     assert done.returncode == 1
     assert done.stderr.strip() == ("tallyflow local up: Java is not installed "
                                    "(the Pub/Sub emulator needs `java` on PATH)")
