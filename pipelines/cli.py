@@ -10,6 +10,7 @@ import sys
 
 # subcommand -> (module, one-line help)
 COMMANDS = {
+    "stream": ("pipelines.streaming_usage", "Stream usage from Pub/Sub to BigQuery."),
     "recompute": ("pipelines.recompute_usage", "Recompute exact usage for a period (batch)."),
     "local": ("pipelines.local_stack", "Start, stop or inspect the local emulator stack."),
     "publish": ("pipelines.publish", "Publish usage events (JSONL or synthetic) to Pub/Sub."),

@@ -168,14 +168,19 @@ class MeterCatalog:
 def load_catalog(path: str) -> MeterCatalog:
     """Reads and validates a catalog YAML file."""
     with open(path, encoding="utf-8") as f:
-        try:
-            document = yaml.safe_load(f)
-        except yaml.YAMLError as e:
-            raise CatalogError(f"{path}: not valid YAML: {e}") from None
+        return parse_catalog_text(f.read(), path)
+
+
+def parse_catalog_text(text: str, name: str = "catalog") -> MeterCatalog:
+    """Validates catalog YAML text; errors start with `name` (usually the file)."""
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise CatalogError(f"{name}: not valid YAML: {e}") from None
     try:
         return parse_catalog(document)
     except CatalogError as e:
-        raise CatalogError(f"{path}: {e}") from None
+        raise CatalogError(f"{name}: {e}") from None
 
 
 def parse_catalog(document) -> MeterCatalog:

@@ -60,6 +60,7 @@ class UsageEvent:
     position: str      # where it came from: message id, or file:line[#element]
     order: tuple       # sort key of the position; the smallest copy of an identity wins
     readings: tuple[Reading, ...]
+    ingest_ns: int = 0  # when the pipeline received it (processing time)
 
     @property
     def identity(self) -> tuple[str, str]:
@@ -74,44 +75,70 @@ class Rejection:
     position: str
     event_source: str | None = None
     event_id: str | None = None
+    attributes: dict | None = None  # Pub/Sub attributes of the message
+    ingest_ns: int = 0
 
 
 @dataclass(frozen=True)
 class Limits:
-    now_ns: int
+    """Validation limits. `now_ns` is the processing time FUTURE_TIME is judged against;
+    None (streaming) means each payload's own ingest time."""
+
+    now_ns: int | None
     max_future_skew_ns: int = DEFAULT_MAX_FUTURE_SKEW_NS
     max_identifier_length: int = DEFAULT_MAX_IDENTIFIER_LENGTH
 
 
 def parse_payload(payload: bytes, position: str, order: tuple, catalog: MeterCatalog,
-                  limits: Limits) -> list[UsageEvent | Rejection]:
+                  limits: Limits, ingest_ns: int | None = None,
+                  attributes: dict | None = None) -> list[UsageEvent | Rejection]:
     """One payload -> its events and rejections (a JSON array is a CloudEvents batch)."""
+    context = _Context(catalog, limits, limits.now_ns if ingest_ns is None else ingest_ns,
+                       attributes)
     text = _text(payload)
     if not payload.strip():
-        return [Rejection("MALFORMED_JSON", "empty payload", text, position)]
+        return [context.reject("MALFORMED_JSON", "empty payload", text, position)]
     try:
         document = loads_exact(payload)
     except (ValueError, RecursionError) as e:
-        return [Rejection("MALFORMED_JSON", f"not valid JSON: {e}", text, position)]
+        return [context.reject("MALFORMED_JSON", f"not valid JSON: {e}", text, position)]
     if isinstance(document, list):
         if not document:
-            return [Rejection("EMPTY_BATCH", "CloudEvents batch contains no event", text,
-                              position)]
-        return [parse_event(element, f"{position}#{i}", order + (i,), catalog, limits)
+            return [context.reject("EMPTY_BATCH", "CloudEvents batch contains no event", text,
+                                   position)]
+        return [context.event(element, f"{position}#{i}", order + (i,))
                 for i, element in enumerate(document)]
-    return [parse_event(document, position, order, catalog, limits, raw=text.strip())]
+    return [context.event(document, position, order, raw=text.strip())]
 
 
-def parse_event(obj, position: str, order: tuple, catalog: MeterCatalog,
-                limits: Limits, raw: str | None = None) -> UsageEvent | Rejection:
+@dataclass(frozen=True)
+class _Context:
+    """What every event of one payload shares."""
+
+    catalog: MeterCatalog
+    limits: Limits
+    ingest_ns: int
+    attributes: dict | None
+
+    def reject(self, code, message, payload, position, source=None, event_id=None):
+        return Rejection(code, message, payload, position, source, event_id, self.attributes,
+                         self.ingest_ns)
+
+    def event(self, obj, position, order, raw=None):
+        return parse_event(obj, position, order, self, raw)
+
+
+def parse_event(obj, position: str, order: tuple, context: _Context,
+                raw: str | None = None) -> UsageEvent | Rejection:
     """One decoded JSON value -> an accepted event or a rejection listing every problem.
 
     `raw` is the event's text as received when it had a payload of its own.
     """
     raw = dumps_exact(obj) if raw is None else raw
     if not isinstance(obj, dict):
-        return Rejection("NOT_AN_OBJECT", f"event is a JSON {_kind(obj)}, not an object",
-                         raw, position)
+        return context.reject("NOT_AN_OBJECT", f"event is a JSON {_kind(obj)}, not an object",
+                              raw, position)
+    limits = context.limits
     problems: list[tuple[str, str]] = []
     for name in REQUIRED_ATTRIBUTES:
         value = obj.get(name)
@@ -136,19 +163,19 @@ def parse_event(obj, position: str, order: tuple, catalog: MeterCatalog,
         except ValueError as e:
             problems.append(("BAD_TIME", str(e)))
         else:
-            if time_ns > limits.now_ns + limits.max_future_skew_ns:
+            if time_ns > context.ingest_ns + limits.max_future_skew_ns:
                 problems.append(("FUTURE_TIME", f"time {obj['time']} is more than "
                                  f"{limits.max_future_skew_ns // 1_000_000_000} s ahead of "
                                  "processing time"))
-    readings = _readings(obj, catalog, problems)
+    readings = _readings(obj, context.catalog, problems)
     source, event_id = _text_or_none(obj.get("source")), _text_or_none(obj.get("id"))
     if problems:
         code = min(problems, key=lambda p: ERROR_CODES.index(p[0]))[0]
-        return Rejection(code, "; ".join(message for _, message in problems), raw, position,
-                         source, event_id)
+        return context.reject(code, "; ".join(message for _, message in problems), raw,
+                              position, source, event_id)
     return UsageEvent(source=source, id=event_id, type=obj["type"], subject=obj["subject"],
                       time_ns=time_ns, raw=raw, position=position, order=order,
-                      readings=readings)
+                      readings=readings, ingest_ns=context.ingest_ns)
 
 
 def _readings(obj: dict, catalog: MeterCatalog, problems: list) -> tuple[Reading, ...]:

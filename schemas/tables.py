@@ -223,6 +223,24 @@ LATE_EVENTS = Table(
     clustering=("subject",),
 )
 
+DUPLICATE_EVENTS = Table(
+    name="duplicate_events",
+    description="Every copy of an identity after the first that the streaming pipeline "
+                "dropped, for audit; `conflict` marks copies that would have billed "
+                "differently (other subject, type, time or meter values).",
+    columns=(
+        Column("source", "STRING", "CloudEvents `source`.", "REQUIRED"),
+        Column("id", "STRING", "CloudEvents `id`.", "REQUIRED"),
+        Column("message_id", "STRING", "Where the dropped copy came from."),
+        Column("kept_message_id", "STRING", "Where the kept (first) copy came from."),
+        Column("conflict", "BOOL", "Whether the copy differed from the kept one.", "REQUIRED"),
+        Column("seen_at", "TIMESTAMP", "When the dropped copy arrived.", "REQUIRED"),
+        Column("job_id", "STRING", "The streaming job that dropped it."),
+    ),
+    partition_field="seen_at",
+    clustering=("source", "id"),
+)
+
 RECONCILIATION = Table(
     name="reconciliation",
     description="Streaming vs recomputed usage per subject x meter x dimensions x window of a "
@@ -245,7 +263,7 @@ RECONCILIATION = Table(
 )
 
 TABLES: tuple[Table, ...] = (EVENTS, USAGE_PANES, USAGE_RECOMPUTED, DEAD_LETTER, LATE_EVENTS,
-                             RECONCILIATION)
+                             DUPLICATE_EVENTS, RECONCILIATION)
 
 USAGE_VIEW = View(
     name="usage",
@@ -259,7 +277,7 @@ WITH latest_pane AS (
   FROM `{project}.{dataset}.usage_panes`
   QUALIFY ROW_NUMBER() OVER (
     PARTITION BY subject, meter, dimensions, window_start
-    ORDER BY pane_index DESC, emitted_at DESC) = 1
+    ORDER BY emitted_at DESC, pane_index DESC) = 1
 ),
 latest_revision AS (
   SELECT window_start, MAX(revision) AS revision

@@ -17,8 +17,9 @@ class _ParseDoFn(beam.DoFn):
         self._limits = limits
 
     def process(self, element):
-        position, order, payload = element
-        for result in parse_payload(payload, position, order, self._catalog, self._limits):
+        position, order, payload, *received = element  # + (ingest ns, attributes) from Pub/Sub
+        for result in parse_payload(payload, position, order, self._catalog, self._limits,
+                                    *received):
             if isinstance(result, Rejection):
                 yield pvalue.TaggedOutput(DEAD_LETTERS, result)
             else:
@@ -26,7 +27,8 @@ class _ParseDoFn(beam.DoFn):
 
 
 class ParseEvents(beam.PTransform):
-    """(position, order, payload bytes) -> `events` (UsageEvent) and `dead_letters` (Rejection).
+    """(position, order, payload bytes[, ingest ns, attributes]) -> `events` (UsageEvent)
+    and `dead_letters` (Rejection).
 
     Every payload yields at least one output: one per event of a CloudEvents
     batch, or one rejection. Meter values are checked here, before
