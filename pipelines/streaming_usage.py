@@ -142,17 +142,17 @@ def build(pipeline: beam.Pipeline, options: StreamingUsageOptions, job_id: str) 
         return (pcoll | f"{name}Rows" >> beam.Map(to_row)
                 | f"Write{name}" >> WriteRows(target, table, method))
 
-    write(out.dead_letters, "DeadLetters", DEAD_LETTER,
+    write(out["dead_letters"], "DeadLetters", DEAD_LETTER,
           lambda r: rows.dead_letter_row(r, PIPELINE_NAME, job_id))
     if options.dead_letter_topic:
-        _ = out.dead_letters | "PublishDeadLetters" >> PublishDeadLetters(
+        _ = out["dead_letters"] | "PublishDeadLetters" >> PublishDeadLetters(
             options.dead_letter_topic)
-    write(out.accepted, "Events", EVENTS, lambda e: rows.event_row(e, job_id))
-    write(out.duplicates, "Duplicates", DUPLICATE_EVENTS,
+    write(out["accepted"], "Events", EVENTS, lambda e: rows.event_row(e, job_id))
+    write(out["duplicates"], "Duplicates", DUPLICATE_EVENTS,
           lambda d: rows.duplicate_row(d, time.time_ns(), job_id))
-    write(out.too_late, "LateEvents", LATE_EVENTS,
+    write(out["too_late"], "LateEvents", LATE_EVENTS,
           lambda el: rows.late_event_row(el[0], el[1], window_ns, job_id))
-    write(out.usage, "UsagePanes", USAGE_PANES,
+    write(out["usage"], "UsagePanes", USAGE_PANES,
           lambda r: rows.usage_pane_row(r, r["meter"] in bignumeric, time.time_ns(), job_id))
 
 
