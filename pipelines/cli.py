@@ -12,6 +12,7 @@ import sys
 COMMANDS = {
     "stream": ("pipelines.streaming_usage", "Stream usage from Pub/Sub to BigQuery."),
     "recompute": ("pipelines.recompute_usage", "Recompute exact usage for a period (batch)."),
+    "reconcile": ("pipelines.reconcile", "Compare streaming and recomputed usage for a period."),
     "local": ("pipelines.local_stack", "Start, stop or inspect the local emulator stack."),
     "publish": ("pipelines.publish", "Publish usage events (JSONL or synthetic) to Pub/Sub."),
 }

@@ -1,70 +1,95 @@
 """Recompute: exact usage for closed periods, in batch, from stored events.
 
-Reads CloudEvents JSONL files (one event or one CloudEvents batch per line),
+The authority for closed periods. It reads CloudEvents, either from JSONL files
+(`--input`, one event or one CloudEvents batch per line) or, without
+`--input`, the period's accepted events from the BigQuery `events` table; it
 parses and validates them whole against the meter catalog, deduplicates by
-(source, id) over the whole input (the smallest file:line copy wins), keeps
-the events of the period, assigns each to its fixed UTC event-time window and
-aggregates every meter exactly. With `--output-dir` it writes:
+(source, id) over the whole input (the smallest file:line, or the earliest
+ingested copy, wins), keeps the events of the period, assigns each to its
+fixed UTC event-time window and aggregates every meter exactly.
 
+With `--output-dir` it writes files:
   usage.jsonl        one row per subject x meter x dimensions x window
   dead_letter.jsonl  one row per rejected line or event, with error_code
   summary.json       counts, and the conservation check
                      records read = accepted + duplicates + dead-lettered
+Otherwise it restates the period in BigQuery: the rows go to a staging table
+and one transaction appends them to `usage_recomputed` with the run's row in
+`recompute_runs` (a new revision; history is kept). `--dirty` recomputes
+exactly the windows `late_events` marked since they were last recomputed.
 
-The same transforms run in the streaming pipeline; only the source, the
-windowing trigger and the sinks differ.
+The transforms are the streaming pipeline's; only the source, the windowing
+trigger and the sinks differ.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
 import time
+import uuid
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.transforms.window import FixedWindows
 
-from schemas.catalog import CatalogError, load_catalog
+from pipelines.common import (add_bigquery_arguments, bigquery_target, load_catalog_anywhere,
+                              print_help)
+from schemas.catalog import CatalogError
 from schemas.events import DEFAULT_MAX_FUTURE_SKEW_NS, Limits
-from schemas.values import parse_duration, parse_rfc3339
+from schemas.tables import DEAD_LETTER, LATE_EVENTS, RECOMPUTE_RUNS
+from schemas.values import format_time, parse_duration, parse_rfc3339
+from transforms import rows
 from transforms.aggregate import AggregateUsage, MeterReadings
+from transforms.bigquery import WriteRows
 from transforms.dedup import DeduplicateEvents
 from transforms.files import ReadPayloadLines, WriteSortedLines
-from transforms.outcomes import SummarizeOutcomes, dead_letter_line, usage_line
+from transforms.outcomes import SummarizeOutcomes, WriteJson, dead_letter_line, usage_line
 from transforms.parse import ParseEvents
+from transforms.restate import CommitRun, ReadPeriodEvents, RecomputeRun, create_staging
 
+PIPELINE_NAME = "recompute_usage"
 NS = 1_000_000_000
 
 
 class RecomputeOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
-        parser.add_argument("--meters",
-                            help="Meter catalog YAML file.")
+        parser.add_argument("--meters", help="Meter catalog YAML file (local path or gs://).")
         parser.add_argument("--input", action="append",
-                            help="CloudEvents JSONL file or glob, local or gs:// (repeatable).")
+                            help="CloudEvents JSONL file or glob, local or gs:// (repeatable). "
+                                 "Without it, events come from the BigQuery events table.")
         parser.add_argument("--output_dir", "--output-dir", dest="output_dir",
-                            help="Directory for usage.jsonl, dead_letter.jsonl, summary.json.")
+                            help="Write usage.jsonl, dead_letter.jsonl and summary.json here "
+                                 "instead of restating the period in BigQuery.")
         parser.add_argument("--window", default="1h",
                             help="Fixed event-time window size, aligned to UTC: 1m, 15m, 1h, 1d.")
         parser.add_argument("--period_start", "--period-start", dest="period_start",
                             help="Start of the period (RFC 3339, inclusive, aligned to the "
-                                 "window). Without a period every window is computed.")
+                                 "window). With files and no period, every window is computed.")
         parser.add_argument("--period_end", "--period-end", dest="period_end",
                             help="End of the period (RFC 3339, exclusive, aligned to the window).")
+        parser.add_argument("--dirty", action="store_true", default=False,
+                            help="Recompute exactly the windows late_events marked since they "
+                                 "were last recomputed (BigQuery mode).")
+        parser.add_argument("--reason", default="",
+                            help="Why the period is recomputed; kept with the revision.")
         parser.add_argument("--max_future_skew", "--max-future-skew", dest="max_future_skew",
                             default=f"{DEFAULT_MAX_FUTURE_SKEW_NS // NS}s",
-                            help="Reject events whose time is further ahead of now than this.")
+                            help="Reject events whose time is further ahead of ingest than this.")
+        add_bigquery_arguments(parser)
 
 
-def check_required(options: RecomputeOptions) -> None:
+def check_arguments(options: RecomputeOptions) -> None:
     """Beam options cannot be `required` (every pipeline parses every options class)."""
-    for flag, value in (("--meters", options.meters), ("--input", options.input),
-                        ("--output-dir", options.output_dir)):
-        if not value:
-            raise ValueError(f"{flag} is required")
+    if not options.meters:
+        raise ValueError("--meters is required")
+    if options.input and not options.output_dir:
+        raise ValueError("--input needs --output-dir (BigQuery mode reads the events table)")
+    if options.output_dir and not options.input:
+        raise ValueError("--output-dir needs --input")
+    if not options.input and not options.dirty and options.period_start is None:
+        raise ValueError("BigQuery mode needs --period-start and --period-end, or --dirty")
 
 
 def period_bounds(options: RecomputeOptions, window_ns: int) -> tuple[int | None, int | None]:
@@ -99,66 +124,158 @@ class SelectPeriod(beam.PTransform):
         return events | "InPeriod" >> beam.FlatMap(route).with_outputs("outside", main="inside")
 
 
-def build(pipeline: beam.Pipeline, options: RecomputeOptions, limits: Limits) -> None:
-    """Composes the recompute pipeline on `pipeline`."""
-    check_required(options)
-    catalog = load_catalog(options.meters)
-    window_ns = parse_duration(options.window)
-    start, end = period_bounds(options, window_ns)
-    out = options.output_dir.rstrip("/")
+def build(pipeline: beam.Pipeline, options: RecomputeOptions, limits: Limits,
+          run: RecomputeRun | None = None):
+    """Composes the recompute on `pipeline`; returns the summary PCollection.
 
-    lines = pipeline | "Read" >> ReadPayloadLines(options.input)
-    parsed = lines | "ParseEvents" >> ParseEvents(catalog, limits)
+    Files mode when `options.input` is set; otherwise `run` names the period
+    and the staging table to restate in BigQuery.
+    """
+    catalog = load_catalog_anywhere(options.meters)
+    window_ns = parse_duration(options.window)
+    if run is None:
+        start, end = period_bounds(options, window_ns)
+        payloads = pipeline | "Read" >> ReadPayloadLines(options.input)
+    else:
+        start, end = run.period_start_ns, run.period_end_ns
+        target = bigquery_target(options)
+        payloads = pipeline | "ReadEvents" >> ReadPeriodEvents(target, start, end)
+
+    parsed = payloads | "ParseEvents" >> ParseEvents(catalog, limits)
     deduped = parsed.events | "Deduplicate" >> DeduplicateEvents()
     period = deduped.unique | "SelectPeriod" >> SelectPeriod(start, end)
     metered = period.inside | "MeterReadings" >> MeterReadings(catalog)
     usage = (metered.readings
              | "Window" >> beam.WindowInto(FixedWindows(window_ns // NS))
              | "AggregateUsage" >> AggregateUsage())
+    summary = ({"lines": payloads, "parsed_events": parsed.events, "accepted": deduped.unique,
+                "duplicates": deduped.duplicates, "dead_letters": parsed.dead_letters,
+                "unmetered": metered.unmetered, "outside_period": period.outside,
+                "usage_rows": usage}
+               | "Summarize" >> SummarizeOutcomes({
+                   "meters": options.meters, "inputs": options.input or ["bigquery:events"],
+                   "window": options.window,
+                   "period_start": None if start is None else format_time(start),
+                   "period_end": None if end is None else format_time(end)}))
 
-    _ = (usage | "UsageLines" >> beam.Map(usage_line)
-         | "WriteUsage" >> WriteSortedLines(f"{out}/usage.jsonl"))
-    _ = (parsed.dead_letters | "DeadLetterLines" >> beam.Map(dead_letter_line)
-         | "WriteDeadLetters" >> WriteSortedLines(f"{out}/dead_letter.jsonl"))
-    _ = ({"lines": lines, "parsed_events": parsed.events, "accepted": deduped.unique, "duplicates": deduped.duplicates,
-          "dead_letters": parsed.dead_letters, "unmetered": metered.unmetered,
-          "outside_period": period.outside, "usage_rows": usage}
-         | "Summarize" >> SummarizeOutcomes(f"{out}/summary.json", {
-             "meters": options.meters, "inputs": options.input, "window": options.window,
-             "period_start": options.period_start, "period_end": options.period_end}))
+    if run is None:
+        out = options.output_dir.rstrip("/")
+        _ = (usage | "UsageLines" >> beam.Map(usage_line)
+             | "WriteUsage" >> WriteSortedLines(f"{out}/usage.jsonl"))
+        _ = (parsed.dead_letters | "DeadLetterLines" >> beam.Map(dead_letter_line)
+             | "WriteDeadLetters" >> WriteSortedLines(f"{out}/dead_letter.jsonl"))
+        _ = summary | "WriteSummary" >> WriteJson(f"{out}/summary.json")
+        return summary
+
+    bignumeric = {m.key for m in catalog.meters if m.precision == "BIGNUMERIC"}
+    staged = (usage
+              | "StagingRows" >> beam.Map(lambda r: run.row(r, r["meter"] in bignumeric))
+              | "Unwindow" >> beam.WindowInto(beam.transforms.window.GlobalWindows())
+              | "Stage" >> WriteRows(target, run.staging_table))
+    _ = (parsed.dead_letters
+         | "DeadLetterRows" >> beam.Map(
+             lambda r: rows.dead_letter_row(r, PIPELINE_NAME, run.run_id))
+         | "WriteDeadLetters" >> WriteRows(target, DEAD_LETTER))
+    return (staged, summary) | "CommitRun" >> CommitRun(target, run)
 
 
-def run(argv: list[str] | None = None) -> dict:
-    """Runs the recompute to files and returns the summary it wrote."""
-    options = RecomputeOptions(argv)
+def dirty_periods(client, target, window_ns: int) -> list[tuple[int, int]]:
+    """Runs of consecutive windows with too-late events no later recompute has covered."""
+    sql = (f"SELECT DISTINCT UNIX_MICROS(window_start) AS start_us "
+           f"FROM `{target.table_id(LATE_EVENTS)}` l WHERE NOT EXISTS ("
+           f"SELECT 1 FROM `{target.table_id(RECOMPUTE_RUNS)}` r "
+           f"WHERE r.period_start <= l.window_start AND l.window_start < r.period_end "
+           f"AND r.committed_at > l.ingest_time) ORDER BY start_us")
+    starts = [row["start_us"] * 1000 for row in client.query(sql).result()]
+    periods: list[list[int]] = []
+    for start in starts:
+        if periods and periods[-1][1] == start:
+            periods[-1][1] = start + window_ns
+        else:
+            periods.append([start, start + window_ns])
+    return [tuple(p) for p in periods]
+
+
+def new_run_id() -> str:
+    return f"recompute-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:6]}"
+
+
+def run(argv: list[str] | None = None) -> list[dict]:
+    """Runs the recompute; returns one summary per run (one, or one per dirty period)."""
+    options = PipelineOptions(argv)
     recompute = options.view_as(RecomputeOptions)
-    skew_ns = parse_duration(recompute.max_future_skew)
-    limits = Limits(now_ns=time.time_ns(), max_future_skew_ns=skew_ns)
-    pipeline = beam.Pipeline(options=options)
-    build(pipeline, recompute, limits)
-    pipeline.run().wait_until_finish()
-    with beam.io.filesystems.FileSystems.open(f"{recompute.output_dir.rstrip('/')}/summary.json") as f:
-        return json.load(f)
+    check_arguments(recompute)
+    limits = Limits(now_ns=time.time_ns() if recompute.input else None,
+                    max_future_skew_ns=parse_duration(recompute.max_future_skew))
+    if recompute.input:
+        pipeline = beam.Pipeline(options=options)
+        build(pipeline, recompute, limits)
+        pipeline.run().wait_until_finish()
+        with beam.io.filesystems.FileSystems.open(
+                f"{recompute.output_dir.rstrip('/')}/summary.json") as f:
+            return [json.load(f)]
+
+    window_ns = parse_duration(recompute.window)
+    target = bigquery_target(recompute)
+    client = target.client()
+    if recompute.dirty:
+        periods = dirty_periods(client, target, window_ns)
+        reason = recompute.reason or "too-late events (--dirty)"
+    else:
+        periods = [period_bounds(recompute, window_ns)]
+        reason = recompute.reason or "requested"
+    summaries = []
+    for start, end in periods:
+        print(f"tallyflow recompute: {format_time(start)} .. {format_time(end)}", file=sys.stderr)
+        restatement = RecomputeRun(new_run_id(), start, end, window_ns, reason, time.time_ns())
+        create_staging(client, target, restatement)
+        pipeline = beam.Pipeline(options=options)
+        build(pipeline, recompute, limits, restatement)
+        result = pipeline.run()
+        if _is_dataflow(options):
+            summaries.append({"run_id": restatement.run_id, "submitted": True})
+            continue
+        result.wait_until_finish()
+        summaries.append(committed_summary(client, target, restatement.run_id))
+    return summaries
+
+
+def committed_summary(client, target, run_id: str) -> dict:
+    from google.cloud import bigquery
+
+    found = list(client.query(
+        f"SELECT revision, summary FROM `{target.table_id(RECOMPUTE_RUNS)}` "
+        f"WHERE run_id = @run_id",
+        job_config=bigquery.QueryJobConfig(query_parameters=[
+            bigquery.ScalarQueryParameter("run_id", "STRING", run_id)])).result())
+    if not found:
+        raise RuntimeError(f"run {run_id} finished but did not commit")
+    return {**json.loads(found[0]["summary"]), "run_id": run_id,
+            "revision": found[0]["revision"]}
+
+
+def _is_dataflow(options: PipelineOptions) -> bool:
+    return "dataflow" in (options.view_as(StandardOptions).runner or "").lower()
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
-        parser = argparse.ArgumentParser(prog="tallyflow recompute", description=__doc__,
-                                         formatter_class=argparse.RawDescriptionHelpFormatter)
-        RecomputeOptions._add_argparse_args(parser)
-        parser.epilog = "Any Beam pipeline option (--runner, --direct_num_workers, ...) also applies."
-        parser.print_help()
+        print_help("tallyflow recompute", __doc__, RecomputeOptions)
         return 0
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     print("tallyflow recompute: running the batch pipeline ...", file=sys.stderr)
     try:
-        summary = run(argv)
+        summaries = run(argv)
     except (CatalogError, ValueError, OSError) as e:
         print(f"tallyflow recompute: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(summary, indent=2))
-    return 0 if summary["conservation"]["holds"] else 1
+    if not summaries:
+        print("tallyflow recompute: nothing to recompute", file=sys.stderr)
+    for summary in summaries:
+        print(json.dumps(summary, indent=2))
+    held = all(s.get("conservation", {}).get("holds", True) for s in summaries)
+    return 0 if held else 1
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ passes through a float or a narrower decimal.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,10 @@ class Table:
         """The schema in the JSON form `beam.io.WriteToBigQuery(schema=...)` accepts."""
         return {"fields": [{"name": c.name, "type": c.type, "mode": c.mode,
                             "description": c.description} for c in self.columns]}
+
+    def renamed(self, name: str) -> "Table":
+        """A table of the same shape under another name (e.g. a staging table)."""
+        return replace(self, name=name)
 
     def bigquery_table(self, project: str, dataset: str):
         from google.cloud import bigquery
@@ -181,6 +185,28 @@ USAGE_RECOMPUTED = Table(
     clustering=("subject", "meter"),
 )
 
+RECOMPUTE_RUNS = Table(
+    name="recompute_runs",
+    description="One row per committed recompute run: the revision of its period. A run's "
+                "rows in `usage_recomputed` and this row become visible in one transaction; "
+                "the latest run covering a window is authoritative for it.",
+    columns=(
+        Column("run_id", "STRING", "The recompute run.", "REQUIRED"),
+        Column("revision", "INT64", "Revision of the period (1 for its first run).", "REQUIRED"),
+        Column("period_start", "TIMESTAMP", "Start of the recomputed period.", "REQUIRED"),
+        Column("period_end", "TIMESTAMP", "End (exclusive) of the recomputed period.",
+               "REQUIRED"),
+        Column("window_seconds", "INT64", "Window size of the run.", "REQUIRED"),
+        Column("reason", "STRING", "Why the period was recomputed."),
+        Column("started_at", "TIMESTAMP", "When the run started.", "REQUIRED"),
+        Column("committed_at", "TIMESTAMP", "When its results became visible.", "REQUIRED"),
+        Column("summary", "STRING", "Counts of the run as JSON (events read, duplicates, "
+                                    "dead-lettered, rows)."),
+    ),
+    partition_field="period_start",
+    clustering=("run_id",),
+)
+
 DEAD_LETTER = Table(
     name="dead_letter",
     description="Every rejected message or event, with the reason. Nothing is dropped.",
@@ -244,15 +270,16 @@ DUPLICATE_EVENTS = Table(
 RECONCILIATION = Table(
     name="reconciliation",
     description="Streaming vs recomputed usage per subject x meter x dimensions x window of a "
-                "recomputed period.",
+                "recomputed period. Values of BIGNUMERIC meters are compared but not copied "
+                "here (the emulator's BIGNUMERIC is narrower than NUMERIC).",
     columns=_usage_key_columns() + (
-        Column("stream_value", "BIGNUMERIC", "Latest streaming pane value."),
+        Column("stream_value", "NUMERIC", "Latest streaming pane value (NUMERIC meters)."),
         Column("stream_event_count", "INT64", "Latest streaming pane event count."),
         Column("stream_fingerprint", "STRING", "Latest streaming pane fingerprint."),
-        Column("batch_value", "BIGNUMERIC", "Recomputed value (latest revision)."),
+        Column("batch_value", "NUMERIC", "Recomputed value of the latest run (NUMERIC meters)."),
         Column("batch_event_count", "INT64", "Recomputed event count."),
         Column("batch_fingerprint", "STRING", "Recomputed fingerprint."),
-        Column("value_difference", "BIGNUMERIC", "batch_value - stream_value."),
+        Column("value_difference", "NUMERIC", "batch_value - stream_value."),
         Column("status", "STRING",
                "match, value_mismatch, missing_in_stream or missing_in_batch.", "REQUIRED"),
         Column("run_id", "STRING", "The reconcile run.", "REQUIRED"),
@@ -262,39 +289,45 @@ RECONCILIATION = Table(
     clustering=("status", "subject"),
 )
 
-TABLES: tuple[Table, ...] = (EVENTS, USAGE_PANES, USAGE_RECOMPUTED, DEAD_LETTER, LATE_EVENTS,
-                             DUPLICATE_EVENTS, RECONCILIATION)
+TABLES: tuple[Table, ...] = (EVENTS, USAGE_PANES, USAGE_RECOMPUTED, RECOMPUTE_RUNS, DEAD_LETTER,
+                             LATE_EVENTS, DUPLICATE_EVENTS, RECONCILIATION)
 
 USAGE_VIEW = View(
     name="usage",
-    description="Exact current usage per subject x meter x dimensions x window: the latest "
-                "recomputed revision where the window's period was recomputed, else the "
-                "latest streaming pane.",
+    description="Exact current usage per subject x meter x dimensions x window: for a window "
+                "some committed recompute covers, the rows of the latest such run; otherwise "
+                "the latest streaming pane.",
     sql="""
 WITH latest_pane AS (
   SELECT subject, meter, dimensions, window_start, window_end, value, value_bignumeric,
-         event_count, fingerprint, 'stream' AS origin, emitted_at AS as_of
+         event_count, fingerprint, 'stream' AS origin, CAST(NULL AS INT64) AS revision,
+         emitted_at AS as_of
   FROM `{project}.{dataset}.usage_panes`
   QUALIFY ROW_NUMBER() OVER (
     PARTITION BY subject, meter, dimensions, window_start
     ORDER BY emitted_at DESC, pane_index DESC) = 1
 ),
-latest_revision AS (
-  SELECT window_start, MAX(revision) AS revision
-  FROM `{project}.{dataset}.usage_recomputed`
-  GROUP BY window_start
+runs AS (
+  SELECT run_id, revision, period_start, period_end, committed_at
+  FROM `{project}.{dataset}.recompute_runs`
 ),
 recomputed AS (
-  SELECT r.subject, r.meter, r.dimensions, r.window_start, r.window_end, r.value,
-         r.value_bignumeric, r.event_count, r.fingerprint, 'recompute' AS origin,
-         r.recomputed_at AS as_of
-  FROM `{project}.{dataset}.usage_recomputed` r
-  JOIN latest_revision l USING (window_start, revision)
+  SELECT u.subject, u.meter, u.dimensions, u.window_start, u.window_end, u.value,
+         u.value_bignumeric, u.event_count, u.fingerprint, 'recompute' AS origin,
+         r.revision AS revision, r.committed_at AS as_of
+  FROM `{project}.{dataset}.usage_recomputed` u
+  JOIN runs r ON u.run_id = r.run_id
+  WHERE NOT EXISTS (
+    SELECT 1 FROM runs newer
+    WHERE newer.period_start <= u.window_start AND u.window_start < newer.period_end
+      AND newer.committed_at > r.committed_at)
 )
 SELECT * FROM recomputed
 UNION ALL
-SELECT p.* FROM latest_pane p
-WHERE p.window_start NOT IN (SELECT window_start FROM latest_revision)
+SELECT * FROM latest_pane p
+WHERE NOT EXISTS (
+  SELECT 1 FROM runs r
+  WHERE r.period_start <= p.window_start AND p.window_start < r.period_end)
 """,
 )
 

@@ -72,6 +72,7 @@ class _InsertBatch(beam.DoFn):
             except Exception as e:  # transient API errors: retry, insert ids keep it idempotent
                 errors = [{"index": -1, "errors": [{"message": str(e)}]}]
             if not errors:
+                yield len(rows)
                 return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"insert into {self._table.name} failed: {errors[:3]}")
@@ -80,7 +81,8 @@ class _InsertBatch(beam.DoFn):
 
 
 class WriteRows(beam.PTransform):
-    """(row_id, row dict) -> rows in `table`, at most once per row_id.
+    """(row_id, row dict) -> rows in `table`, at most once per row_id; outputs the number
+    of rows of each written batch (INSERT_ALL), so later steps can wait for the writes.
 
     With a Beam method, the rows go through `beam.io.WriteToBigQuery` instead
     (Dataflow); row ids are then Beam's own.

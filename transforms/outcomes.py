@@ -41,9 +41,8 @@ def _outcome_counts(name: str):
     return lambda _: [(name, 1)]
 
 
-class _WriteSummary(beam.DoFn):
-    def __init__(self, path: str, context: dict):
-        self._path = path
+class _Summarize(beam.DoFn):
+    def __init__(self, context: dict):
         self._context = context
 
     def process(self, counts):
@@ -71,13 +70,32 @@ class _WriteSummary(beam.DoFn):
                 "holds": records == accounted,
             },
         }
-        with FileSystems.create(self._path) as f:
-            f.write(json.dumps(summary, indent=2).encode("utf-8") + b"\n")
         yield summary
 
 
+class _WriteJson(beam.DoFn):
+    def __init__(self, path: str):
+        self._path = path
+
+    def process(self, document):
+        with FileSystems.create(self._path) as f:
+            f.write(json.dumps(document, indent=2).encode("utf-8") + b"\n")
+        yield self._path
+
+
+class WriteJson(beam.PTransform):
+    """A single dict -> a pretty JSON file at `path` (local or gs://)."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self._path = path
+
+    def expand(self, documents):
+        return documents | "Write" >> beam.ParDo(_WriteJson(self._path))
+
+
 class SummarizeOutcomes(beam.PTransform):
-    """{outcome name: PCollection} -> summary.json at `path`.
+    """{outcome name: PCollection} -> one summary dict (counts and the conservation check).
 
     `lines` are raw inputs; records (a line, or each event of a batch line)
     are what parsing produced (`parsed_events` + `dead_letters`). Conservation
@@ -85,9 +103,8 @@ class SummarizeOutcomes(beam.PTransform):
     records = accepted + duplicates + dead-lettered.
     """
 
-    def __init__(self, path: str, context: dict):
+    def __init__(self, context: dict):
         super().__init__()
-        self._path = path
         self._context = context
 
     def expand(self, outcomes: dict):
@@ -99,4 +116,4 @@ class SummarizeOutcomes(beam.PTransform):
                 | "All" >> beam.Flatten()
                 | "Sum" >> beam.CombinePerKey(sum)
                 | "Gather" >> beam.combiners.ToList()
-                | "Write" >> beam.ParDo(_WriteSummary(self._path, self._context)))
+                | "Summarize" >> beam.ParDo(_Summarize(self._context)))

@@ -48,6 +48,12 @@ def recomputed(subject, window_start, value, revision):
                      period_end="2026-11-03T00:00:00Z")
 
 
+def committed_run(revision, period_start, period_end, committed_at):
+    return {"run_id": f"run-{revision}", "revision": revision, "period_start": period_start,
+            "period_end": period_end, "window_seconds": 3600, "reason": "test",
+            "started_at": committed_at, "committed_at": committed_at}
+
+
 def listening_ports() -> set[int]:
     """Every TCP port in LISTEN state on this machine, from /proc (no psutil needed)."""
     ports = set()
@@ -105,7 +111,13 @@ def test_usage_view_prefers_the_latest_revision_then_the_latest_pane(local_stack
         pane("view-test", streamed, "3", 0), pane("view-test", streamed, "5", 1),
         pane("view-test", both, "7", 0)]) == []
     assert bq_client.insert_rows_json(f"{project}.{dataset}.usage_recomputed", [
-        recomputed("view-test", both, "8", 1), recomputed("view-test", both, "9", 2)]) == []
+        recomputed("view-test", both, "8", 1), recomputed("view-test", both, "9", 2),
+        recomputed("view-test", both, "10", 3)]) == []
+    # run 3 never committed (no recompute_runs row): its rows stay invisible
+    assert bq_client.insert_rows_json(f"{project}.{dataset}.recompute_runs", [
+        committed_run(1, "2026-11-02T10:00:00Z", "2026-11-02T11:00:00Z", "2026-11-03T00:00:00Z"),
+        committed_run(2, "2026-11-02T10:00:00Z", "2026-11-02T11:00:00Z", "2026-11-03T01:00:00Z"),
+    ]) == []
     rows = bq_client.query(
         f"SELECT window_start, value, origin FROM `{project}.{dataset}.usage` "
         "WHERE subject = 'view-test' ORDER BY window_start").result()

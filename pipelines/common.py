@@ -1,0 +1,46 @@
+"""Options every pipeline shares: where the BigQuery tables live, and help output."""
+from __future__ import annotations
+
+import argparse
+import os
+
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import GoogleCloudOptions
+
+from schemas.catalog import MeterCatalog, parse_catalog_text
+from transforms.bigquery import BigQueryTarget
+
+
+def load_catalog_anywhere(path: str) -> MeterCatalog:
+    """The catalog from a local path or gs:// (a Flex Template reads it from GCS)."""
+    with FileSystems.open(path) as f:
+        return parse_catalog_text(f.read().decode("utf-8"), path)
+
+
+def add_bigquery_arguments(parser) -> None:
+    parser.add_argument("--bigquery_project",
+                        help="Project of the BigQuery dataset (default: --project, or "
+                             "GOOGLE_CLOUD_PROJECT).")
+    parser.add_argument("--bigquery_dataset", default="metering",
+                        help="BigQuery dataset holding the tallyflow tables.")
+    parser.add_argument("--bigquery_endpoint", default=os.environ.get("BIGQUERY_EMULATOR_HOST"),
+                        help="BigQuery API endpoint, for a local emulator "
+                             "(default: BIGQUERY_EMULATOR_HOST; empty: real BigQuery).")
+
+
+def bigquery_target(options) -> BigQueryTarget:
+    """The dataset named by the BigQuery arguments of `options` (any options view)."""
+    project = (options.bigquery_project
+               or options.view_as(GoogleCloudOptions).project
+               or os.environ.get("GOOGLE_CLOUD_PROJECT"))
+    if not project:
+        raise ValueError("--bigquery_project (or --project / GOOGLE_CLOUD_PROJECT) is required")
+    return BigQueryTarget(project, options.bigquery_dataset, options.bigquery_endpoint or None)
+
+
+def print_help(prog: str, description: str, options_class) -> None:
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    options_class._add_argparse_args(parser)
+    parser.epilog = "Any Beam pipeline option (--runner, --project, ...) also applies."
+    parser.print_help()
