@@ -20,6 +20,7 @@ run: $(STAMP)
 	@echo "usage rows: out/recompute/usage.jsonl  dead letters: out/recompute/dead_letter.jsonl"
 
 test: $(STAMP)
+	$(VENV)/bin/tallyflow local install
 	$(VENV)/bin/python -m pytest
 
 clean:
