@@ -134,6 +134,14 @@ def build(pipeline: beam.Pipeline, options: StreamingUsageOptions, job_id: str) 
     if options.restore_open_windows:
         replay = pipeline | "ReplayOpenWindows" >> ReplayOpenWindows(target, window_ns,
                                                                     lateness_ns)
+        # Live messages wait until the replay has been read (a side input is ready
+        # once its bounded input is done): a redelivery of an already accepted event
+        # that reached deduplication before its replayed copy would be accepted, and
+        # stored, a second time. (No GroupByKey here: the streaming DirectRunner
+        # cannot run one on a bounded input.)
+        replay_done = replay | "ReplayDone" >> beam.Map(lambda _message: None)
+        messages = messages | "AfterReplay" >> beam.Map(
+            lambda message, _done: message, beam.pvalue.AsIter(replay_done))
         messages = (messages, replay) | "WithReplay" >> beam.Flatten()
     out = messages | "StreamUsage" >> StreamUsage(
         catalog, limits, window_ns, lateness_ns, options.early_firing_seconds, horizon_ns)
