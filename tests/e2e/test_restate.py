@@ -193,3 +193,27 @@ def test_reconcile_refuses_a_period_nothing_recomputed(stack):
                        "--period-end", "2026-12-02T00:00:00Z")
     assert result.returncode == 2
     assert "no recompute covers" in result.stderr
+
+
+def test_dirty_recomputes_exactly_the_windows_late_events_marked(stack, client, messy, loaded):
+    late_windows = ["2026-11-01T05:00:00Z", "2026-11-01T06:00:00Z", "2026-11-02T17:00:00Z"]
+    rows = [{"source": "//late", "id": f"late-{n}", "subject": "cust-000", "type": "api.request",
+             "time": start, "window_start": start,
+             "window_end": format_time(parse_rfc3339(start) + HOUR),
+             "ingest_time": "2026-11-20T00:00:00Z", "lateness_seconds": "3600",
+             "job_id": "job-x"} for n, start in enumerate(late_windows)]
+    assert client.insert_rows_json(f"{stack.project}.{DATASET}.late_events", rows) == []
+    result = tallyflow(stack, "recompute", "--meters", str(EXAMPLE_METERS),
+                       "--bigquery_dataset", DATASET, "--dirty")
+    assert result.returncode == 0, result.stderr[-3000:]
+    periods = client.query(
+        f"SELECT period_start, period_end, reason FROM `{stack.project}.{DATASET}.recompute_runs`"
+        f" WHERE reason LIKE 'too-late%' ORDER BY period_start").result()
+    assert [(r["period_start"].strftime("%dT%H"), r["period_end"].strftime("%dT%H"))
+            for r in periods] == [("01T05", "01T07"), ("02T17", "02T18")]
+    dirty = {parse_rfc3339(start) for start in late_windows}
+    assert {k: v for k, v in view(client, stack).items() if k[3] in dirty} == \
+        {k: v for k, v in reference(messy).items() if k[3] in dirty}
+    again = tallyflow(stack, "recompute", "--meters", str(EXAMPLE_METERS),
+                      "--bigquery_dataset", DATASET, "--dirty")
+    assert again.returncode == 0 and "nothing to recompute" in again.stderr
