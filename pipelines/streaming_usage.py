@@ -50,6 +50,15 @@ NS = 1_000_000_000
 class StreamingUsageOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
+        # When Beam runs a pipeline it parses the flags of every PipelineOptions class
+        # imported in the process with one parser; `recompute_usage` defines some of
+        # these flags too (--meters, --window, --bigquery_*, ...), with the same
+        # meaning and defaults, so once both modules are imported the second
+        # definition raised "conflicting option string" and no pipeline could run.
+        # Let the later definition replace the earlier one instead (argparse keeps
+        # the setting per container: the parser and its built-in groups).
+        for container in (parser, parser._optionals, parser._positionals):
+            container.conflict_handler = "resolve"
         parser.add_argument("--subscription",
                             help="Pub/Sub subscription to read usage events from: "
                                  "projects/PROJECT/subscriptions/NAME.")
