@@ -38,7 +38,8 @@ from schemas.events import Limits
 from schemas.tables import DEAD_LETTER, DUPLICATE_EVENTS, EVENTS, LATE_EVENTS, USAGE_PANES
 from schemas.values import parse_duration
 from transforms import rows
-from transforms.bigquery import CLIENT_METHOD, WRITE_METHODS, BigQueryTarget, QueryRows, WriteRows
+from transforms.bigquery import (CLIENT_METHOD, WRITE_METHODS, BigQueryTarget,
+                                 ExpansionServiceUnavailable, QueryRows, WriteRows)
 from transforms.pubsub import (PublishDeadLetters, ReadUsageMessages,
                                runner_supports_pubsub_extras)
 from transforms.streaming import REPLAYED, StreamUsage
@@ -246,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     try:
         run(argv)
-    except (CatalogError, ValueError, OSError) as e:
+    except (CatalogError, ValueError, OSError, ExpansionServiceUnavailable) as e:
         print(f"tallyflow stream: {e}", file=sys.stderr)
         return 2
     return 0

@@ -10,6 +10,7 @@ STORAGE_WRITE_API` or `STREAMING_INSERTS` uses Beam's own connector instead.
 """
 from __future__ import annotations
 
+import re
 import time
 import typing
 from dataclasses import dataclass
@@ -24,6 +25,11 @@ BEAM_METHODS = ("STREAMING_INSERTS", "STORAGE_WRITE_API")
 WRITE_METHODS = (CLIENT_METHOD,) + BEAM_METHODS
 MAX_BATCH = 500  # rows per insertAll request
 BUFFER_SECONDS = 1  # streaming: longest a row waits for its batch to fill
+
+
+class ExpansionServiceUnavailable(RuntimeError):
+    """A Beam cross-language write (STORAGE_WRITE_API) cannot be built: no Java
+    expansion service (its jar is downloaded from Maven on first use)."""
 
 
 @dataclass(frozen=True)
@@ -98,14 +104,26 @@ class WriteRows(beam.PTransform):
 
     def expand(self, keyed_rows):
         if self._method in BEAM_METHODS:
-            return (keyed_rows
-                    | "Rows" >> beam.Values()
-                    | "WriteToBigQuery" >> beam.io.WriteToBigQuery(
-                        self._target.table_id(self._table).replace(".", ":", 1),
-                        schema=self._table.beam_schema(),
-                        method=self._method,
-                        create_disposition=beam.io.BigQueryDisposition.CREATE_NEVER,
-                        write_disposition=beam.io.BigQueryDisposition.WRITE_APPEND))
+            rows = keyed_rows | "Rows" >> beam.Values()
+            try:
+                return rows | "WriteToBigQuery" >> beam.io.WriteToBigQuery(
+                    self._target.table_id(self._table).replace(".", ":", 1),
+                    schema=self._table.beam_schema(),
+                    method=self._method,
+                    create_disposition=beam.io.BigQueryDisposition.CREATE_NEVER,
+                    write_disposition=beam.io.BigQueryDisposition.WRITE_APPEND)
+            except RuntimeError as error:
+                if "jar" not in str(error):
+                    raise
+                # The Storage Write API is a cross-language transform: building the
+                # pipeline starts Beam's Java expansion service from a Maven jar.
+                jar = re.search(r"[\w.-]+\.jar", str(error))
+                raise ExpansionServiceUnavailable(
+                    f"--bigquery_write_method {self._method} needs Beam's Java expansion "
+                    f"service to build the pipeline, and its jar "
+                    f"({jar.group(0) if jar else 'from Maven'}) could not be fetched: stage "
+                    f"it in ~/.apache_beam/cache/jars/ (Java on PATH), or use "
+                    f"STREAMING_INSERTS or {CLIENT_METHOD}") from error
         if keyed_rows.is_bounded:
             batches = keyed_rows | "Batch" >> beam.BatchElements(min_batch_size=1,
                                                                  max_batch_size=MAX_BATCH)
