@@ -15,6 +15,7 @@ COMMANDS = {
     "reconcile": ("pipelines.reconcile", "Compare streaming and recomputed usage for a period."),
     "local": ("pipelines.local_stack", "Start, stop or inspect the local emulator stack."),
     "publish": ("pipelines.publish", "Publish usage events (JSONL or synthetic) to Pub/Sub."),
+    "template": ("pipelines.template", "Build the Dataflow Flex Templates offline."),
 }
 
 
