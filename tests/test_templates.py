@@ -285,7 +285,7 @@ def test_the_image_entry_point_launches_each_pipeline():
         "streaming, every parameter": ("streaming_usage", DATAFLOW + [
             f"--sdk_container_image={image}", *streaming_parameters(only_required=False)]),
         # recompute's run() reaches BigQuery (staging table) before building: its
-        # Dataflow translation is tested at build() level in the translation tests
+        # Dataflow translation is tested at build() level in test_dataflow_translation.py
         "recompute, entry point": ("recompute_usage", ["--help"]),
     }
     with ThreadPoolExecutor(len(runs)) as pool:
