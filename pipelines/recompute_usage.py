@@ -31,7 +31,6 @@ import uuid
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
-from apache_beam.transforms.window import FixedWindows
 
 from pipelines.common import (add_bigquery_arguments, bigquery_target, load_catalog_anywhere,
                               print_help)
@@ -40,12 +39,10 @@ from schemas.events import DEFAULT_MAX_FUTURE_SKEW_NS, Limits
 from schemas.tables import DEAD_LETTER, LATE_EVENTS, RECOMPUTE_RUNS
 from schemas.values import format_time, parse_duration, parse_rfc3339
 from transforms import rows
-from transforms.aggregate import AggregateUsage, MeterReadings
+from transforms.batch_usage import ComputeUsage
 from transforms.bigquery import WriteRows
-from transforms.dedup import DeduplicateEvents
-from transforms.files import ReadPayloadLines, WriteSortedLines
-from transforms.outcomes import SummarizeOutcomes, WriteJson, dead_letter_line, usage_line
-from transforms.parse import ParseEvents
+from transforms.files import ReadPayloadBatches, WriteSortedLines
+from transforms.outcomes import SummarizeCounts, WriteJson, dead_letter_line, usage_line
 from transforms.restate import CommitRun, ReadPeriodEvents, RecomputeRun, create_staging
 
 PIPELINE_NAME = "recompute_usage"
@@ -107,23 +104,6 @@ def period_bounds(options: RecomputeOptions, window_ns: int) -> tuple[int | None
     return start, end
 
 
-class SelectPeriod(beam.PTransform):
-    """Events -> those in [start, end) (main) and `outside` the period."""
-
-    def __init__(self, start_ns: int | None, end_ns: int | None):
-        super().__init__()
-        self._start, self._end = start_ns, end_ns
-
-    def expand(self, events):
-        start, end = self._start, self._end
-
-        def route(event):
-            inside = start is None or start <= event.time_ns < end
-            yield event if inside else beam.pvalue.TaggedOutput("outside", event)
-
-        return events | "InPeriod" >> beam.FlatMap(route).with_outputs("outside", main="inside")
-
-
 def build(pipeline: beam.Pipeline, options: RecomputeOptions, limits: Limits,
           run: RecomputeRun | None = None):
     """Composes the recompute on `pipeline`; returns the summary PCollection.
@@ -135,34 +115,27 @@ def build(pipeline: beam.Pipeline, options: RecomputeOptions, limits: Limits,
     window_ns = parse_duration(options.window)
     if run is None:
         start, end = period_bounds(options, window_ns)
-        payloads = pipeline | "Read" >> ReadPayloadLines(options.input)
+        batches = pipeline | "Read" >> ReadPayloadBatches(options.input)
     else:
         start, end = run.period_start_ns, run.period_end_ns
         target = bigquery_target(options)
-        payloads = pipeline | "ReadEvents" >> ReadPeriodEvents(target, start, end)
+        batches = (pipeline
+                   | "ReadEvents" >> ReadPeriodEvents(target, start, end)
+                   | "Batch" >> beam.BatchElements(min_batch_size=500, max_batch_size=5000))
 
-    parsed = payloads | "ParseEvents" >> ParseEvents(catalog, limits)
-    deduped = parsed.events | "Deduplicate" >> DeduplicateEvents()
-    period = deduped.unique | "SelectPeriod" >> SelectPeriod(start, end)
-    metered = period.inside | "MeterReadings" >> MeterReadings(catalog)
-    usage = (metered.readings
-             | "Window" >> beam.WindowInto(FixedWindows(window_ns // NS))
-             | "AggregateUsage" >> AggregateUsage())
-    summary = ({"lines": payloads, "parsed_events": parsed.events, "accepted": deduped.unique,
-                "duplicates": deduped.duplicates, "dead_letters": parsed.dead_letters,
-                "unmetered": metered.unmetered, "outside_period": period.outside,
-                "usage_rows": usage}
-               | "Summarize" >> SummarizeOutcomes({
-                   "meters": options.meters, "inputs": options.input or ["bigquery:events"],
-                   "window": options.window,
-                   "period_start": None if start is None else format_time(start),
-                   "period_end": None if end is None else format_time(end)}))
+    computed = batches | "ComputeUsage" >> ComputeUsage(catalog, limits, window_ns, start, end)
+    usage, dead_letters = computed["usage"], computed["dead_letters"]
+    summary = computed["counts"] | "Summarize" >> SummarizeCounts({
+        "meters": options.meters, "inputs": options.input or ["bigquery:events"],
+        "window": options.window,
+        "period_start": None if start is None else format_time(start),
+        "period_end": None if end is None else format_time(end)})
 
     if run is None:
         out = options.output_dir.rstrip("/")
         _ = (usage | "UsageLines" >> beam.Map(usage_line)
              | "WriteUsage" >> WriteSortedLines(f"{out}/usage.jsonl"))
-        _ = (parsed.dead_letters | "DeadLetterLines" >> beam.Map(dead_letter_line)
+        _ = (dead_letters | "DeadLetterLines" >> beam.Map(dead_letter_line)
              | "WriteDeadLetters" >> WriteSortedLines(f"{out}/dead_letter.jsonl"))
         _ = summary | "WriteSummary" >> WriteJson(f"{out}/summary.json")
         return summary
@@ -170,9 +143,8 @@ def build(pipeline: beam.Pipeline, options: RecomputeOptions, limits: Limits,
     bignumeric = {m.key for m in catalog.meters if m.precision == "BIGNUMERIC"}
     staged = (usage
               | "StagingRows" >> beam.Map(lambda r: run.row(r, r["meter"] in bignumeric))
-              | "Unwindow" >> beam.WindowInto(beam.transforms.window.GlobalWindows())
               | "Stage" >> WriteRows(target, run.staging_table))
-    _ = (parsed.dead_letters
+    _ = (dead_letters
          | "DeadLetterRows" >> beam.Map(
              lambda r: rows.dead_letter_row(r, PIPELINE_NAME, run.run_id))
          | "WriteDeadLetters" >> WriteRows(target, DEAD_LETTER))

@@ -187,12 +187,26 @@ def _readings(obj: dict, catalog: MeterCatalog, problems: list) -> tuple[Reading
     for meter in catalog.meters_for(event_type):
         try:
             value = meter.read_value(data)
-            dimensions = dumps_exact(meter.read_dimensions(data), sort_keys=True)
+            dimensions = _dimensions_json(meter.read_dimensions(data))
         except ValueProblem as problem:
             problems.append((problem.code, str(problem)))
             continue
         readings.append(Reading(meter.key, dimensions, value))
     return tuple(readings)
+
+
+_DIMENSIONS_CACHE: dict[tuple, str] = {}
+
+
+def _dimensions_json(dimensions: dict) -> str:
+    """Canonical JSON of group-by values; memoised, as few distinct combinations recur."""
+    key = tuple(dimensions.items())
+    text = _DIMENSIONS_CACHE.get(key)
+    if text is None:
+        text = dumps_exact(dimensions, sort_keys=True)
+        if len(_DIMENSIONS_CACHE) < 100_000:
+            _DIMENSIONS_CACHE[key] = text
+    return text
 
 
 def _text(payload: bytes) -> str:

@@ -69,12 +69,16 @@ def loads_exact(raw: bytes | str):
 
 
 def _contains_float(obj) -> bool:
-    if isinstance(obj, float):
-        return True
-    if isinstance(obj, dict):
-        return any(_contains_float(v) for v in obj.values())
-    if isinstance(obj, list):
-        return any(_contains_float(v) for v in obj)
+    pending = [obj]
+    while pending:
+        node = pending.pop()
+        kind = type(node)
+        if kind is float:
+            return True
+        if kind is dict:
+            pending.extend(node.values())
+        elif kind is list:
+            pending.extend(node)
     return False
 
 
@@ -143,7 +147,7 @@ def check_range(number: Decimal, precision: str) -> None:
     if too_big:
         raise ValueProblem("VALUE_OUT_OF_RANGE",
                            f"value {_clip(str(number))} is beyond {precision} range")
-    if _fraction_digits(number) > scale:
+    if number.as_tuple().exponent < -scale and _fraction_digits(number) > scale:
         raise ValueProblem("VALUE_OUT_OF_RANGE",
                            f"value {_clip(str(number))} has more than {scale} "
                            f"fraction digits ({precision})")

@@ -1,4 +1,6 @@
 """Each composite transform alone, with TestPipeline and assert_that."""
+from collections import Counter
+
 import apache_beam as beam
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.test_stream import TestStream
@@ -10,6 +12,7 @@ from schemas.aggregation import fingerprint_of
 from schemas.events import Limits, parse_payload
 from schemas.values import parse_rfc3339
 from transforms.aggregate import AggregateUsage, MeterReadings, event_timestamp
+from transforms.batch_usage import ComputeUsage
 from transforms.dedup import DeduplicateEvents
 from transforms.parse import ParseEvents
 from tests.conftest import event, line
@@ -45,17 +48,35 @@ def test_parse_events_routes_every_payload(catalog):
                     label="dead")
 
 
-def test_bounded_dedup_keeps_the_first_copy_and_counts_conflicts(catalog):
-    events = parsed(catalog, call("a", "1"), call("b", "5"), call("a", "1"), call("a", "999"),
-                    call("a", "1", source="//other"))
-    shuffled = [events[3], events[0], events[4], events[2], events[1]]
+def test_compute_usage_keeps_the_first_copy_and_counts_conflicts(catalog):
+    docs = [call("a", "1"), call("b", "5"), call("a", "1"), call("a", "999"),
+            call("a", "1", source="//other"), event(id="x", type="admin.login"),
+            call("c", "2", time="2026-11-02T12:00:00Z")]
+    payloads = [(f"f:{n}", ("f", n), line(doc)) for n, doc in enumerate(docs, start=1)]
+    batches = [[payloads[3], payloads[0]], [payloads[4], payloads[2], payloads[1]],
+               [payloads[5], payloads[6], ("f:8", ("f", 8), b"{bad")]]
+    start, end = parse_rfc3339("2026-11-02T09:00:00Z"), parse_rfc3339("2026-11-02T10:00:00Z")
     with TestPipeline() as p:
-        out = p | beam.Create(shuffled) | DeduplicateEvents()
-        assert_that(out.unique | "kept" >> beam.Map(lambda e: (e.source, e.id, e.position)),
-                    equal_to([("//test", "a", "f:1"), ("//test", "b", "f:2"),
-                              ("//other", "a", "f:5")]), label="unique")
-        assert_that(out.duplicates | "dups" >> beam.Map(lambda d: (d.id, d.copies, d.conflicts)),
-                    equal_to([("a", 2, 1)]), label="duplicates")
+        out = p | beam.Create(batches) | ComputeUsage(catalog, LIMITS, 3600 * 10 ** 9,
+                                                      start, end, shards=3)
+        amounts = out["usage"] | beam.Filter(lambda r: r["meter"] == "amount") | beam.Map(
+            lambda r: (r["value"], r["event_count"]))
+        # a (first copy: 1) + b (5) + the other source's a (1); c is outside the period
+        assert_that(amounts, equal_to([("7", 3)]), label="amount")
+        totals = (out["counts"] | beam.WindowInto(beam.transforms.window.GlobalWindows())
+                  | beam.CombineGlobally(sum_counts))
+        assert_that(totals, equal_to([Counter({
+            "lines": 8, "records": 8, "accepted": 5, "duplicates": 2,
+            "conflicting_duplicates": 1, "dead_lettered": 1,
+            "dead_lettered_by_code/MALFORMED_JSON": 1, "unmetered": 1, "outside_period": 1,
+            "usage_rows": 6})]), label="counts")
+
+
+def sum_counts(counters):
+    total = Counter()
+    for counter in counters:
+        total.update(counter)
+    return total
 
 
 def test_streaming_dedup_across_panes_with_test_stream(catalog):
@@ -76,8 +97,8 @@ def test_streaming_dedup_across_panes_with_test_stream(catalog):
         assert_that(out.unique | "kept" >> beam.Map(lambda e: (e.id, e.position)),
                     equal_to([("a", "f:1"), ("b", "f:4")]), label="unique")
         assert_that(out.duplicates | "dups" >> beam.Map(
-            lambda d: (d.position, d.kept_position, d.conflicts)),
-            equal_to([("f:2", "f:1", 0), ("f:3", "f:1", 1)]), label="duplicates")
+            lambda d: (d.position, d.kept_position, d.conflict)),
+            equal_to([("f:2", "f:1", False), ("f:3", "f:1", True)]), label="duplicates")
 
 
 def test_streaming_dedup_forgets_identities_after_the_horizon(catalog):

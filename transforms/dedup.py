@@ -1,16 +1,12 @@
-"""DeduplicateEvents: one event per (source, id), first copy wins.
+"""DeduplicateEvents: one event per (source, id), the first copy to arrive wins.
 
-"First" is the copy with the smallest `order` (file, line, batch element; or
-arrival). Two strategies, chosen by whether the input is bounded, so one
-transform serves batch and streaming:
-
-- bounded (recompute): a lifted CombinePerKey keeps the smallest copy. It
-  deduplicates over the whole input, is deterministic however the runner
-  orders elements, and pre-combines before the shuffle.
-- unbounded (streaming): a stateful DoFn per identity emits the first copy at
-  once and remembers the identity for `horizon` of event time past the
-  event, then forgets it (state costs memory per identity: the horizon is a
-  cost decision; recompute is the authority beyond it).
+A stateful DoFn per identity emits the first copy at once and remembers the
+identity for `horizon` of event time past the event, then forgets it: state
+costs memory per identity, so the horizon is a cost decision, and it must
+outlive the allowed lateness. It works on bounded input too, where "first"
+is the runner's processing order; the recompute (`ComputeUsage`) instead keeps
+the copy with the smallest position, deterministically, over its whole input,
+and is the authority beyond the horizon.
 
 A later copy that would meter differently (other subject, type, time or
 readings) is a conflict: still a duplicate, counted separately for audit.
@@ -33,56 +29,18 @@ DUPLICATES = "duplicates"
 
 @dataclass(frozen=True, slots=True)
 class Duplicate:
-    """A dropped copy of an identity (or, from the combiner, `copies` of them)."""
+    """A dropped copy of an identity, and where the kept copy came from."""
 
     source: str
     id: str
     position: str
     kept_position: str
-    copies: int
-    conflicts: int
+    conflict: bool  # it would have billed differently from the kept copy
 
 
 def metering_signature(event: UsageEvent) -> tuple:
     """What a copy would bill: two copies with equal signatures cannot conflict."""
     return (event.subject, event.type, event.time_ns, event.readings)
-
-
-class _KeepFirstCopy(beam.CombineFn):
-    """Accumulator: [winner, {signature: copies}]; the winner has the smallest order."""
-
-    def create_accumulator(self):
-        return [None, {}]
-
-    def add_input(self, acc, event):
-        if acc[0] is None or event.order < acc[0].order:
-            acc[0] = event
-        signature = metering_signature(event)
-        acc[1][signature] = acc[1].get(signature, 0) + 1
-        return acc
-
-    def merge_accumulators(self, accs):
-        merged = self.create_accumulator()
-        for winner, signatures in accs:
-            if winner is not None and (merged[0] is None or winner.order < merged[0].order):
-                merged[0] = winner
-            for signature, copies in signatures.items():
-                merged[1][signature] = merged[1].get(signature, 0) + copies
-        return merged
-
-    def extract_output(self, acc):
-        return acc
-
-
-class _SplitFirstCopy(beam.DoFn):
-    def process(self, keyed):
-        _, (winner, signatures) = keyed
-        yield winner
-        copies = sum(signatures.values()) - 1
-        if copies:
-            conflicts = copies + 1 - signatures[metering_signature(winner)]
-            yield pvalue.TaggedOutput(DUPLICATES, Duplicate(
-                winner.source, winner.id, "", winner.position, copies, conflicts))
 
 
 class _FirstCopyWithinHorizon(beam.DoFn):
@@ -103,8 +61,8 @@ class _FirstCopyWithinHorizon(beam.DoFn):
             return
         signature, kept_position = first
         yield pvalue.TaggedOutput(DUPLICATES, Duplicate(
-            event.source, event.id, event.position, kept_position, 1,
-            int(metering_signature(event) != signature)))
+            event.source, event.id, event.position, kept_position,
+            metering_signature(event) != signature))
 
     @on_timer(EXPIRY)
     def forget(self, seen=beam.DoFn.StateParam(SEEN)):
@@ -120,9 +78,5 @@ class DeduplicateEvents(beam.PTransform):
 
     def expand(self, events):
         keyed = events | "KeyByIdentity" >> beam.Map(lambda e: (e.identity, e))
-        if events.is_bounded:
-            kept = keyed | "KeepFirstCopy" >> beam.CombinePerKey(_KeepFirstCopy())
-            return kept | "SplitFirstCopy" >> beam.ParDo(_SplitFirstCopy()).with_outputs(
-                DUPLICATES, main=UNIQUE)
         return keyed | "FirstCopyWithinHorizon" >> beam.ParDo(
             _FirstCopyWithinHorizon(self._horizon_seconds)).with_outputs(DUPLICATES, main=UNIQUE)

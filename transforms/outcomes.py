@@ -6,6 +6,7 @@ its conservation check means the same on every runner.
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -29,24 +30,11 @@ def dead_letter_line(rejection) -> str:
     }, sort_keys=True, ensure_ascii=False)
 
 
-def _outcome_counts(name: str):
-    """The (counter, amount) pairs one element of outcome `name` contributes."""
-    if name == "duplicates":
-        return lambda d: [("duplicates", d.copies), ("conflicting_duplicates", d.conflicts)]
-    if name == "dead_letters":
-        return lambda r: [("records", 1), ("dead_lettered", 1),
-                          (f"dead_lettered_by_code/{r.error_code}", 1)]
-    if name == "parsed_events":
-        return lambda _: [("records", 1)]
-    return lambda _: [(name, 1)]
-
-
 class _Summarize(beam.DoFn):
     def __init__(self, context: dict):
         self._context = context
 
     def process(self, counts):
-        counts = dict(counts)
         by_code = {key.split("/", 1)[1]: n for key, n in sorted(counts.items())
                    if key.startswith("dead_lettered_by_code/")}
         records = counts.get("records", 0)
@@ -94,26 +82,35 @@ class WriteJson(beam.PTransform):
         return documents | "Write" >> beam.ParDo(_WriteJson(self._path))
 
 
-class SummarizeOutcomes(beam.PTransform):
-    """{outcome name: PCollection} -> one summary dict (counts and the conservation check).
+class _SumCounts(beam.CombineFn):
+    def create_accumulator(self):
+        return Counter()
 
-    `lines` are raw inputs; records (a line, or each event of a batch line)
-    are what parsing produced (`parsed_events` + `dead_letters`). Conservation
-    holds when deduplication accounted for every parsed event:
-    records = accepted + duplicates + dead-lettered.
-    """
+    def add_input(self, acc, counts):
+        acc.update(counts)
+        return acc
+
+    def merge_accumulators(self, accs):
+        merged = Counter()
+        for acc in accs:
+            merged.update(acc)
+        return merged
+
+    def extract_output(self, acc):
+        return acc
+
+
+class SummarizeCounts(beam.PTransform):
+    """Counters (from ComputeUsage) -> one summary dict with the conservation check:
+    records read (a line, or each event of a batch line) = accepted + duplicates +
+    dead-lettered."""
 
     def __init__(self, context: dict):
         super().__init__()
         self._context = context
 
-    def expand(self, outcomes: dict):
-        counted = [pcoll
-                   | f"Unwindow_{name}" >> beam.WindowInto(GlobalWindows())
-                   | f"Count_{name}" >> beam.FlatMap(_outcome_counts(name))
-                   for name, pcoll in outcomes.items()]
-        return (counted
-                | "All" >> beam.Flatten()
-                | "Sum" >> beam.CombinePerKey(sum)
-                | "Gather" >> beam.combiners.ToList()
+    def expand(self, counts):
+        return (counts
+                | "Unwindow" >> beam.WindowInto(GlobalWindows())
+                | "Sum" >> beam.CombineGlobally(_SumCounts())
                 | "Summarize" >> beam.ParDo(_Summarize(self._context)))

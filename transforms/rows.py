@@ -79,7 +79,7 @@ def duplicate_row(duplicate, seen_ns: int, job_id: str) -> tuple[str, dict]:
         "id": duplicate.id,
         "message_id": duplicate.position,
         "kept_message_id": duplicate.kept_position,
-        "conflict": bool(duplicate.conflicts),
+        "conflict": duplicate.conflict,
         "seen_at": timestamp(seen_ns),
         "job_id": job_id,
     }
