@@ -182,7 +182,10 @@ def run(argv: list[str] | None = None) -> list[dict]:
     if recompute.input:
         pipeline = beam.Pipeline(options=options)
         build(pipeline, recompute, limits)
-        pipeline.run().wait_until_finish()
+        result = pipeline.run()
+        if _is_dataflow(options):  # a template launch must not wait for its job
+            return [{"output_dir": recompute.output_dir, "submitted": True}]
+        result.wait_until_finish()
         with beam.io.filesystems.FileSystems.open(
                 f"{recompute.output_dir.rstrip('/')}/summary.json") as f:
             return [json.load(f)]
