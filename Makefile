@@ -15,9 +15,7 @@ $(STAMP): setup.py
 	rm -f $(VENV)/.installed-* && touch $@
 
 run: $(STAMP)
-	$(VENV)/bin/tallyflow recompute --meters examples/meters.yaml \
-	  --input examples/events.jsonl --output-dir out/recompute
-	@echo "usage rows: out/recompute/usage.jsonl  dead letters: out/recompute/dead_letter.jsonl"
+	$(VENV)/bin/tallyflow demo
 
 test: $(STAMP)
 	$(VENV)/bin/tallyflow local install

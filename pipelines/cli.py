@@ -10,6 +10,7 @@ import sys
 
 # subcommand -> (module, one-line help)
 COMMANDS = {
+    "demo": ("pipelines.demo", "The whole story on the local stack, with a report."),
     "stream": ("pipelines.streaming_usage", "Stream usage from Pub/Sub to BigQuery."),
     "recompute": ("pipelines.recompute_usage", "Recompute exact usage for a period (batch)."),
     "reconcile": ("pipelines.reconcile", "Compare streaming and recomputed usage for a period."),

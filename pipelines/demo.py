@@ -1,0 +1,263 @@
+"""tallyflow demo: the whole story on the local stack, in a few minutes.
+
+1. Start the local stack (Pub/Sub and BigQuery emulators) and its tables.
+2. Publish a realistic, messy stream: a few thousand usage events of an API +
+   LLM product in CloudEvents batch messages, with redelivered and conflicting
+   duplicates, late and too-late events, and invalid ones.
+3. Run the streaming pipeline (DirectRunner) until every record has landed,
+   and show the provisional usage it produced.
+4. Recompute the period from the stored events (a committed revision) and
+   reconcile it with the stream: the windows the too-late events touched differ.
+5. Report: final usage per customer, where every record went (conservation),
+   and what changed and why.
+
+Event times are recent (the DirectRunner's watermark is the wall clock), so
+windows are one minute and allowed lateness five: the stream's too-late events
+(minutes to a day old) reach only `late_events` and the recompute.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from decimal import Decimal
+from pathlib import Path
+
+from pipelines import local_stack
+from pipelines.publish import Outgoing, Progress, publish
+from pipelines.reconcile import STATUSES, reconcile
+from pipelines.synthetic import SyntheticConfig, count_kinds, generate
+from schemas.values import format_decimal, format_time
+
+ROOT = Path(__file__).resolve().parent.parent
+METERS = ROOT / "examples" / "meters.yaml"
+NS = 1_000_000_000
+WINDOW_NS = 60 * NS
+LATENESS_NS = 5 * 60 * NS
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def step(number: int, title: str) -> None:
+    say(f"\n== {number}. {title} " + "=" * max(0, 66 - len(title)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tallyflow demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run-dir", default=os.environ.get("TALLYFLOW_RUN_DIR",
+                                                            local_stack.DEFAULT_RUN_DIR),
+                        help="Where the local stack keeps its state and logs.")
+    parser.add_argument("--events", type=int, default=3000, help="Events to publish.")
+    parser.add_argument("--seed", type=int, default=7, help="Seed of the synthetic stream.")
+    parser.add_argument("--keep", action="store_true",
+                        help="Leave the stack running afterwards (for queries).")
+    args = parser.parse_args(argv)
+    try:
+        return Demo(args).run()
+    except (local_stack.StackError, RuntimeError, ValueError) as e:
+        print(f"tallyflow demo: {e}", file=sys.stderr)
+        return 2
+
+
+class Demo:
+    def __init__(self, args):
+        self.args = args
+        self.run_id = f"demo-{time.strftime('%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:4]}"
+
+    def run(self) -> int:
+        step(1, "local stack")
+        base = local_stack.up(self.args.run_dir, progress=lambda m: say(f"   {m}"))
+        self.stack = dataclasses.replace(
+            base, dataset=self.run_id.replace("-", "_"), topic=self.run_id,
+            subscription=f"{self.run_id}-sub")
+        local_stack.provision(self.stack)
+        self.client = self.stack.bigquery_client()
+        say(f"   Pub/Sub {self.stack.pubsub_host}, BigQuery {self.stack.bigquery_endpoint}, "
+            f"dataset {self.stack.dataset}")
+        try:
+            return self._story()
+        finally:
+            if not self.args.keep:
+                local_stack.down(self.args.run_dir)
+                say("\n   local stack stopped (run with --keep to query it afterwards)")
+
+    def _story(self) -> int:
+        step(2, "a messy usage stream")
+        messages = self._messages()
+        kinds = count_kinds(messages)
+        records = sum(len(m.labels) for m in messages)
+        say(f"   {records} events in {len(messages)} messages: " + ", ".join(
+            f"{n} {kind}" for kind, n in sorted(kinds.items()) if ":" not in kind))
+
+        step(3, "streaming pipeline (provisional usage)")
+        stream = self._start_stream()
+        try:
+            outgoing = [Outgoing.of(m.data) for m in messages]
+            publish(self.stack.publisher_client(), self.stack.topic_path(), outgoing, "ce-time",
+                    Progress(len(outgoing), "messages"))
+            landed = self._wait_until_landed(records)
+            self._wait_for_last_panes()
+        finally:
+            stream.send_signal(signal.SIGKILL)  # every record has landed: nothing to lose
+            stream.wait(timeout=30)
+        say(f"   every record landed: {landed}")
+        self._show_usage("provisional (latest streaming panes)", "stream")
+
+        step(4, "recompute the period, then reconcile")
+        start, end = self._period()
+        self._tallyflow("recompute", "--meters", str(METERS), "--window", "1m",
+                        "--period-start", format_time(start), "--period-end", format_time(end),
+                        "--reason", "demo: close the period")
+        run_id, statuses = reconcile(self.client, self._target(), start, end)
+        say(f"   recomputed {format_time(start)} .. {format_time(end)}; reconciliation "
+            f"{run_id}: " + ", ".join(f"{statuses.get(s, 0)} {s}" for s in STATUSES))
+
+        step(5, "report")
+        self._show_usage("final (recomputed)", "recompute")
+        self._conservation(records, landed)
+        self._changes(run_id)
+        return 0
+
+    # ------------------------------------------------------------ pieces
+
+    def _messages(self):
+        now = time.time_ns()
+        span = 90 * NS
+        return generate(SyntheticConfig(
+            seed=self.args.seed, customers=6, events=self.args.events,
+            rate=self.args.events / (span / NS), start_ns=now - span, batch_size=50,
+            duplicate_fraction=0.06, conflict_fraction=0.2, late_fraction=0.05,
+            too_late_fraction=0.03, invalid_fraction=0.03, window_ns=WINDOW_NS,
+            allowed_lateness_ns=LATENESS_NS))
+
+    def _env(self) -> dict:
+        return {**os.environ, **self.stack.env()}
+
+    def _start_stream(self) -> subprocess.Popen:
+        say("   starting tallyflow stream (DirectRunner) ...")
+        return subprocess.Popen(
+            [sys.executable, "-m", "pipelines.cli", "stream",
+             "--subscription", self.stack.subscription_path(), "--meters", str(METERS),
+             "--bigquery_dataset", self.stack.dataset, "--window", "1m",
+             "--allowed_lateness", f"{LATENESS_NS // NS}s", "--early_firing_seconds", "5",
+             "--job_name", f"{self.run_id}-stream", "--run_seconds", "900"],
+            cwd=ROOT, env=self._env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def _wait_until_landed(self, records: int, timeout: float = 300) -> Counter:
+        deadline = time.monotonic() + timeout
+        while True:
+            landed = Counter({name: self._count(name) for name in
+                              ("events", "duplicate_events", "dead_letter")})
+            done = sum(landed.values())
+            print(f"\r   landed {done}/{records} records", end="", flush=True)
+            if done >= records:
+                say()
+                return landed
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {done} of {records} records landed in {timeout} s")
+            time.sleep(2)
+
+    def _wait_for_last_panes(self, timeout: float = 120) -> None:
+        """Records land before the panes that count them: wait until the latest panes of
+        `api_requests` (a COUNT) count every in-time api.request event."""
+        expected = self._query(
+            f"SELECT COUNT(*) AS n FROM `{self._table('events')}` e WHERE type = 'api.request' "
+            f"AND NOT EXISTS (SELECT 1 FROM `{self._table('late_events')}` l "
+            f"WHERE l.source = e.source AND l.id = e.id)")[0]["n"]
+        deadline = time.monotonic() + timeout
+        while True:
+            counted = self._query(
+                f"SELECT COALESCE(SUM(event_count), 0) AS n FROM `{self._table('usage')}` "
+                f"WHERE meter = 'api_requests'")[0]["n"]
+            if counted == expected:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the stream's panes count {counted} of {expected} requests")
+            time.sleep(2)
+
+    def _count(self, table: str) -> int:
+        return self._query(f"SELECT COUNT(*) AS n FROM `{self._table(table)}`")[0]["n"]
+
+    def _period(self) -> tuple[int, int]:
+        row = self._query(f"SELECT UNIX_MICROS(MIN(time)) AS lo, UNIX_MICROS(MAX(time)) AS hi "
+                          f"FROM `{self._table('events')}`")[0]
+        lo, hi = row["lo"] * 1000, row["hi"] * 1000
+        return lo - lo % WINDOW_NS, hi - hi % WINDOW_NS + WINDOW_NS
+
+    def _show_usage(self, title: str, origin: str) -> None:
+        rows = self._query(
+            f"SELECT subject, meter, SUM(value) AS total, SUM(event_count) AS events, "
+            f"COUNT(*) AS windows FROM `{self._table('usage')}` WHERE origin = '{origin}' "
+            f"AND meter IN ('api_requests', 'bytes_out', 'llm_input_tokens', 'llm_cost_usd') "
+            f"GROUP BY subject, meter ORDER BY subject, meter")
+        say(f"\n   usage, {title}: additive meters summed over the period")
+        say(f"   {'customer':<12} {'meter':<18} {'total':>22} {'events':>7} {'windows':>7}")
+        for r in rows:
+            say(f"   {r['subject']:<12} {r['meter']:<18} {_plain(r['total']):>22} "
+                f"{r['events']:>7} {r['windows']:>7}")
+
+    def _conservation(self, records: int, landed: Counter) -> None:
+        late = self._count("late_events")
+        codes = self._query(f"SELECT error_code, COUNT(*) AS n FROM `{self._table('dead_letter')}`"
+                            f" GROUP BY error_code ORDER BY n DESC")
+        say("\n   where every record went")
+        say(f"   accepted (events table)      {landed['events']:>6}   of which too late: {late}")
+        say(f"   duplicates dropped           {landed['duplicate_events']:>6}")
+        say(f"   dead-lettered                {landed['dead_letter']:>6}   " + ", ".join(
+            f"{r['error_code']} {r['n']}" for r in codes))
+        total = sum(landed.values())
+        verdict = "holds" if total == records else "DOES NOT HOLD"
+        say(f"   published {records} = {total} accounted for: conservation {verdict}")
+
+    def _changes(self, reconciliation_run: str) -> None:
+        rows = self._query(
+            f"SELECT window_start, subject, meter, dimensions, stream_value, batch_value, "
+            f"stream_event_count, batch_event_count, status "
+            f"FROM `{self._table('reconciliation')}` WHERE run_id = '{reconciliation_run}' "
+            f"AND status != 'match' "
+            f"ORDER BY status = 'value_mismatch' DESC, window_start, subject, meter LIMIT 12")
+        say("\n   what the recompute changed, and why (too-late events the stream could not "
+            "count)")
+        for r in rows:
+            say(f"   {r['window_start']:%H:%M} {r['subject']:<10} {r['meter']:<18} "
+                f"{_plain(r['stream_value']):>14} -> {_plain(r['batch_value']):<14} "
+                f"({r['stream_event_count'] or 0} -> {r['batch_event_count'] or 0} events) "
+                f"{r['status']}")
+        say(f"\n   explore: eval \"$(tallyflow local env --run-dir {self.args.run_dir})\"; "
+            f"dataset {self.stack.dataset} (docs/analysts.md)")
+
+    def _tallyflow(self, *args: str) -> None:
+        result = subprocess.run([sys.executable, "-m", "pipelines.cli", *args,
+                                 "--bigquery_dataset", self.stack.dataset],
+                                cwd=ROOT, env=self._env(), capture_output=True, text=True)
+        if result.returncode:
+            raise RuntimeError(f"tallyflow {args[0]} failed: {result.stderr.strip()[-500:]}")
+
+    def _target(self):
+        from transforms.bigquery import BigQueryTarget
+
+        return BigQueryTarget(self.stack.project, self.stack.dataset,
+                              self.stack.bigquery_endpoint)
+
+    def _table(self, name: str) -> str:
+        return f"{self.stack.project}.{self.stack.dataset}.{name}"
+
+    def _query(self, sql: str) -> list[dict]:
+        return [dict(r.items()) for r in self.client.query(sql).result()]
+
+
+def _plain(value) -> str:
+    return "-" if value is None else format_decimal(Decimal(value))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
