@@ -5,7 +5,7 @@ import argparse
 import os
 
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import GoogleCloudOptions
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
 from schemas.catalog import MeterCatalog, parse_catalog_text
 from transforms.bigquery import BigQueryTarget
@@ -17,15 +17,38 @@ def load_catalog_anywhere(path: str) -> MeterCatalog:
         return parse_catalog_text(f.read().decode("utf-8"), path)
 
 
-def add_bigquery_arguments(parser) -> None:
-    parser.add_argument("--bigquery_project",
-                        help="Project of the BigQuery dataset (default: --project, or "
-                             "GOOGLE_CLOUD_PROJECT).")
-    parser.add_argument("--bigquery_dataset", default="metering",
-                        help="BigQuery dataset holding the tallyflow tables.")
-    parser.add_argument("--bigquery_endpoint", default=os.environ.get("BIGQUERY_EMULATOR_HOST"),
-                        help="BigQuery API endpoint, for a local emulator "
-                             "(default: BIGQUERY_EMULATOR_HOST; empty: real BigQuery).")
+class UsageOptions(PipelineOptions):
+    """Flags every tallyflow pipeline shares, defined once.
+
+    Beam parses the flags of every PipelineOptions class in the process with
+    one parser, so a flag two pipelines defined separately would clash; each
+    pipeline's options class derives from this one and adds only its own.
+    """
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--meters", help="Meter catalog YAML file (local path or gs://).")
+        parser.add_argument("--window", default="1h",
+                            help="Fixed event-time window size, aligned to UTC: 1m, 15m, 1h, 1d.")
+        parser.add_argument("--max_future_skew", "--max-future-skew", dest="max_future_skew",
+                            default="5m",
+                            help="Reject events whose time is further ahead of ingest than this.")
+        parser.add_argument("--bigquery_project",
+                            help="Project of the BigQuery dataset (default: --project, or "
+                                 "GOOGLE_CLOUD_PROJECT).")
+        parser.add_argument("--bigquery_dataset", default="metering",
+                            help="BigQuery dataset holding the tallyflow tables.")
+        parser.add_argument("--bigquery_endpoint",
+                            default=os.environ.get("BIGQUERY_EMULATOR_HOST"),
+                            help="BigQuery API endpoint, for a local emulator "
+                                 "(default: BIGQUERY_EMULATOR_HOST; empty: real BigQuery).")
+
+
+def own_and_shared_arguments(options_class, parser) -> None:
+    """Adds the flags of `options_class` and of the classes it derives from."""
+    for cls in reversed(options_class.mro()):
+        if cls is not PipelineOptions and "_add_argparse_args" in vars(cls):
+            cls._add_argparse_args(parser)
 
 
 def bigquery_target(options) -> BigQueryTarget:
@@ -41,6 +64,6 @@ def bigquery_target(options) -> BigQueryTarget:
 def print_help(prog: str, description: str, options_class) -> None:
     parser = argparse.ArgumentParser(prog=prog, description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    options_class._add_argparse_args(parser)
+    own_and_shared_arguments(options_class, parser)
     parser.epilog = "Any Beam pipeline option (--runner, --project, ...) also applies."
     parser.print_help()

@@ -32,10 +32,9 @@ import uuid
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines.common import (add_bigquery_arguments, bigquery_target, load_catalog_anywhere,
-                              print_help)
+from pipelines.common import UsageOptions, bigquery_target, load_catalog_anywhere, print_help
 from schemas.catalog import CatalogError
-from schemas.events import DEFAULT_MAX_FUTURE_SKEW_NS, Limits
+from schemas.events import Limits
 from schemas.tables import DEAD_LETTER, LATE_EVENTS, RECOMPUTE_RUNS
 from schemas.values import format_time, parse_duration, parse_rfc3339
 from transforms import rows
@@ -49,18 +48,15 @@ PIPELINE_NAME = "recompute_usage"
 NS = 1_000_000_000
 
 
-class RecomputeOptions(PipelineOptions):
+class RecomputeOptions(UsageOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
-        parser.add_argument("--meters", help="Meter catalog YAML file (local path or gs://).")
         parser.add_argument("--input", action="append",
                             help="CloudEvents JSONL file or glob, local or gs:// (repeatable). "
                                  "Without it, events come from the BigQuery events table.")
         parser.add_argument("--output_dir", "--output-dir", dest="output_dir",
                             help="Write usage.jsonl, dead_letter.jsonl and summary.json here "
                                  "instead of restating the period in BigQuery.")
-        parser.add_argument("--window", default="1h",
-                            help="Fixed event-time window size, aligned to UTC: 1m, 15m, 1h, 1d.")
         parser.add_argument("--period_start", "--period-start", dest="period_start",
                             help="Start of the period (RFC 3339, inclusive, aligned to the "
                                  "window). With files and no period, every window is computed.")
@@ -71,10 +67,6 @@ class RecomputeOptions(PipelineOptions):
                                  "were last recomputed (BigQuery mode).")
         parser.add_argument("--reason", default="",
                             help="Why the period is recomputed; kept with the revision.")
-        parser.add_argument("--max_future_skew", "--max-future-skew", dest="max_future_skew",
-                            default=f"{DEFAULT_MAX_FUTURE_SKEW_NS // NS}s",
-                            help="Reject events whose time is further ahead of ingest than this.")
-        add_bigquery_arguments(parser)
 
 
 def check_arguments(options: RecomputeOptions) -> None:

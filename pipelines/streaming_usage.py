@@ -21,19 +21,17 @@ Run with `tallyflow stream` (DirectRunner, until interrupted or
 """
 from __future__ import annotations
 
-import argparse
 import logging
-import os
 import signal
 import sys
 import time
 import uuid
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from schemas.catalog import CatalogError, MeterCatalog, parse_catalog_text
+from pipelines.common import UsageOptions, bigquery_target, load_catalog_anywhere, print_help
+from schemas.catalog import CatalogError
 from schemas.events import Limits
 from schemas.tables import DEAD_LETTER, DUPLICATE_EVENTS, EVENTS, LATE_EVENTS, USAGE_PANES
 from schemas.values import parse_duration
@@ -48,32 +46,12 @@ PIPELINE_NAME = "streaming_usage"
 NS = 1_000_000_000
 
 
-class StreamingUsageOptions(PipelineOptions):
+class StreamingUsageOptions(UsageOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
-        # When Beam runs a pipeline it parses the flags of every PipelineOptions class
-        # imported in the process with one parser; `recompute_usage` defines some of
-        # these flags too (--meters, --window, --bigquery_*, ...), with the same
-        # meaning and defaults, so once both modules are imported the second
-        # definition raised "conflicting option string" and no pipeline could run.
-        # Let the later definition replace the earlier one instead (argparse keeps
-        # the setting per container: the parser and its built-in groups).
-        for container in (parser, parser._optionals, parser._positionals):
-            container.conflict_handler = "resolve"
         parser.add_argument("--subscription",
                             help="Pub/Sub subscription to read usage events from: "
                                  "projects/PROJECT/subscriptions/NAME.")
-        parser.add_argument("--meters",
-                            help="Meter catalog YAML (local path or gs://).")
-        parser.add_argument("--bigquery_project",
-                            help="Project of the BigQuery dataset (default: --project, or "
-                                 "GOOGLE_CLOUD_PROJECT).")
-        parser.add_argument("--bigquery_dataset", default="metering",
-                            help="BigQuery dataset holding the tallyflow tables.")
-        parser.add_argument("--bigquery_endpoint",
-                            default=os.environ.get("BIGQUERY_EMULATOR_HOST"),
-                            help="BigQuery API endpoint, for a local emulator "
-                                 "(default: BIGQUERY_EMULATOR_HOST; empty: real BigQuery).")
         parser.add_argument("--bigquery_write_method", default=CLIENT_METHOD,
                             choices=WRITE_METHODS,
                             help="INSERT_ALL: the streaming insert API with deterministic "
@@ -81,15 +59,11 @@ class StreamingUsageOptions(PipelineOptions):
                                  "STREAMING_INSERTS or STORAGE_WRITE_API: Beam's connector "
                                  "(Dataflow; the Storage Write API needs Beam's Java "
                                  "expansion service).")
-        parser.add_argument("--window", default="1h",
-                            help="Fixed event-time window size, aligned to UTC (1m, 15m, 1h, 1d).")
         parser.add_argument("--allowed_lateness", default="48h",
                             help="How long after a window's end late data still updates it; "
                                  "later data goes to late_events.")
         parser.add_argument("--early_firing_seconds", type=int, default=60,
                             help="Processing-time seconds between early (provisional) panes.")
-        parser.add_argument("--max_future_skew", default="5m",
-                            help="Reject events whose time is further ahead of ingest than this.")
         parser.add_argument("--dedup_horizon",
                             help="Event-time span an identity is remembered for deduplication "
                                  "(default: window + allowed lateness + 1h).")
@@ -110,12 +84,6 @@ class StreamingUsageOptions(PipelineOptions):
                                  "interrupted).")
 
 
-def load_catalog_anywhere(path: str) -> MeterCatalog:
-    """The catalog from a local path or gs:// (a Flex Template reads it from GCS)."""
-    with FileSystems.open(path) as f:
-        return parse_catalog_text(f.read().decode("utf-8"), path)
-
-
 def build(pipeline: beam.Pipeline, options: StreamingUsageOptions, job_id: str) -> None:
     """Composes the streaming pipeline on `pipeline`."""
     for flag in ("subscription", "meters"):
@@ -128,12 +96,7 @@ def build(pipeline: beam.Pipeline, options: StreamingUsageOptions, job_id: str) 
                   else window_ns + lateness_ns + 3600 * NS)
     if horizon_ns < window_ns + lateness_ns:
         raise ValueError("--dedup_horizon must be at least window + allowed lateness")
-    project = (options.bigquery_project or options.view_as(
-        beam.options.pipeline_options.GoogleCloudOptions).project
-        or os.environ.get("GOOGLE_CLOUD_PROJECT"))
-    if not project:
-        raise ValueError("--bigquery_project (or --project / GOOGLE_CLOUD_PROJECT) is required")
-    target = BigQueryTarget(project, options.bigquery_dataset, options.bigquery_endpoint or None)
+    target = bigquery_target(options)
     method = options.bigquery_write_method
     bignumeric = {m.key for m in catalog.meters if m.precision == "BIGNUMERIC"}
     runner = options.view_as(StandardOptions).runner
@@ -238,11 +201,7 @@ def _wait(result, seconds: int | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
-        parser = argparse.ArgumentParser(prog="tallyflow stream", description=__doc__,
-                                         formatter_class=argparse.RawDescriptionHelpFormatter)
-        StreamingUsageOptions._add_argparse_args(parser)
-        parser.epilog = "Any Beam pipeline option (--runner, --project, ...) also applies."
-        parser.print_help()
+        print_help("tallyflow stream", __doc__, StreamingUsageOptions)
         return 0
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     try:

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+from pipelines.common import own_and_shared_arguments
+
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATES_DIR = REPO / "templates"
 LAUNCHER = "templates/launch.py"  # FLEX_TEMPLATE_PYTHON_PY_FILE, relative to the image's /template
@@ -130,9 +132,10 @@ def options_class(template: FlexTemplate):
 
 
 def option_actions(options_cls) -> list[argparse.Action]:
-    """The options class's argparse definitions, read with a parser of our own."""
+    """The options class's argparse definitions (its own and the shared ones), read with a
+    parser of our own."""
     parser = argparse.ArgumentParser(add_help=False)
-    options_cls._add_argparse_args(parser)
+    own_and_shared_arguments(options_cls, parser)
     return list(parser._actions)
 
 
