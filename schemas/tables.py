@@ -289,8 +289,77 @@ RECONCILIATION = Table(
     clustering=("status", "subject"),
 )
 
+def _rating_columns() -> tuple[Column, ...]:
+    return (
+        Column("revision", "INT64", "Revision of the period's rating (1, 2, ...); every "
+                                    "revision is kept.", "REQUIRED"),
+        Column("run_id", "STRING", "The rating run that wrote the row.", "REQUIRED"),
+        Column("rated_at", "TIMESTAMP", "When the rating run started.", "REQUIRED"),
+    )
+
+
+INVOICE_LINES = Table(
+    name="invoice_lines",
+    description="Rated usage (docs/pricing.md). Append-only: a rating run adds a revision "
+                "of the period with its `charge` lines (the whole statement) and, from "
+                "revision 2, `credit`/`debit` lines: the per-line change from the previous "
+                "revision.",
+    columns=(
+        Column("subject", "STRING", "Customer id.", "REQUIRED"),
+        Column("period_start", "TIMESTAMP", "Start of the rated period.", "REQUIRED"),
+        Column("period_end", "TIMESTAMP", "End (exclusive) of the rated period.", "REQUIRED"),
+        Column("plan", "STRING", "Plan id from the price book.", "REQUIRED"),
+        Column("plan_version", "INT64", "Version of the plan (and so of the price).",
+               "REQUIRED"),
+        Column("price_id", "STRING", "Price id (stable across versions); NULL for a plan's "
+                                     "minimum or maximum."),
+        Column("meter", "STRING", "Meter the price reads; NULL for a plan's limits."),
+        Column("dimensions", "STRING", "The matrix cell the line prices as a JSON object with "
+                                       "sorted keys; {} when the price is not a matrix.",
+               "REQUIRED"),
+        Column("model", "STRING", "per_unit, package, graduated, volume, percentage or "
+                                  "matrix; NULL for a plan's limits."),
+        Column("kind", "STRING", "usage, minimum (true-up) or maximum (cap).", "REQUIRED"),
+        Column("line_type", "STRING", "charge (a line of this revision), or debit / credit "
+                                      "(its change from the previous revision).", "REQUIRED"),
+        Column("quantity", "NUMERIC", "Usage quantity priced (for debit/credit: its change)."),
+        Column("event_count", "INT64", "Events behind the quantity."),
+        Column("unrounded_amount", "STRING", "Exact amount before rounding, as a decimal "
+                                             "string (kept for audit).", "REQUIRED"),
+        Column("amount", "NUMERIC", "Amount rounded half-up to the currency's minor unit.",
+               "REQUIRED"),
+        Column("previous_amount", "NUMERIC", "debit/credit: the line's amount in the "
+                                             "previous revision (NULL: it had none)."),
+        Column("currency", "STRING", "ISO 4217 currency of the plan.", "REQUIRED"),
+    ) + _rating_columns(),
+    partition_field="period_start",
+    clustering=("subject", "revision"),
+)
+
+INVOICES = Table(
+    name="invoices",
+    description="One row per customer, currency and revision of a rated period: the sum of "
+                "its rounded charge lines and the change from the previous revision.",
+    columns=(
+        Column("subject", "STRING", "Customer id.", "REQUIRED"),
+        Column("period_start", "TIMESTAMP", "Start of the rated period.", "REQUIRED"),
+        Column("period_end", "TIMESTAMP", "End (exclusive) of the rated period.", "REQUIRED"),
+        Column("currency", "STRING", "ISO 4217 currency.", "REQUIRED"),
+        Column("total", "NUMERIC", "Sum of the revision's rounded charge lines.", "REQUIRED"),
+        Column("previous_total", "NUMERIC", "Total of the previous revision (NULL in "
+                                            "revision 1)."),
+        Column("adjustment", "NUMERIC", "total - previous_total: the sum of the revision's "
+                                        "debit and credit lines."),
+        Column("line_count", "INT64", "Charge lines of the revision.", "REQUIRED"),
+        Column("reason", "STRING", "Why the period was rated (again)."),
+    ) + _rating_columns(),
+    partition_field="period_start",
+    clustering=("subject", "revision"),
+)
+
 TABLES: tuple[Table, ...] = (EVENTS, USAGE_PANES, USAGE_RECOMPUTED, RECOMPUTE_RUNS, DEAD_LETTER,
-                             LATE_EVENTS, DUPLICATE_EVENTS, RECONCILIATION)
+                             LATE_EVENTS, DUPLICATE_EVENTS, RECONCILIATION, INVOICE_LINES,
+                             INVOICES)
 
 USAGE_VIEW = View(
     name="usage",
