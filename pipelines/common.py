@@ -44,6 +44,22 @@ class UsageOptions(PipelineOptions):
                                  "(default: BIGQUERY_EMULATOR_HOST; empty: real BigQuery).")
 
 
+def parse_bool(text) -> bool:
+    """true/false for on/off options that must also take `--name=value` (template launches)."""
+    value = str(text).strip().lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def add_switch(parser, name: str, help: str) -> None:
+    """An on/off option: `--name` alone, or `--name=true|false`."""
+    parser.add_argument(name, type=parse_bool, nargs="?", const=True, default=False,
+                        choices=(False, True), help=help)
+
+
 def own_and_shared_arguments(options_class, parser) -> None:
     """Adds the flags of `options_class` and of the classes it derives from."""
     for cls in reversed(options_class.mro()):

@@ -30,7 +30,8 @@ import uuid
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines.common import UsageOptions, bigquery_target, load_catalog_anywhere, print_help
+from pipelines.common import (UsageOptions, add_switch, bigquery_target, load_catalog_anywhere,
+                              print_help)
 from schemas.catalog import CatalogError
 from schemas.events import Limits
 from schemas.tables import DEAD_LETTER, DUPLICATE_EVENTS, EVENTS, LATE_EVENTS, USAGE_PANES
@@ -76,9 +77,10 @@ class StreamingUsageOptions(UsageOptions):
         parser.add_argument("--dead_letter_topic",
                             help="Optional Pub/Sub topic that also receives every rejected "
                                  "message: projects/PROJECT/topics/NAME.")
-        parser.add_argument("--restore_open_windows", action="store_true", default=False,
-                            help="On start, replay accepted events of still-open windows from "
-                                 "the events table (after a restart on the DirectRunner).")
+        add_switch(parser, "--restore_open_windows",
+                   "On start, replay accepted events of still-open windows from the events "
+                   "table (after a restart without --update, e.g. on the DirectRunner or after "
+                   "a drain).")
         parser.add_argument("--run_seconds", type=int, default=0,
                             help="DirectRunner only: stop after this many seconds (0: run until "
                                  "interrupted).")

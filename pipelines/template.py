@@ -110,7 +110,6 @@ FLEX_TEMPLATES: Mapping[str, FlexTemplate] = {t.pipeline: t for t in (
         required=("subscription", "meters"),
         not_parameters={
             "bigquery_endpoint": EMULATOR_ONLY,
-            "restore_open_windows": FLAG_NOT_A_PARAMETER,
             "run_seconds": "DirectRunner only",
         }),
     FlexTemplate(

@@ -197,10 +197,11 @@ def test_reconcile_refuses_a_period_nothing_recomputed(stack):
 
 def test_dirty_recomputes_exactly_the_windows_late_events_marked(stack, client, messy, loaded):
     late_windows = ["2026-11-01T05:00:00Z", "2026-11-01T06:00:00Z", "2026-11-02T17:00:00Z"]
+    now = time.time_ns()  # after every earlier run: these windows are dirty again
     rows = [{"source": "//late", "id": f"late-{n}", "subject": "cust-000", "type": "api.request",
              "time": start, "window_start": start,
              "window_end": format_time(parse_rfc3339(start) + HOUR),
-             "ingest_time": "2026-11-20T00:00:00Z", "lateness_seconds": "3600",
+             "ingest_time": format_time(now - now % 1000), "lateness_seconds": "3600",
              "job_id": "job-x"} for n, start in enumerate(late_windows)]
     assert client.insert_rows_json(f"{stack.project}.{DATASET}.late_events", rows) == []
     result = tallyflow(stack, "recompute", "--meters", str(EXAMPLE_METERS),
