@@ -25,6 +25,7 @@ from google.cloud import dataflow_v1beta3
 from google.protobuf import json_format
 
 from pipelines import recompute_usage, streaming_usage
+from pipelines.common import parse_bool
 from pipelines import template as templates
 from schemas.values import parse_duration, parse_rfc3339
 from tests.conftest import EXAMPLE_METERS, ROOT
@@ -134,6 +135,8 @@ def test_every_parameter_is_an_option_given_the_way_the_launcher_gives_it(templa
             assert re.match(regex, value), (p["name"], value)
         parsed = getattr(options_class([f"--{p['name']}={value}"]), p["name"])
         expected = int(value) if p["paramType"] == "NUMBER" else value
+        if actions[p["name"]].type is parse_bool:
+            expected = parse_bool(value)
         if actions[p["name"]].__class__.__name__ == "_AppendAction":
             expected = [value]
         assert parsed == expected, p["name"]
@@ -200,12 +203,11 @@ def test_timestamp_regex_rejects_what_the_pipeline_rejects(text):
 
 
 def test_a_flag_without_a_value_cannot_become_a_parameter():
-    streaming = templates.FLEX_TEMPLATES["streaming_usage"]
+    recompute = templates.FLEX_TEMPLATES["recompute_usage"]
     unlisted = templates.FlexTemplate(
-        streaming.pipeline, streaming.options_class, streaming=True, required=streaming.required,
-        not_parameters={k: v for k, v in streaming.not_parameters.items()
-                        if k != "restore_open_windows"})
-    with pytest.raises(templates.TemplateError, match="--restore_open_windows is a flag"):
+        recompute.pipeline, recompute.options_class, streaming=False, required=recompute.required,
+        not_parameters={k: v for k, v in recompute.not_parameters.items() if k != "dirty"})
+    with pytest.raises(templates.TemplateError, match="--dirty is a flag"):
         templates.metadata(unlisted)
 
 
