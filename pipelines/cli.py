@@ -13,6 +13,7 @@ COMMANDS = {
     "demo": ("pipelines.demo", "The whole story on the local stack, with a report."),
     "stream": ("pipelines.streaming_usage", "Stream usage from Pub/Sub to BigQuery."),
     "recompute": ("pipelines.recompute_usage", "Recompute exact usage for a period (batch)."),
+    "rate": ("pipelines.rate_usage", "Rate a period's usage into invoice lines (batch)."),
     "reconcile": ("pipelines.reconcile", "Compare streaming and recomputed usage for a period."),
     "local": ("pipelines.local_stack", "Start, stop or inspect the local emulator stack."),
     "publish": ("pipelines.publish", "Publish usage events (JSONL or synthetic) to Pub/Sub."),

@@ -531,10 +531,12 @@ def adjustments(previous: list[Line], current: list[Line]) -> list[tuple[str, Li
 
 
 def _difference(new, old):
+    """new - old of a quantity (Decimal) or event count (int); None when neither has one."""
     if new is None and old is None:
         return None
-    return (new or 0) - (old or 0) if isinstance(new or old, int) else \
-        EXACT.subtract(new or ZERO, old or ZERO)
+    if isinstance(new, Decimal) or isinstance(old, Decimal):
+        return EXACT.subtract(new or ZERO, old or ZERO)
+    return (new or 0) - (old or 0)
 
 
 # ------------------------------------------------------------------ loading

@@ -435,3 +435,10 @@ def test_rate_subjects_transform():
         diff = rated["diff"] | "D" >> beam.Map(
             lambda text: (json.loads(text)["old_amount"], json.loads(text)["new_amount"]))
         assert_that(diff, equal_to([("3", "3.5")]), label="diff")
+
+
+def test_adjustment_differences_keep_their_types():
+    book = price_book(price(model="graduated", tiers=STRIPE_FLAT_TIERS))
+    (kind, line, before), = adjustments([], list(rate(book, []).lines))
+    assert (kind, before) == ("debit", None)
+    assert type(line.event_count) is int and type(line.quantity) is D
