@@ -69,6 +69,7 @@ OPTION_KINDS: Mapping[str, ValueKind] = {
     "subscription": SUBSCRIPTION,
     "dead_letter_topic": TOPIC,
     "meters": GCS_FILE,
+    "prices": GCS_FILE,
     "input": GCS_FILE,
     "output_dir": GCS_FOLDER,
     "window": DURATION,
@@ -118,6 +119,13 @@ FLEX_TEMPLATES: Mapping[str, FlexTemplate] = {t.pipeline: t for t in (
         not_parameters={
             "bigquery_endpoint": EMULATOR_ONLY,
             "dirty": FLAG_NOT_A_PARAMETER,
+        }),
+    FlexTemplate(
+        "rate_usage", "RateOptions", streaming=False,
+        required=("prices", "period_start", "period_end"),
+        not_parameters={
+            "bigquery_endpoint": EMULATOR_ONLY,
+            "diff": FLAG_NOT_A_PARAMETER,
         }),
 )}
 

@@ -12,6 +12,7 @@
   the DataflowRunner (`--dry_run=True`) with the template's parameters, and
   returns instead of waiting on the job.
 """
+import importlib
 import json
 import os
 import re
@@ -24,7 +25,7 @@ import pytest
 from google.cloud import dataflow_v1beta3
 from google.protobuf import json_format
 
-from pipelines import recompute_usage, streaming_usage
+from pipelines import streaming_usage
 from pipelines.common import parse_bool
 from pipelines import template as templates
 from schemas.values import parse_duration, parse_rfc3339
@@ -156,13 +157,13 @@ def test_required_options_are_required_parameters(template):
     assert {n for n, p in params.items() if not p["isOptional"]} == set(template.required)
 
 
-def _refuse(pipeline: str, flags: list[str]):
+def _refuse(template, flags: list[str]):
     """Runs the pipeline's own argument checks (what it refuses to run without)."""
-    if pipeline == "streaming_usage":
-        options = streaming_usage.StreamingUsageOptions(flags)
+    options = templates.options_class(template)(flags)
+    if template.streaming:
         streaming_usage.build(beam.Pipeline(), options, "job")
     else:
-        recompute_usage.check_arguments(recompute_usage.RecomputeOptions(flags))
+        importlib.import_module(template.module).check_arguments(options)
 
 
 def test_required_parameters_are_what_the_pipeline_refuses_to_run_without(template):
@@ -171,7 +172,7 @@ def test_required_parameters_are_what_the_pipeline_refuses_to_run_without(templa
         flags = [f"--{name}={sample(template, params[name])}"
                  for name in template.required if name != missing]
         with pytest.raises(ValueError, match=f"--{missing} is required"):
-            _refuse(template.pipeline, flags)
+            _refuse(template, flags)
 
 
 @pytest.mark.parametrize("text", ["1h", "15m", "1d", "300s", "250ms", "10h", "48h"])
