@@ -50,8 +50,10 @@ def loads_exact(raw: bytes | str):
     """Parses JSON keeping every number exact: ints as int, others as Decimal.
 
     orjson is the fast path; it turns non-integers and integers beyond 64 bits
-    into floats, so any float in its result sends the text to the standard
-    library parser with `parse_float=Decimal`. NaN and Infinity literals (not
+    into floats, so a float where values live (an event's `data`, or anywhere
+    in a batch) sends the text to the standard library parser with
+    `parse_float=Decimal`. Attributes must be strings: a number there is
+    rejected whatever its precision. NaN and Infinity literals (not
     JSON, but sent by some producers) parse to non-finite Decimals so the value
     check can name them rather than calling the whole line malformed.
     """
@@ -61,7 +63,7 @@ def loads_exact(raw: bytes | str):
         obj = None
         fallback = True
     else:
-        fallback = _contains_float(obj)
+        fallback = _contains_float(obj.get("data") if type(obj) is dict else obj)
     if fallback:
         text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray, memoryview)) else raw
         obj = json.loads(text, parse_float=Decimal, parse_constant=Decimal)
@@ -192,11 +194,8 @@ def parse_rfc3339(text) -> int:
     if not m:
         raise ValueError(f"time {_clip(text)!r} is not RFC 3339 with an offset "
                          "(e.g. 2026-01-01T00:00:00Z)")
-    year, month, day, hour, minute, second = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))
-    try:
-        date = dt.date(year, month, day)
-    except ValueError as e:
-        raise ValueError(f"time {text!r}: {e}") from None
+    days = _epoch_days(m.group(1, 2, 3), text)
+    hour, minute, second = int(m.group(4)), int(m.group(5)), int(m.group(6))
     if hour > 23 or minute > 59 or second > 59:
         raise ValueError(f"time {text!r}: clock time out of range")
     offset = 0
@@ -205,12 +204,27 @@ def parse_rfc3339(text) -> int:
         if off_h > 23 or off_m > 59:
             raise ValueError(f"time {text!r}: offset out of range")
         offset = (off_h * 3600 + off_m * 60) * (1 if m.group(8) == "+" else -1)
-    seconds = ((date.toordinal() - _EPOCH_ORDINAL) * 86400 + hour * 3600 + minute * 60
-               + second - offset)
+    seconds = days * 86400 + hour * 3600 + minute * 60 + second - offset
     nanos = seconds * _NS_PER_SECOND + int((m.group(7) or "0")[:9].ljust(9, "0"))
     if not MIN_TIME_NS <= nanos <= MAX_TIME_NS:
         raise ValueError(f"time {text!r} is outside 0001-01-01..9999-12-31 UTC")
     return nanos
+
+
+_EPOCH_DAYS: dict[tuple, int] = {}
+
+
+def _epoch_days(ymd: tuple[str, str, str], text: str) -> int:
+    """Days since 1970-01-01 of a validated calendar date; memoised (events share dates)."""
+    days = _EPOCH_DAYS.get(ymd)
+    if days is None:
+        try:
+            days = dt.date(*map(int, ymd)).toordinal() - _EPOCH_ORDINAL
+        except ValueError as e:
+            raise ValueError(f"time {text!r}: {e}") from None
+        if len(_EPOCH_DAYS) < 100_000:
+            _EPOCH_DAYS[ymd] = days
+    return days
 
 
 def format_time(nanos: int) -> str:
