@@ -99,7 +99,7 @@ def parse_payload(payload: bytes, position: str, order: tuple, catalog: MeterCat
     if not payload.strip():
         return [context.reject("MALFORMED_JSON", "empty payload", text, position)]
     try:
-        document = loads_exact(payload)
+        document = loads_exact(payload, numbers_under="data")
     except (ValueError, RecursionError) as e:
         return [context.reject("MALFORMED_JSON", f"not valid JSON: {e}", text, position)]
     if isinstance(document, list):

@@ -46,14 +46,14 @@ class ValueProblem(ValueError):
 # ---------------------------------------------------------------- JSON
 
 
-def loads_exact(raw: bytes | str):
+def loads_exact(raw: bytes | str, numbers_under: str | None = None):
     """Parses JSON keeping every number exact: ints as int, others as Decimal.
 
     orjson is the fast path; it turns non-integers and integers beyond 64 bits
-    into floats, so a float where values live (an event's `data`, or anywhere
-    in a batch) sends the text to the standard library parser with
-    `parse_float=Decimal`. Attributes must be strings: a number there is
-    rejected whatever its precision. NaN and Infinity literals (not
+    into floats, so any float in its result sends the text to the standard
+    library parser with `parse_float=Decimal`. With `numbers_under`, a JSON
+    object is only searched for floats under that key (a caller that rejects
+    numbers everywhere else, like an event's attributes, saves the walk). NaN and Infinity literals (not
     JSON, but sent by some producers) parse to non-finite Decimals so the value
     check can name them rather than calling the whole line malformed.
     """
@@ -63,7 +63,8 @@ def loads_exact(raw: bytes | str):
         obj = None
         fallback = True
     else:
-        fallback = _contains_float(obj.get("data") if type(obj) is dict else obj)
+        fallback = _contains_float(obj[numbers_under] if numbers_under and type(obj) is dict
+                                   and numbers_under in obj else obj)
     if fallback:
         text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray, memoryview)) else raw
         obj = json.loads(text, parse_float=Decimal, parse_constant=Decimal)
