@@ -9,6 +9,7 @@ re-send a corrected event under the same identity.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from schemas.catalog import MeterCatalog
 from schemas.values import ValueProblem, dumps_exact, loads_exact, parse_rfc3339
@@ -40,8 +41,10 @@ ERROR_CODES = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
+# Events and their parts are NamedTuples, not frozen dataclasses: immutable all the
+# same, and several times cheaper to create, which matters once per event.
+
+class Reading(NamedTuple):
     """What one meter takes from one event: value is Decimal, text (UNIQUE_COUNT) or None."""
 
     meter: str
@@ -49,8 +52,7 @@ class Reading:
     value: object
 
 
-@dataclass(frozen=True, slots=True)
-class UsageEvent:
+class UsageEvent(NamedTuple):
     source: str
     id: str
     type: str
@@ -67,8 +69,7 @@ class UsageEvent:
         return (self.source, self.id)
 
 
-@dataclass(frozen=True, slots=True)
-class Rejection:
+class Rejection(NamedTuple):
     error_code: str
     error_message: str
     payload: str
