@@ -18,6 +18,8 @@ COMMANDS = {
     "local": ("pipelines.local_stack", "Start, stop or inspect the local emulator stack."),
     "publish": ("pipelines.publish", "Publish usage events (JSONL or synthetic) to Pub/Sub."),
     "template": ("pipelines.template", "Build the Dataflow Flex Templates offline."),
+    "explain": ("pipelines.explain", "Explain a usage number: its events, duplicates, revisions."),
+    "statement": ("pipelines.statement", "A customer's usage statement (terminal and HTML)."),
 }
 
 
