@@ -87,7 +87,8 @@ def run(client, name, **params):
 
 def test_every_documented_query_is_tested():
     assert set(documented_queries()) == {"monthly_usage", "top_meters", "provisional_vs_final",
-                                         "corrections_since", "dead_letters_by_code"}
+                                         "corrections_since", "dead_letters_by_code",
+                                         "lineage"}
 
 
 def test_monthly_usage(month):
@@ -132,3 +133,22 @@ def test_dead_letters_by_code(month):
     client, _ = month
     rows = run(client, "dead_letters_by_code", since="2025-06-01T00:00:00Z")
     assert "MALFORMED_JSON" in {r["error_code"] for r in rows}
+
+
+def test_lineage(month):
+    client, events = month
+    config = bigquery.QueryJobConfig(query_parameters=[
+        bigquery.ScalarQueryParameter("subject", "STRING", SUBJECT),
+        bigquery.ScalarQueryParameter("event_type", "STRING", "api.request"),
+        bigquery.ScalarQueryParameter("window_start", "TIMESTAMP", "2025-06-12T09:00:00Z"),
+        bigquery.ScalarQueryParameter("window_end", "TIMESTAMP", "2025-06-12T10:00:00Z")])
+    rows = [dict(r.items()) for r in client.query(documented_queries()["lineage"],
+                                                  job_config=config).result()]
+    window = parse_rfc3339("2025-06-12T09:00:00Z")
+    behind = {e.id for e in events if window <= e.time_ns < window + 3600 * 10 ** 9}
+    assert behind == {"an-2", "an-5", "an-8"}  # an-8 reached only the recompute
+    assert {r["id"] for r in rows if r["counted"]} == behind
+    (row,) = client.query(
+        "SELECT event_count FROM metering.usage WHERE subject = @subject "
+        "AND meter = 'bytes_out' AND window_start = @window_start", job_config=config).result()
+    assert row["event_count"] == len(behind)
