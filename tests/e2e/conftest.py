@@ -3,11 +3,12 @@
 The stack starts once per session in a temporary run dir and is always torn
 down, even when a test (or the start itself) fails.
 """
+import dataclasses
 import time
 
 import pytest
 
-from pipelines.local_stack import down, up
+from pipelines.local_stack import down, provision, up
 
 
 @pytest.fixture(scope="session")
@@ -21,6 +22,14 @@ def local_stack(local_stack_run_dir):
         yield up(local_stack_run_dir, progress=lambda message: None)
     finally:
         down(local_stack_run_dir)
+
+
+@pytest.fixture(scope="module")
+def stack(local_stack, request):
+    """The session's stack with a dataset of the test module's own (its DATASET), ready."""
+    own = dataclasses.replace(local_stack, dataset=request.module.DATASET)
+    provision(own)
+    return own
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,6 @@ explain lists must be exactly the ground truth's and must reproduce the row's
 value, event count and fingerprint; the HTML statement is rendered by headless
 Chromium and its chart and totals must match BigQuery.
 """
-import dataclasses
 import json
 import os
 import random
@@ -30,7 +29,6 @@ import pytest
 import yaml
 
 from pipelines.explain import LINEAGE_SQL, Dataset, explain, ns_of
-from pipelines.local_stack import provision
 from schemas import aggregation
 from schemas.events import Limits, UsageEvent, parse_payload
 from schemas.values import format_decimal, format_time, parse_rfc3339
@@ -74,13 +72,6 @@ def truth_by_key(accepted: list[dict]) -> dict:
         keys.setdefault((subject, meter, dims, time_ns - time_ns % HOUR), set()).add(
             (source, event_id))
     return keys
-
-
-@pytest.fixture(scope="module")
-def stack(local_stack):
-    own = dataclasses.replace(local_stack, dataset=DATASET)
-    provision(own)
-    return own
 
 
 @pytest.fixture(scope="module")

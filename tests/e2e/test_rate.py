@@ -5,7 +5,6 @@ credits and debits, and the first revision stays queryable.
 Usage is loaded as a committed recompute run (and a stale streaming pane the
 `usage` view must ignore). Every expected amount is worked out by hand below.
 """
-import dataclasses
 import json
 import os
 import subprocess
@@ -14,7 +13,6 @@ from decimal import Decimal as D
 
 import pytest
 
-from pipelines.local_stack import provision
 from tests.conftest import EXAMPLE_METERS, ROOT
 
 DATASET = "rate_test"
@@ -79,13 +77,6 @@ USAGE = [
     ("acme", "llm_input_tokens", {"model": "small"}, 1, "123456"),
     ("globex", "api_requests", {"method": "GET"}, 3, "3"),
 ]
-
-
-@pytest.fixture(scope="module")
-def stack(local_stack):
-    own = dataclasses.replace(local_stack, dataset=DATASET)
-    provision(own)
-    return own
 
 
 @pytest.fixture(scope="module")

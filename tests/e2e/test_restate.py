@@ -6,19 +6,16 @@ the period so the `usage` view equals the independent reference, keep every
 revision, survive a crash between staging and commit, and `tallyflow reconcile`
 must name exactly the windows where the stream differs.
 """
-import dataclasses
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from decimal import Decimal
 
 import pytest
 import yaml
 
-from pipelines.local_stack import provision
 from schemas.events import Limits, UsageEvent, parse_payload
 from schemas.values import format_time, parse_rfc3339
 from tests.conftest import EXAMPLE_METERS, ROOT
@@ -30,13 +27,6 @@ from transforms.restate import PAUSE_BEFORE_COMMIT_ENV
 DATASET = "restate_test"
 HOUR = 3600 * 10 ** 9
 PERIOD = ("2026-11-01T00:00:00Z", "2026-11-04T00:00:00Z")
-
-
-@pytest.fixture(scope="module")
-def stack(local_stack):
-    own = dataclasses.replace(local_stack, dataset=DATASET)
-    provision(own)
-    return own
 
 
 @pytest.fixture(scope="module")
