@@ -185,3 +185,26 @@ def test_both_pipelines_options_live_in_one_process():
     assert (everything["meters"], everything["window"]) == ("m.yaml", "15m")
     assert options.view_as(streaming_usage.StreamingUsageOptions).window == "15m"
     assert options.view_as(recompute_usage.RecomputeOptions).window == "15m"
+
+
+# ---------------------------------------------------------------- rate
+
+
+def test_rate_translates():
+    """The rating pipeline (`run()` reads the last revision and stages first: not offline)."""
+    from pipelines import rate_usage
+    from transforms.rating import RatingRun
+
+    prices = ROOT / "examples" / "prices.yaml"
+    options = PipelineOptions(DATAFLOW + ["--prices", str(prices), "--bigquery_project", PROJECT,
+                                          "--period_start", "2026-11-01T00:00:00Z",
+                                          "--period_end", "2026-12-01T00:00:00Z"])
+    rate = options.view_as(rate_usage.RateOptions)
+    start, end = rate_usage.check_arguments(rate)
+    rating = RatingRun("rate-dry-run", start, end, 1, time.time_ns(), "translation test")
+    pipeline = beam.Pipeline(options=options)
+    rate_usage.build(pipeline, rate, rate_usage.load_price_book_anywhere(str(prices)), rating,
+                     "gs://tallyflow-test/rate")
+    job = translate(pipeline)
+    assert job.proto.type == JobType.JOB_TYPE_BATCH
+    assert "ReadUsage" in transform_names(job)
