@@ -63,7 +63,7 @@ def loads_exact(raw: bytes | str, numbers_under: str | None = None):
         obj = None
         fallback = True
     else:
-        fallback = _contains_float(obj[numbers_under] if numbers_under and type(obj) is dict
+        fallback = _holds_floats(obj[numbers_under] if numbers_under and type(obj) is dict
                                    and numbers_under in obj else obj)
     if fallback:
         text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray, memoryview)) else raw
@@ -71,7 +71,7 @@ def loads_exact(raw: bytes | str, numbers_under: str | None = None):
     return obj
 
 
-def _contains_float(obj) -> bool:
+def _holds_floats(obj) -> bool:
     pending = [obj]
     while pending:
         node = pending.pop()

@@ -89,7 +89,7 @@ def commit_run(client, target: BigQueryTarget, run: RecomputeRun, summary: dict)
     """Appends the staged rows and the run's row in one transaction; returns the revision."""
     from google.cloud import bigquery
 
-    pause = float(os.environ.get(PAUSE_BEFORE_COMMIT_ENV, "0") or 0)
+    pause = float(os.environ.get(PAUSE_BEFORE_COMMIT_ENV, "0") or 0)  # float-ok: seconds
     if pause:
         time.sleep(pause)
     runs, usage = target.table_id(RECOMPUTE_RUNS), target.table_id(USAGE_RECOMPUTED)
