@@ -23,6 +23,16 @@ corrections are relative to the provisional (streamed) figures: what every
 recompute changed. Nothing is stored: the statement is a pure function of the
 tables and the times given.
 
+Money next to usage (docs/pricing.md): when `invoice_lines` holds a rating
+of the customer for exactly the statement's period, each meter shows its
+rated amount and currency, and a Charges section lists them with the
+invoice total from `invoices`. The figures are those of the latest revision
+of the rating: the sum of that revision's `charge` lines (its debit and
+credit lines are changes from the previous revision, already included in
+its charges, so they are not added again), which is the revision's invoice
+total. Lines of a plan's minimum or maximum have no meter and are listed on
+their own. Without a rating the statement says "not rated yet".
+
 Every query filters by the customer with a query parameter; nothing of
 another customer is read into the statement. Exit status 2 on bad arguments,
 an unknown customer or meter, or an unreachable BigQuery.
@@ -40,7 +50,9 @@ from pathlib import Path
 from pipelines.explain import (Dataset, ExplainError, Instant, add_dataset_arguments, load_meters,
                                meter_of, ns_of, one_line, row_value, text_table)
 from schemas.catalog import Meter, MeterCatalog
-from schemas.tables import RECOMPUTE_RUNS, USAGE_PANES, USAGE_RECOMPUTED, USAGE_VIEW
+from schemas.pricing import MINOR_UNITS
+from schemas.tables import (INVOICE_LINES, INVOICES, RECOMPUTE_RUNS, USAGE_PANES,
+                            USAGE_RECOMPUTED, USAGE_VIEW)
 from schemas.values import EXACT, format_decimal, format_time, parse_rfc3339
 
 DAY_NS = 86400 * 10 ** 9
@@ -102,6 +114,21 @@ class Correction:
 
 
 @dataclass
+class Rating:
+    """The latest revision of the customer's rating of exactly the statement's period."""
+
+    revision: int
+    run_id: str
+    charges: dict[tuple[str, str], Decimal]        # (meter, currency) -> sum of charge lines
+    plan_lines: dict[tuple[str, str], Decimal]     # (kind, currency): a plan's minimum/maximum
+    invoice_totals: dict[str, Decimal]             # currency -> invoices.total
+
+    def of_meter(self, key: str) -> list[tuple[str, Decimal]]:
+        return [(currency, amount) for (meter, currency), amount in sorted(self.charges.items())
+                if meter == key]
+
+
+@dataclass
 class Statement:
     subject: str
     start_ns: int
@@ -110,6 +137,7 @@ class Statement:
     as_of_ns: int
     meters: list[MeterStatement]
     corrections: list[Correction]
+    rating: Rating | None = None
 
 
 # ---------------------------------------------------------------- reading
@@ -144,8 +172,46 @@ def build_statement(data: Dataset, catalog: MeterCatalog, subject: str, start_ns
         f"SELECT run_id, meter, dimensions, window_start, value, value_bignumeric "
         f"FROM {data.table(USAGE_RECOMPUTED)} WHERE subject = @subject "
         f"AND window_start >= @period_start AND window_start < @period_end", **period)
-    return assemble(catalog, subject, start_ns, end_ns, since_ns, current, runs, panes, restated,
-                    chosen)
+    statement = assemble(catalog, subject, start_ns, end_ns, since_ns, current, runs, panes,
+                         restated, chosen)
+    rating_lines = data.query(
+        f"SELECT meter, kind, line_type, amount, currency, revision, run_id "
+        f"FROM {data.table(INVOICE_LINES)} WHERE subject = @subject "
+        f"AND period_start = @period_start AND period_end = @period_end", **period)
+    totals = []
+    if rating_lines:
+        totals = data.query(
+            f"SELECT currency, total, revision FROM {data.table(INVOICES)} "
+            f"WHERE subject = @subject AND period_start = @period_start "
+            f"AND period_end = @period_end AND revision = @revision",
+            revision=max(int(r["revision"]) for r in rating_lines), **period)
+    statement.rating = rating_of(rating_lines, totals)
+    return statement
+
+
+def rating_of(lines: list[dict], invoices: list[dict]) -> Rating | None:
+    """The customer's latest revision (pure). Every revision holds the complete `charge`
+    lines of the customer; its `debit`/`credit` lines are the change from the previous
+    revision, so only the latest revision's charges are summed (adding the adjustments,
+    or earlier revisions, would count the changes twice)."""
+    if not lines:
+        return None
+    revision = max(int(r["revision"]) for r in lines)
+    latest = [r for r in lines if int(r["revision"]) == revision]
+    charges: dict[tuple[str, str], Decimal] = {}
+    plan_lines: dict[tuple[str, str], Decimal] = {}
+    for row in latest:
+        if row["line_type"] != "charge":
+            continue
+        into, key = ((charges, (row["meter"], row["currency"])) if row["meter"] is not None
+                     else (plan_lines, (row["kind"], row["currency"])))
+        into[key] = EXACT.add(into.get(key, Decimal(0)), Decimal(row["amount"]))
+    totals = {}
+    for row in invoices:
+        if int(row["revision"]) == revision:
+            totals[row["currency"]] = EXACT.add(totals.get(row["currency"], Decimal(0)),
+                                                Decimal(row["total"]))
+    return Rating(revision, str(latest[0]["run_id"]), charges, plan_lines, totals)
 
 
 def assemble(catalog: MeterCatalog, subject: str, start_ns: int, end_ns: int,
@@ -267,6 +333,35 @@ def _signed(value: Decimal) -> str:
     return text if text.startswith("-") else "+" + text
 
 
+def money(amount: Decimal, currency: str) -> str:
+    """A rounded amount with its currency's minor unit shown: 2.5 USD -> '2.50 USD'."""
+    minor = MINOR_UNITS.get(currency)
+    plain = amount.normalize(EXACT)
+    if minor is not None and plain.as_tuple().exponent >= -minor:  # exact: adds zeros only
+        return f"{plain.quantize(Decimal(1).scaleb(-minor), context=EXACT):f} {currency}"
+    return f"{format_decimal(amount)} {currency}"
+
+
+def _meter_money(s: Statement, key: str) -> str:
+    if s.rating is None:
+        return "not rated yet"
+    found = s.rating.of_meter(key)
+    return ", ".join(money(a, c) for c, a in found) if found else "not rated"
+
+
+def _charge_rows(s: Statement) -> list[tuple[str, str]]:
+    """(item, amount) rows of the Charges section: meters, plan limits, invoice totals."""
+    r = s.rating
+    rows = [(meter, money(amount, currency)) for (meter, currency), amount
+            in sorted(r.charges.items())
+]
+    rows += [(f"plan {kind}", money(amount, currency))
+             for (kind, currency), amount in sorted(r.plan_lines.items())]
+    rows += [("invoice total", money(total, currency))
+             for currency, total in sorted(r.invoice_totals.items())]
+    return rows
+
+
 def render_text(s: Statement) -> str:
     since = (f"since {format_time(s.since_ns)}" if s.since_ns is not None
              else "since the provisional figures")
@@ -297,7 +392,13 @@ def render_text(s: Statement) -> str:
                        f"see tallyflow explain per window")
             rows = [("day", "status", "corrections")] + [
                 (format_time(d.start_ns)[:10], d.status, _correction_text(d)) for d in m.days]
+        out[-1] += f"  charge {_meter_money(s, m.meter.key)}"
         out += text_table(rows, "  ") + [""]
+    if s.rating is None:
+        out += ["Charges: not rated yet", ""]
+    else:
+        out.append(f"Charges (rating revision {s.rating.revision}, {s.rating.run_id})")
+        out += text_table([("item", "amount")] + _charge_rows(s), "  ") + [""]
     out.append(f"Corrections {since}: {len(s.corrections)}")
     if s.corrections:
         out += text_table([("meter", "dimensions", "window", "was", "now", "change", "revision",
@@ -355,7 +456,7 @@ def render_html(s: Statement) -> str:
         + "</p>",
         "<h2>Summary</h2>",
         '<table id="summary"><tr><th>meter</th><th>aggregation</th><th>unit</th>'
-        "<th>final</th><th>provisional</th><th>period figure</th></tr>",
+        "<th>final</th><th>provisional</th><th>period figure</th><th>charge</th></tr>",
     ]
     for m in s.meters:
         key = esc(m.meter.key)
@@ -365,8 +466,20 @@ def render_html(s: Statement) -> str:
         parts.append(f'<tr><td>{key}</td><td>{m.meter.aggregation}</td>'
                      f'<td>{esc(m.meter.unit)}</td><td class="final" data-meter="{key}">'
                      f'{final}</td><td class="provisional" data-meter="{key}">{provisional}</td>'
-                     f'<td class="total" data-meter="{key}">{figure}</td></tr>')
+                     f'<td class="total" data-meter="{key}">{figure}</td>'
+                     f'<td class="charge" data-meter="{key}">'
+                     f'{esc(_meter_money(s, m.meter.key))}</td></tr>')
     parts.append("</table>")
+    if s.rating is None:
+        parts += ["<h2>Charges</h2>", '<p id="charges">Not rated yet.</p>']
+    else:
+        parts += [f"<h2>Charges <small>(rating revision {s.rating.revision}, "
+                  f"{esc(s.rating.run_id)})</small></h2>",
+                  '<table id="charges"><tr><th>item</th><th>amount</th></tr>']
+        parts += [f'<tr data-item="{esc(item)}"><td>{esc(item)}</td>'
+                  f'<td class="amount">{esc(amount)}</td></tr>'
+                  for item, amount in _charge_rows(s)]
+        parts.append("</table>")
     for m in s.meters:
         parts += _meter_section(m)
     parts.append(f"<h2>Corrections {esc(since)}</h2>")

@@ -7,6 +7,7 @@ Usage is loaded as a committed recompute run (and a stale streaming pane the
 """
 import json
 import os
+import re
 import subprocess
 import sys
 from decimal import Decimal as D
@@ -221,3 +222,85 @@ def test_rate_refuses_bad_arguments_in_one_line(stack, tmp_path):
     result = rate(stack, str(broken))
     assert result.returncode == 2
     assert "plans[0] (std).currency" in result.stderr
+
+
+def statement(stack, subject: str, period=PERIOD, *extra) -> subprocess.CompletedProcess:
+    env = {**os.environ, **stack.env()}
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "statement", "--meters", str(EXAMPLE_METERS),
+         "--bigquery_dataset", DATASET, "--subject", subject, "--period-start", period[0],
+         "--period-end", period[1], *extra],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def printed_charges(text: str) -> dict:
+    """{item: 'amount currency'} from the Charges section, plus {('head', meter): ...} from
+    each meter's heading."""
+    found, section = {}, False
+    for line in text.splitlines():
+        heading = re.match(r"(\w+) \(.*  charge (.+)$", line)
+        if heading:
+            found[("head", heading[1])] = heading[2]
+        if line.startswith("Charges ("):
+            section = True
+        elif section and not line.strip():
+            section = False
+        elif section and line.split()[0] != "item":
+            item, amount = re.split(r"\s{2,}", line.strip())
+            found[item] = amount
+    return found
+
+
+def test_statement_shows_the_latest_revision_of_the_rating(stack, client, loaded, tmp_path):
+    latest = list(client.query(f"SELECT MAX(revision) AS r FROM "
+                               f"`{table(stack, 'invoice_lines')}`").result())[0]["r"]
+    if latest is None:  # run on its own: rate first (and again, to have debits and credits)
+        assert rate(stack, write_prices(tmp_path, retroactive=False)).returncode == 0
+        assert rate(stack, write_prices(tmp_path, retroactive=True)).returncode == 0
+        latest = 2
+    # the figures of the latest revision, from BigQuery: its charge lines and invoice
+    per_meter = {(r["subject"], r["meter"]): r["amount"] for r in client.query(
+        f"SELECT subject, meter, SUM(amount) AS amount FROM `{table(stack, 'invoice_lines')}` "
+        f"WHERE revision = {latest} AND line_type = 'charge' GROUP BY subject, meter").result()}
+    totals = {r["subject"]: r["total"] for r in client.query(
+        f"SELECT subject, total FROM `{table(stack, 'invoices')}` "
+        f"WHERE revision = {latest}").result()}
+    # by hand (revision 2): requests 2.30 (v1) + 0.40 (v2); tokens 3.00 + 0.12
+    assert per_meter[("acme", "api_requests")] == D("2.70")
+    assert per_meter[("acme", "llm_input_tokens")] == D("3.12")
+    assert totals["acme"] == D("5.82")
+
+    page = tmp_path / "acme.html"
+    result = statement(stack, "acme", PERIOD, "--html", str(page))
+    assert result.returncode == 0, result.stderr[-3000:]
+    charges = printed_charges(result.stdout)
+    assert charges == {
+        ("head", "api_requests"): "2.70 USD", "api_requests": "2.70 USD",
+        ("head", "llm_input_tokens"): "3.12 USD", "llm_input_tokens": "3.12 USD",
+        "invoice total": "5.82 USD"}
+    for meter in ("api_requests", "llm_input_tokens"):
+        assert D(charges[meter].split()[0]) == per_meter[("acme", meter)]
+    assert D(charges["invoice total"].split()[0]) == totals["acme"]
+    assert f"Charges (rating revision {latest}," in result.stdout
+    assert "globex" not in result.stdout and "initech" not in result.stdout
+    html = page.read_text()
+    assert '<td class="charge" data-meter="api_requests">2.70 USD</td>' in html
+    assert '<td class="charge" data-meter="llm_input_tokens">3.12 USD</td>' in html
+    assert ('<tr data-item="invoice total"><td>invoice total</td>'
+            '<td class="amount">5.82 USD</td></tr>') in html
+
+    # globex: its plan minimum has no meter and is listed on its own; the lines add up
+    result = statement(stack, "globex")
+    assert result.returncode == 0, result.stderr[-3000:]
+    charges = printed_charges(result.stdout)
+    assert (charges["api_requests"], charges["plan minimum"], charges["invoice total"]) == (
+        "1.60 USD", "3.40 USD", "5.00 USD")
+    assert D(charges["api_requests"].split()[0]) == per_meter[("globex", "api_requests")]
+    assert D(charges["plan minimum"].split()[0]) == per_meter[("globex", None)]
+    assert D(charges["invoice total"].split()[0]) == totals["globex"]
+
+    # a period that was not rated exactly: no money, said so
+    result = statement(stack, "acme", (PERIOD[0], "2026-11-01T02:00:00Z"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Charges: not rated yet" in result.stdout
+    assert "charge not rated yet" in result.stdout
