@@ -535,7 +535,7 @@ def chart_svg(m: MeterStatement) -> str:
     buckets = m.chart
     plot_w = CHART_WIDTH - MARGIN_LEFT - 10
     plot_h = CHART_HEIGHT - MARGIN_TOP - MARGIN_BOTTOM
-    top = max((float(b.figure) for b in buckets if b.figure is not None), default=0.0)
+    top = max((float(b.figure) for b in buckets if b.figure is not None), default=0.0)  # float-ok: pixels
     scale = plot_h / top if top > 0 else 0.0
     slot = plot_w / max(len(buckets), 1)
     bar_w = max(slot * 0.7, 1.0)
@@ -564,7 +564,7 @@ def chart_svg(m: MeterStatement) -> str:
         for kind, value in segments:
             if value is None or value <= 0:
                 continue
-            height = float(value) * scale
+            height = float(value) * scale  # float-ok: pixels
             y -= height
             out.append(f'<rect class="bar {kind}" x="{x:.2f}" y="{y:.2f}" width="{bar_w:.2f}" '
                        f'height="{height:.2f}" fill="{COLORS[kind]}"><title>{when} {kind}: '
