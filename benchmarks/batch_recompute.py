@@ -104,7 +104,7 @@ def measure(command: list[str]) -> tuple[float, float]:
     if result.returncode:
         raise RuntimeError(f"{command[:3]} failed: {result.stderr.splitlines()[-25:]}")
     wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", result.stderr)
-    parts = [float(p) for p in wall.group(1).split(":")]
+    parts = [float(p) for p in wall.group(1).split(":")]  # float-ok: seconds
     seconds = sum(p * 60 ** i for i, p in enumerate(reversed(parts)))
     rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr).group(1))
     return seconds, rss_kb / 1024

@@ -60,6 +60,19 @@ def add_switch(parser, name: str, help: str) -> None:
                         choices=(False, True), help=help)
 
 
+def add_table_arguments(parser) -> None:
+    """Where the tables live, for commands that query BigQuery without a Beam pipeline."""
+    parser.add_argument("--bigquery_project", "--project", dest="project",
+                        default=os.environ.get("GOOGLE_CLOUD_PROJECT"),
+                        help="Project of the dataset (default: GOOGLE_CLOUD_PROJECT).")
+    parser.add_argument("--bigquery_dataset", "--dataset", dest="dataset", default="metering",
+                        help="Dataset holding the tallyflow tables.")
+    parser.add_argument("--bigquery_endpoint", dest="endpoint",
+                        default=os.environ.get("BIGQUERY_EMULATOR_HOST"),
+                        help="BigQuery API endpoint of an emulator "
+                             "(default: BIGQUERY_EMULATOR_HOST; empty: real BigQuery).")
+
+
 def own_and_shared_arguments(options_class, parser) -> None:
     """Adds the flags of `options_class` and of the classes it derives from."""
     for cls in reversed(options_class.mro()):

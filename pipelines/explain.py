@@ -36,11 +36,11 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
+from pipelines.common import add_table_arguments
 from schemas import aggregation
 from schemas.catalog import CatalogError, Meter, MeterCatalog, load_catalog
 from schemas.events import Limits, UsageEvent, parse_payload
@@ -101,15 +101,7 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     """--meters and where the tables live (shared by explain and statement)."""
     parser.add_argument("--meters", required=True,
                         help="Meter catalog YAML file (the one the pipelines use).")
-    parser.add_argument("--bigquery_project", "--project", dest="project",
-                        default=os.environ.get("GOOGLE_CLOUD_PROJECT"),
-                        help="Project of the dataset (default: GOOGLE_CLOUD_PROJECT).")
-    parser.add_argument("--bigquery_dataset", "--dataset", dest="dataset", default="metering",
-                        help="Dataset holding the tallyflow tables.")
-    parser.add_argument("--bigquery_endpoint", dest="endpoint",
-                        default=os.environ.get("BIGQUERY_EMULATOR_HOST"),
-                        help="BigQuery API endpoint of an emulator "
-                             "(default: BIGQUERY_EMULATOR_HOST; empty: real BigQuery).")
+    add_table_arguments(parser)
 
 
 class Dataset:

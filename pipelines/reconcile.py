@@ -12,11 +12,11 @@ One SQL statement in BigQuery (no Beam job: both sides are already aggregated).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 import uuid
 
+from pipelines.common import add_table_arguments
 from schemas.tables import RECOMPUTE_RUNS, RECONCILIATION, USAGE_PANES, USAGE_RECOMPUTED
 from schemas.values import format_time, parse_rfc3339
 from transforms.bigquery import BigQueryTarget
@@ -142,15 +142,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="Start of the period (RFC 3339, inclusive).")
     parser.add_argument("--period-end", "--period_end", dest="period_end", required=True,
                         help="End of the period (RFC 3339, exclusive).")
-    parser.add_argument("--bigquery_project", "--project", dest="project",
-                        default=os.environ.get("GOOGLE_CLOUD_PROJECT"),
-                        help="Project of the dataset (default: GOOGLE_CLOUD_PROJECT).")
-    parser.add_argument("--bigquery_dataset", "--dataset", dest="dataset", default="metering",
-                        help="Dataset holding the tallyflow tables.")
-    parser.add_argument("--bigquery_endpoint", dest="endpoint",
-                        default=os.environ.get("BIGQUERY_EMULATOR_HOST"),
-                        help="BigQuery API endpoint of an emulator "
-                             "(default: BIGQUERY_EMULATOR_HOST).")
+    add_table_arguments(parser)
     return parser
 
 

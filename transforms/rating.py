@@ -20,6 +20,7 @@ from schemas.pricing import Line, PriceBook, UsageWindow, adjustments, exact_sum
 from schemas.tables import INVOICE_LINES, INVOICES, Table
 from schemas.values import EXACT, format_decimal, format_time
 from transforms.bigquery import BigQueryTarget
+from transforms.restate import CommitAfterWrites
 from transforms.rows import row_id, timestamp
 
 NS_PER_US = 1000
@@ -270,21 +271,12 @@ class _Commit(beam.DoFn):
         yield {**summary, "rows_written": rows_written, "committed": bool(rows_written)}
 
 
-class CommitRating(beam.PTransform):
-    """Counts of staged rows (after every staging write) -> the committed run's summary.
-    A run with nothing to bill commits nothing and adds no revision."""
+class CommitRating(CommitAfterWrites):
+    """Commits a rating run once its rows are staged. A run with nothing to bill commits
+    nothing and adds no revision."""
 
     def __init__(self, target: BigQueryTarget, run: RatingRun):
-        super().__init__()
-        self._target = target
-        self._run = run
-
-    def expand(self, inputs):
-        written, summary = inputs
-        return (written
-                | "Total" >> beam.CombineGlobally(sum)
-                | "Commit" >> beam.ParDo(_Commit(self._target, self._run),
-                                         beam.pvalue.AsSingleton(summary)))
+        super().__init__(_Commit(target, run))
 
 
 def _period(start_ns: int, end_ns: int) -> list:

@@ -143,21 +143,27 @@ class _Commit(beam.DoFn):
         yield {**summary, "run_id": self._run.run_id, "revision": revision}
 
 
-class CommitRun(beam.PTransform):
-    """Counts of staged rows (after every staging write) -> the committed run's summary.
+class CommitAfterWrites(beam.PTransform):
+    """(counts of staged rows, summary) -> what the `commit` DoFn yields, run once after
+    every staging write (it waits for their total).
 
     Runs inside the pipeline, after the writes it depends on, so a Flex
     Template launch needs no driver waiting for the job to finish.
     """
 
-    def __init__(self, target: BigQueryTarget, run: RecomputeRun):
+    def __init__(self, commit: beam.DoFn):
         super().__init__()
-        self._target = target
-        self._run = run
+        self._commit = commit
 
     def expand(self, inputs):
         written, summary = inputs
         return (written
                 | "Total" >> beam.CombineGlobally(sum)
-                | "Commit" >> beam.ParDo(_Commit(self._target, self._run),
-                                         beam.pvalue.AsSingleton(summary)))
+                | "Commit" >> beam.ParDo(self._commit, beam.pvalue.AsSingleton(summary)))
+
+
+class CommitRun(CommitAfterWrites):
+    """Commits a recompute run: its staged rows and its `recompute_runs` row, atomically."""
+
+    def __init__(self, target: BigQueryTarget, run: RecomputeRun):
+        super().__init__(_Commit(target, run))
