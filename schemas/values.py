@@ -28,11 +28,11 @@ _EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
 MIN_TIME_NS = (dt.date(1, 1, 1).toordinal() - _EPOCH_ORDINAL) * 86400 * _NS_PER_SECOND
 MAX_TIME_NS = (dt.date(9999, 12, 31).toordinal() - _EPOCH_ORDINAL + 1) * 86400 * _NS_PER_SECOND - 1
 
-_DECIMAL_STRING = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?\Z")
+_DECIMAL_STRING = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?\Z", re.ASCII)
 _NON_FINITE_STRING = re.compile(r"[+-]?(?:nan|snan|inf|infinity)\Z", re.IGNORECASE)
 _RFC3339 = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?"
-    r"(?:[Zz]|([+-])(\d{2}):(\d{2}))\Z")
+    r"(?:[Zz]|([+-])(\d{2}):(\d{2}))\Z", re.ASCII)
 
 
 class ValueProblem(ValueError):
@@ -237,7 +237,7 @@ def format_time(nanos: int) -> str:
     return stamp + "Z"
 
 
-_DURATION = re.compile(r"(\d+)(ms|s|m|h|d)\Z")
+_DURATION = re.compile(r"(\d+)(ms|s|m|h|d)\Z", re.ASCII)
 _DURATION_NS = {"ms": 1_000_000, "s": _NS_PER_SECOND, "m": 60 * _NS_PER_SECOND,
                 "h": 3600 * _NS_PER_SECOND, "d": 86400 * _NS_PER_SECOND}
 

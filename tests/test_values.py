@@ -72,6 +72,8 @@ def test_out_of_range_values_are_rejected_not_rounded():
     ("1_000", "VALUE_NOT_NUMERIC"),
     (" 1", "VALUE_NOT_NUMERIC"),
     ("0x10", "VALUE_NOT_NUMERIC"),
+    ("\uff11\uff12", "VALUE_NOT_NUMERIC"),  # fullwidth digits: Decimal() would take them
+    ("\u0663", "VALUE_NOT_NUMERIC"),  # Arabic-Indic three
     ("NaN", "VALUE_NOT_FINITE"),
     ("-Infinity", "VALUE_NOT_FINITE"),
     ("inf", "VALUE_NOT_FINITE"),
@@ -117,6 +119,7 @@ def test_fractions_are_kept_to_the_nanosecond():
     "2026-02-30T00:00:00Z", "2026-11-02T24:00:00Z", "2026-11-02T09:60:00Z",
     "2026-11-02T09:00:60Z", "2026-11-02T09:00:00+24:00", "0001-01-01T00:00:00+01:00",
     "yesterday", "1730538000", "2026-11-02T09:00:00.Z",
+    "\u0662\u0660\u0662\u0666-11-02T09:00:00Z",  # Arabic-Indic year: int() would take it
 ])
 def test_bad_times(text):
     with pytest.raises(ValueError):
