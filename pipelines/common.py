@@ -5,7 +5,8 @@ import argparse
 import os
 
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
+from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOptions,
+                                                  StandardOptions)
 
 from schemas.catalog import MeterCatalog, parse_catalog_text
 from transforms.bigquery import BigQueryTarget
@@ -78,6 +79,11 @@ def own_and_shared_arguments(options_class, parser) -> None:
     for cls in reversed(options_class.mro()):
         if cls is not PipelineOptions and "_add_argparse_args" in vars(cls):
             cls._add_argparse_args(parser)
+
+
+def is_dataflow(options) -> bool:
+    """Whether the job runs on Dataflow, where a launcher must not wait for it."""
+    return "dataflow" in (options.view_as(StandardOptions).runner or "").lower()
 
 
 def bigquery_target(options) -> BigQueryTarget:

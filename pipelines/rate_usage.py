@@ -26,9 +26,10 @@ import uuid
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.common import UsageOptions, bigquery_target, load_catalog_anywhere, print_help
+from pipelines.common import (UsageOptions, bigquery_target, is_dataflow, load_catalog_anywhere,
+                              print_help)
 from schemas.catalog import CatalogError
 from schemas.pricing import PriceBook, PriceBookError, parse_price_book_text
 from schemas.tables import INVOICE_LINES, INVOICES, USAGE_VIEW
@@ -139,7 +140,7 @@ def run(argv: list[str] | None = None) -> dict:
     revision = latest_revision(client, target, start, end) + 1
     rating = RatingRun(new_run_id(), start, end, revision, time.time_ns(),
                        rate.reason or ("requested" if revision == 1 else "re-rated"))
-    dataflow = "dataflow" in (options.view_as(StandardOptions).runner or "").lower()
+    dataflow = is_dataflow(options)
     output_dir = (rate.output_dir or (None if dataflow else
                                       tempfile.mkdtemp(prefix="tallyflow-rate-")))
     output_dir = output_dir and output_dir.rstrip("/")

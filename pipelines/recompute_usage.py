@@ -30,9 +30,10 @@ import time
 import uuid
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.common import UsageOptions, bigquery_target, load_catalog_anywhere, print_help
+from pipelines.common import (UsageOptions, bigquery_target, is_dataflow, load_catalog_anywhere,
+                              print_help)
 from schemas.catalog import CatalogError
 from schemas.events import Limits
 from schemas.tables import DEAD_LETTER, LATE_EVENTS, RECOMPUTE_RUNS
@@ -175,7 +176,7 @@ def run(argv: list[str] | None = None) -> list[dict]:
         pipeline = beam.Pipeline(options=options)
         build(pipeline, recompute, limits)
         result = pipeline.run()
-        if _is_dataflow(options):  # a template launch must not wait for its job
+        if is_dataflow(options):  # a template launch must not wait for its job
             return [{"output_dir": recompute.output_dir, "submitted": True}]
         result.wait_until_finish()
         with beam.io.filesystems.FileSystems.open(
@@ -199,7 +200,7 @@ def run(argv: list[str] | None = None) -> list[dict]:
         pipeline = beam.Pipeline(options=options)
         build(pipeline, recompute, limits, restatement)
         result = pipeline.run()
-        if _is_dataflow(options):
+        if is_dataflow(options):
             summaries.append({"run_id": restatement.run_id, "submitted": True})
             continue
         result.wait_until_finish()
@@ -219,10 +220,6 @@ def committed_summary(client, target, run_id: str) -> dict:
         raise RuntimeError(f"run {run_id} finished but did not commit")
     return {**json.loads(found[0]["summary"]), "run_id": run_id,
             "revision": found[0]["revision"]}
-
-
-def _is_dataflow(options: PipelineOptions) -> bool:
-    return "dataflow" in (options.view_as(StandardOptions).runner or "").lower()
 
 
 def main(argv: list[str] | None = None) -> int:
