@@ -68,6 +68,11 @@ class RecomputeOptions(UsageOptions):
                                  "were last recomputed (BigQuery mode).")
         parser.add_argument("--reason", default="",
                             help="Why the period is recomputed; kept with the revision.")
+        parser.add_argument("--dedup_shards", "--dedup-shards", dest="dedup_shards", type=int,
+                            default=4,
+                            help="Identity shards for deduplication. Each shard's identities "
+                                 "are held in memory by one worker (about 300 bytes each): "
+                                 "raise it for periods of many millions of events.")
 
 
 def check_arguments(options: RecomputeOptions) -> None:
@@ -78,6 +83,8 @@ def check_arguments(options: RecomputeOptions) -> None:
         raise ValueError("--input needs --output-dir (BigQuery mode reads the events table)")
     if options.output_dir and not options.input:
         raise ValueError("--output-dir needs --input")
+    if options.dedup_shards < 1:
+        raise ValueError("--dedup_shards must be at least 1")
     if not options.input and not options.dirty and options.period_start is None:
         raise ValueError("BigQuery mode needs --period-start and --period-end, or --dirty")
 
@@ -116,7 +123,8 @@ def build(pipeline: beam.Pipeline, options: RecomputeOptions, limits: Limits,
                    | "ReadEvents" >> ReadPeriodEvents(target, start, end)
                    | "Batch" >> beam.BatchElements(min_batch_size=500, max_batch_size=5000))
 
-    computed = batches | "ComputeUsage" >> ComputeUsage(catalog, limits, window_ns, start, end)
+    computed = batches | "ComputeUsage" >> ComputeUsage(catalog, limits, window_ns, start, end,
+                                                        shards=options.dedup_shards)
     usage, dead_letters = computed["usage"], computed["dead_letters"]
     summary = computed["counts"] | "Summarize" >> SummarizeCounts({
         "meters": options.meters, "inputs": options.input or ["bigquery:events"],

@@ -17,8 +17,9 @@ Arithmetic uses `EXACT`, which raises rather than rounds.
 """
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from hashlib import blake2b
+from operator import itemgetter
 
 from schemas.values import EXACT
 
@@ -62,6 +63,36 @@ def add_reading(acc: list, value, time_ns: int, event_id: str, identity: int) ->
         if state is None or (time_ns, event_id, identity) > state[:3]:
             acc[3] = (time_ns, event_id, identity, value)
     return acc
+
+
+_VALUE, _IDENTITY = itemgetter(0), itemgetter(3)
+
+
+def accumulate(aggregation: str, readings: list) -> list:
+    """The accumulator of many readings at once, equal to folding them one by one with
+    `add_reading`; a batch recompute's fast path, because the reductions run in C.
+
+    `readings` are (value, time_ns, event_id, identity) of distinct events; values are
+    canonical decimal text for numeric meters, text for UNIQUE_COUNT, None for COUNT.
+    """
+    fingerprint = sum(map(_IDENTITY, readings)) % _FP_MOD
+    state = None
+    if aggregation == "UNIQUE_COUNT":
+        state = set(map(_VALUE, readings))
+    elif aggregation != "COUNT":
+        values = map(Decimal, map(_VALUE, readings))
+        if aggregation == "SUM":
+            with localcontext(EXACT):
+                state = sum(values, Decimal(0))
+        elif aggregation == "MIN":
+            state = min(values)
+        elif aggregation == "MAX":
+            state = max(values)
+        else:
+            value, time_ns, event_id, identity = max(
+                readings, key=lambda r: (r[1], r[2], r[3]))
+            state = (time_ns, event_id, identity, Decimal(value))
+    return [aggregation, len(readings), fingerprint, state]
 
 
 def merge_accumulators(accs) -> list:

@@ -2,6 +2,8 @@
 import random
 from decimal import Decimal
 
+import pytest
+
 from schemas import aggregation as agg
 
 
@@ -57,3 +59,25 @@ def test_any_partition_and_order_gives_the_same_result():
             parts = [readings[a:b] for a, b in zip([0] + cuts, cuts + [200])]
             merged = agg.merge_accumulators([fold(kind, part) for part in parts])
             assert agg.extract(merged) == expected
+
+
+def test_accumulate_equals_folding_one_by_one():
+    rng = random.Random(11)
+    for kind in ("SUM", "MIN", "MAX", "LATEST", "COUNT", "UNIQUE_COUNT"):
+        readings = []
+        for n in range(300):
+            value = (None if kind == "COUNT" else f"u{rng.randint(0, 30)}"
+                     if kind == "UNIQUE_COUNT" else str(Decimal(rng.randint(0, 10 ** 38 - 1))
+                                                         / 10 ** 9))
+            readings.append((value, rng.randint(0, 20), f"id{rng.randint(0, 400)}", f"s{n}"))
+        folded = fold(kind, [(v if kind in ("COUNT", "UNIQUE_COUNT") else Decimal(v), t, i, s)
+                             for v, t, i, s in readings])
+        bulk = agg.accumulate(kind, [(v, t, i, agg.identity_hash(s, i))
+                                     for v, t, i, s in readings])
+        assert bulk == folded, kind
+
+
+def test_accumulate_refuses_to_round():
+    huge = str(10 ** 999)
+    with pytest.raises(ArithmeticError):
+        agg.accumulate("SUM", [(huge, 0, "a", 1), ("0.000000001", 0, "b", 2)])

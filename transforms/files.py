@@ -13,15 +13,22 @@ class _ReadLines(beam.DoFn):
 
     def process(self, readable: fileio.ReadableFile):
         path = readable.metadata.path
-        batch = []
+        first, lines = 1, []
         with readable.open() as f:
-            for number, line in enumerate(f, start=1):
-                batch.append((f"{path}:{number}", (path, number), line.rstrip(b"\r\n")))
-                if len(batch) == self._batch_size:
-                    yield batch
-                    batch = []
-        if batch:
-            yield batch
+            for line in f:
+                lines.append(line.rstrip(b"\r\n"))
+                if len(lines) == self._batch_size:
+                    yield path, first, lines
+                    first, lines = first + len(lines), []
+        if lines:
+            yield path, first, lines
+
+
+def _payloads(chunk):
+    """(path, first line number, lines) -> [(position, order, payload)]."""
+    path, first, lines = chunk
+    return [(f"{path}:{number}", (path, number), line)
+            for number, line in enumerate(lines, start=first)]
 
 
 class ReadPayloadBatches(beam.PTransform):
@@ -29,7 +36,9 @@ class ReadPayloadBatches(beam.PTransform):
 
     Lines keep their file and line number: dead letters point at them, and
     the smallest (path, line) copy of a duplicated identity is the one kept.
-    Batches of lines, not single lines, travel between steps (throughput).
+    Batches of lines, not single lines, travel between steps (throughput), and
+    are reshuffled as plain bytes before they become payload tuples, so one big
+    file is parsed by every worker, not only by the one that read it.
     A pattern that matches nothing is an error, not an empty input.
     """
 
@@ -43,7 +52,9 @@ class ReadPayloadBatches(beam.PTransform):
                 | "Patterns" >> beam.Create(self._patterns)
                 | "Match" >> fileio.MatchAll(empty_match_treatment=fileio.EmptyMatchTreatment.DISALLOW)
                 | "Open" >> fileio.ReadMatches()
-                | "Lines" >> beam.ParDo(_ReadLines(self._batch_size)))
+                | "Lines" >> beam.ParDo(_ReadLines(self._batch_size))
+                | "Spread" >> beam.Reshuffle()
+                | "Payloads" >> beam.Map(_payloads))
 
 
 class _WriteSortedLines(beam.DoFn):
