@@ -1,26 +1,37 @@
 """Batch recompute throughput and peak memory, side by side with DuckDB.
 
-For each size, writes a seeded synthetic JSONL file (the generator behind
-`tallyflow publish --synthetic`: 8 meters, duplicates, conflicts, invalid
-events), then times:
+Input is the seeded synthetic stream behind `tallyflow publish --synthetic`
+(8 meters, Zipf-distributed customers, 5% duplicates of which 10% conflict,
+1% invalid events), written once per configuration under --data-dir.
 
-- tallyflow recompute on the DirectRunner, in memory (one process);
+Sizes (--sizes): for each, times
+- tallyflow recompute on the DirectRunner in memory (one process);
 - the same with --direct_running_mode=multi_processing --direct_num_workers=2;
 - DuckDB computing the same aggregation (parse, dedup by (source, id) keeping
   the first line, eight meters, hourly windows, exact DECIMAL) in one process.
 
+Cardinality (--cardinality-events, --customers): at a fixed size, how time
+and memory grow with the number of distinct keys (customers x meters x
+dimensions x windows), plus one run where every `user.active` event has a
+new user (high-cardinality UNIQUE_COUNT).
+
 Each run is a separate process measured with /usr/bin/time (wall seconds and
-peak RSS). Prints a table; the headline is tallyflow / DuckDB wall time.
+peak RSS of the largest process). tallyflow's usage.jsonl is checked against
+DuckDB's result for every run: row for row, value for value.
 
     .venv/bin/python benchmarks/batch_recompute.py --sizes 100000 1000000
+    .venv/bin/python benchmarks/batch_recompute.py --sizes --customers 50 5000 50000
 """
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import re
 import subprocess
 import sys
 import tempfile
+from decimal import Decimal
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,12 +46,26 @@ CREATE TABLE ev AS
   SELECT line,
          json_extract_string(j, '$.source') AS source, json_extract_string(j, '$.id') AS id,
          json_extract_string(j, '$.type') AS type, json_extract_string(j, '$.subject') AS subject,
+         json_extract_string(j, '$.time') AS time_text,
          TRY_CAST(json_extract_string(j, '$.time') AS TIMESTAMPTZ) AS t,
          json_extract(j, '$.data') AS d
   FROM lines WHERE json_valid(j) AND json_extract_string(j, '$.specversion') = '1.0';
+-- valid events only (an invalid one is dead-lettered and takes no part in deduplication):
+-- attributes present and non-empty, an RFC 3339 time, every meter's value a decimal >= 0
 CREATE TABLE firsts AS
-  SELECT * FROM ev WHERE source IS NOT NULL AND id IS NOT NULL AND subject IS NOT NULL
-     AND t IS NOT NULL
+  SELECT * FROM ev
+  WHERE source <> '' AND id <> '' AND type <> '' AND subject <> '' AND t IS NOT NULL
+    AND regexp_full_match(time_text,
+          '\d{{4}}-\d{{2}}-\d{{2}}[Tt]\d{{2}}:\d{{2}}:\d{{2}}(\.\d+)?([Zz]|[+-]\d{{2}}:\d{{2}})')
+    AND CASE type
+      WHEN 'api.request' THEN TRY_CAST(d->>'bytes_out' AS DECIMAL(38,9)) >= 0
+      WHEN 'llm.completion' THEN TRY_CAST(d->>'input_tokens' AS DECIMAL(38,9)) >= 0
+        AND TRY_CAST(d->>'output_tokens' AS DECIMAL(38,9)) >= 0
+        AND TRY_CAST(d->>'cost_usd' AS DECIMAL(38,9)) >= 0
+      WHEN 'user.active' THEN d->>'user_id' IS NOT NULL
+      WHEN 'connection.gauge' THEN TRY_CAST(d->>'connections' AS DECIMAL(38,9)) >= 0
+      WHEN 'storage.snapshot' THEN TRY_CAST(d->>'gb' AS DECIMAL(38,9)) >= 0
+      ELSE TRUE END
   QUALIFY row_number() OVER (PARTITION BY source, id ORDER BY line) = 1;
 CREATE TABLE readings AS
   SELECT subject, 'api_requests' AS meter, json_extract_string(d, '$.method') AS dim,
@@ -82,18 +107,28 @@ COPY (
 """
 
 
-def synthetic_file(size: int, directory: Path) -> Path:
-    path = directory / f"synthetic-{size}.jsonl"
+MODES = {
+    "tallyflow in-memory": [],
+    "tallyflow 2 processes": ["--direct_running_mode=multi_processing", "--direct_num_workers=2"],
+}
+
+
+def synthetic_file(directory: Path, events: int, customers: int = 500,
+                   max_users: int = 60, event_types: tuple[str, ...] | None = None) -> Path:
+    name = f"synthetic-{events}-c{customers}-u{max_users}{'-' + '+'.join(event_types) if event_types else ''}"
+    path = directory / f"{name}.jsonl"
     if not path.exists():
+        types = f", event_types={event_types!r}" if event_types else ""
         subprocess.run([PYTHON, "-c", f"""
 from pipelines.synthetic import SyntheticConfig, generate
-messages = generate(SyntheticConfig(seed=1, events={size}, customers=500, rate=50,
+messages = generate(SyntheticConfig(seed=1, events={events}, customers={customers}, rate=50,
                                     duplicate_fraction=0.05, conflict_fraction=0.1,
-                                    invalid_fraction=0.01))
-with open({str(path)!r}, 'wb') as f:
+                                    invalid_fraction=0.01, max_users={max_users}{types}))
+with open({str(path) + '.tmp'!r}, 'wb') as f:
     for m in messages:
         f.write(m.data + b'\\n')
 """], cwd=ROOT, check=True)
+        Path(str(path) + ".tmp").rename(path)
     return path
 
 
@@ -110,33 +145,79 @@ def measure(command: list[str]) -> tuple[float, float]:
     return seconds, rss_kb / 1024
 
 
+def duckdb_rows(path: Path) -> dict:
+    """DuckDB's result: (subject, meter, dimension value, window start) -> (value, events)."""
+    with path.open() as f:
+        lines = csv.reader(f)
+        next(lines)  # header
+        return {(r[0], r[1], r[2] or None, r[3][:19].replace(" ", "T")): (Decimal(r[4]), int(r[5]))
+                for r in lines}
+
+
+def tallyflow_rows(out: Path) -> dict:
+    rows = {}
+    with (out / "usage.jsonl").open() as f:
+        for line in f:
+            r = json.loads(line)
+            dimension = next(iter(r["dimensions"].values()), None)
+            rows[(r["subject"], r["meter"], dimension, r["window_start"][:19])] = (
+                Decimal(r["value"]), r["event_count"])
+    return rows
+
+
+def compare(data: Path, label: str, runs: dict[str, list[str]], path: Path) -> dict:
+    """Times DuckDB and each tallyflow mode on `path`; checks they agree exactly."""
+    reference = data / f"duckdb-{label}.csv"
+    sql = DUCKDB_SQL.format(path=path, out=reference)
+    results = {"duckdb (reference)": measure(
+        [PYTHON, "-c", f"import duckdb; duckdb.connect().execute({sql!r})"])}
+    expected = duckdb_rows(reference)
+    for name, extra in runs.items():
+        out = data / f"out-{label}-{name.split()[-1]}"
+        results[name] = measure([PYTHON, "-m", "pipelines.cli", "recompute", "--meters",
+                                 "examples/meters.yaml", "--input", str(path),
+                                 "--output-dir", str(out), *extra])
+        if tallyflow_rows(out) != expected:
+            raise RuntimeError(f"{name} on {path.name} differs from DuckDB's result")
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[100_000, 1_000_000])
+    parser.add_argument("--cardinality-events", type=int, default=200_000)
+    parser.add_argument("--customers", type=int, nargs="*", default=[],
+                        help="customer counts for the cardinality runs (e.g. 50 5000 50000); "
+                             "with any, a high-cardinality UNIQUE_COUNT run is added")
     parser.add_argument("--data-dir", default=str(Path(tempfile.gettempdir()) / "tallyflow-bench"))
     args = parser.parse_args()
     data = Path(args.data_dir)
     data.mkdir(parents=True, exist_ok=True)
-    modes = {
-        "tallyflow in-memory": [],
-        "tallyflow 2 processes": ["--direct_running_mode=multi_processing",
-                                  "--direct_num_workers=2"],
-    }
-    print(f"{'events':>9} {'run':<22} {'seconds':>8} {'events/s':>9} {'peak MiB':>9} "
-          f"{'vs DuckDB':>9}", flush=True)
+    if args.sizes:
+        print(f"{'events':>9} {'run':<22} {'seconds':>8} {'events/s':>9} {'peak MiB':>9} "
+              f"{'vs DuckDB':>9}", flush=True)
     for size in args.sizes:
-        path = synthetic_file(size, data)
-        sql = DUCKDB_SQL.format(path=path, out=data / f"duckdb-{size}.csv")
-        duck = measure([PYTHON, "-c", f"import duckdb; duckdb.connect().execute({sql!r})"])
-        results = {"duckdb (reference)": duck}
-        for name, extra in modes.items():
-            results[name] = measure([PYTHON, "-m", "pipelines.cli", "recompute", "--meters",
-                                     "examples/meters.yaml", "--input", str(path),
-                                     "--output-dir", str(data / f"out-{size}"), *extra])
+        results = compare(data, str(size), MODES, synthetic_file(data, size))
+        duck = results["duckdb (reference)"][0]
         for name, (seconds, mib) in results.items():
             print(f"{size:>9} {name:<22} {seconds:>8.1f} {size / seconds:>9.0f} {mib:>9.0f} "
-                  f"{seconds / duck[0]:>8.1f}x", flush=True)
+                  f"{seconds / duck:>8.1f}x", flush=True)
+    if not args.customers:
+        return 0
+    size = args.cardinality_events
+    print(f"\n{size} events: {'input':<36} {'usage rows':>10} {'run':<20} {'seconds':>8} "
+          f"{'peak MiB':>9}", flush=True)
+    inputs = [(f"{c} customers", synthetic_file(data, size, customers=c)) for c in args.customers]
+    inputs.append(("user.active, a new user per event",
+                   synthetic_file(data, size, customers=50, max_users=10 ** 9,
+                                  event_types=("user.active",))))
+    for what, path in inputs:
+        results = compare(data, path.stem, {"tallyflow in-memory": []}, path)
+        keys = len(duckdb_rows(data / f"duckdb-{path.stem}.csv"))
+        for name, (seconds, mib) in results.items():
+            print(f"{'':>{len(str(size)) + 8}} {what:<36} {keys:>10} {name.split()[0]:<20} "
+                  f"{seconds:>8.1f} {mib:>9.0f}", flush=True)
     return 0
 
 

@@ -79,6 +79,7 @@ class SyntheticConfig:
     window_ns: int = HOUR_NS
     allowed_lateness_ns: int = 48 * HOUR_NS
     event_types: tuple[str, ...] = EVENT_TYPES
+    max_users: int = 60  # distinct user ids per customer (UNIQUE_COUNT cardinality), >= 5
 
     def __post_init__(self):
         fractions = {name: getattr(self, name) for name in (
@@ -90,6 +91,8 @@ class SyntheticConfig:
         if sum(v for k, v in fractions.items() if k != "conflict_fraction") > 1:
             raise ValueError("duplicate, late, too-late and invalid fractions add up to more "
                              "than 1")
+        if self.max_users < 5:
+            raise ValueError(f"max_users must be at least 5, got {self.max_users}")
         if self.customers < 1 or self.events < 0 or self.batch_size < 1 or self.rate <= 0:
             raise ValueError("customers and batch_size must be >= 1, events >= 0, rate > 0")
         unknown = set(self.event_types) - set(EVENT_TYPES)
@@ -147,7 +150,7 @@ class _Stream:
 def generate(config: SyntheticConfig) -> list[Message]:
     """The whole stream, in emission order."""
     rng = random.Random(config.seed)
-    customers = [_customer(rng, k) for k in range(config.customers)]
+    customers = [_customer(rng, k, config.max_users) for k in range(config.customers)]
     stream = _Stream(config, rng, customers,
                      list(itertools.accumulate(1 / (k + 1) for k in range(config.customers))))
     slots = [_slot(stream, i) for i in range(config.events)]
@@ -165,9 +168,9 @@ def count_kinds(messages: list[Message]) -> Counter:
     return counts
 
 
-def _customer(rng: random.Random, index: int) -> _Customer:
+def _customer(rng: random.Random, index: int, max_users: int) -> _Customer:
     return _Customer(subject=f"cust-{index + 1:04d}", offset_minutes=rng.choice(OFFSETS_MINUTES),
-                     users=rng.randint(5, 60), connections=rng.randint(1, 200),
+                     users=rng.randint(5, max_users), connections=rng.randint(1, 200),
                      storage_gb=Decimal(rng.randint(1, 5000)))
 
 
