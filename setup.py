@@ -26,6 +26,8 @@ setup(
             "duckdb>=1.1",
             "pandas>=2.0",
         ],
+        # profiling the benchmarks (BENCHMARKS.md): py-spy record -- python ...
+        "bench": ["py-spy>=0.4"],
     },
     entry_points={"console_scripts": ["tallyflow=pipelines.cli:main"]},
 )
