@@ -14,7 +14,11 @@ few, big elements instead of one per event.
    have metered differently (conflicts); and folds the first copies into exact
    usage accumulators per subject x meter x dimensions x window (the window
    start is computed, fixed and UTC-aligned, as `FixedWindows` would).
-4. `CombinePerKey(_MergeUsage)` merges the accumulators of all shards.
+4. The partial accumulators of each identity shard go, as one pickled dict per
+   usage shard (by subject x meter x dimensions), through a second `GroupByKey`
+   to `_MergeUsage`, which merges them into usage rows: a usage key's partials
+   meet in one place, and the shuffle carries a few big elements, not one per
+   key and shard.
 
 Deduplication is over the whole input (it is the authority for a closed
 period), so a shard's identities are held in memory while it is processed:
@@ -28,6 +32,7 @@ import zlib
 from collections import Counter
 from contextlib import contextmanager
 from decimal import Decimal
+from functools import lru_cache
 
 import apache_beam as beam
 import orjson
@@ -158,19 +163,22 @@ def _first_copies(batches, counts: Counter):
 
 class _DeduplicateAndAggregate(beam.DoFn):
     def __init__(self, catalog: MeterCatalog, window_ns: int, start_ns: int | None,
-                 end_ns: int | None):
+                 end_ns: int | None, shards: int):
         self._aggregations = {m.key: m.aggregation for m in catalog.meters}
+        self._shards = shards
         self._window_ns = window_ns
         self._start, self._end = start_ns, end_ns
 
     def process(self, shard):
         _, batches = shard
         counts = Counter()
+        partials: dict[int, dict] = {}
         with paused_gc():
-            readings = self._readings(batches, counts)
-            usage = [(key, aggregation.accumulate(self._aggregations[key[1]], found))
-                     for key, found in readings.items()]
-        yield from usage
+            for key, found in self._readings(batches, counts).items():
+                partials.setdefault(usage_shard_of(key, self._shards), {})[key] = \
+                    aggregation.accumulate(self._aggregations[key[1]], found)
+        for usage_shard, accumulators in partials.items():
+            yield usage_shard, pickle.dumps(accumulators, protocol=pickle.HIGHEST_PROTOCOL)
         yield pvalue.TaggedOutput(COUNTS, counts)
 
     def _readings(self, batches, counts: Counter) -> dict[tuple, list]:
@@ -196,26 +204,43 @@ class _DeduplicateAndAggregate(beam.DoFn):
         return readings
 
 
-class _MergeUsage(beam.CombineFn):
-    def create_accumulator(self):
-        return None
+def usage_shard_of(key: tuple, shards: int) -> int:
+    """The usage shard of (subject, meter, dimensions, window): stable across processes."""
+    subject, meter, dimensions, _ = key
+    return zlib.crc32(f"{subject}\x00{meter}\x00{dimensions}".encode(
+        "utf-8", "surrogatepass")) % shards
 
-    def add_input(self, acc, other):
-        return other if acc is None else aggregation.merge_accumulators([acc, other])
 
-    def merge_accumulators(self, accs):
-        present = [acc for acc in accs if acc is not None]
-        return aggregation.merge_accumulators(present) if present else None
+class _MergeUsage(beam.DoFn):
+    def __init__(self, window_ns: int):
+        self._window_ns = window_ns
 
-    def extract_output(self, acc):
-        return acc
+    def process(self, shard):
+        _, blobs = shard
+        merged: dict[tuple, list] = {}
+        with paused_gc():
+            for blob in blobs:
+                for key, acc in pickle.loads(blob).items():
+                    mine = merged.get(key)
+                    merged[key] = acc if mine is None else aggregation.merge_accumulators(
+                        [mine, acc])
+        for keyed in merged.items():
+            yield usage_row(keyed, self._window_ns)
+        yield pvalue.TaggedOutput(COUNTS, Counter(usage_rows=len(merged)))
+
+
+@lru_cache(maxsize=4096)
+def _window_bounds(window: int, window_ns: int) -> tuple[str, str]:
+    """RFC 3339 bounds of a window; memoised, as rows share few windows."""
+    return format_time(window), format_time(window + window_ns)
 
 
 def usage_row(keyed, window_ns: int) -> dict:
     (subject, meter, dimensions, window), acc = keyed
     value, event_count, fingerprint = aggregation.extract(acc)
+    window_start, window_end = _window_bounds(window, window_ns)
     return {"subject": subject, "meter": meter, "dimensions": dimensions,
-            "window_start": format_time(window), "window_end": format_time(window + window_ns),
+            "window_start": window_start, "window_end": window_end,
             "value": format_decimal(value), "event_count": event_count,
             "fingerprint": fingerprint}
 
@@ -245,12 +270,12 @@ class ComputeUsage(beam.PTransform):
         partial = (parsed.shards
                    | "GroupShards" >> beam.GroupByKey()
                    | "DeduplicateAndAggregate" >> beam.ParDo(_DeduplicateAndAggregate(
-                       self._catalog, window_ns, self._start, self._end)).with_outputs(
-                       COUNTS, main="usage"))
-        usage = (partial.usage
-                 | "MergeUsage" >> beam.CombinePerKey(_MergeUsage())
-                 | "UsageRow" >> beam.Map(usage_row, window_ns))
-        counts = ((parsed.counts, partial.counts,
-                   usage | "CountRows" >> beam.Map(lambda _: Counter(usage_rows=1)))
+                       self._catalog, window_ns, self._start, self._end,
+                       self._shards)).with_outputs(COUNTS, main="usage"))
+        merged = (partial.usage
+                  | "GroupUsageShards" >> beam.GroupByKey()
+                  | "MergeUsage" >> beam.ParDo(_MergeUsage(window_ns)).with_outputs(
+                      COUNTS, main="usage"))
+        counts = ((parsed.counts, partial.counts, merged.counts)
                   | "AllCounts" >> beam.Flatten())
-        return {"usage": usage, DEAD_LETTERS: parsed.dead_letters, COUNTS: counts}
+        return {"usage": merged.usage, DEAD_LETTERS: parsed.dead_letters, COUNTS: counts}
