@@ -121,10 +121,8 @@ def throughput(stack: Stack, events: int, size: int, customers: int, log: Path,
         time.sleep(1)
     if landed != events:
         raise RuntimeError(f"{landed} rows for {events} events")
-    t10 = next(t for t, n in points if n >= 0.1 * events)
-    t90 = next(t for t, n in points if n >= 0.9 * events)
-    n10 = next(n for t, n in points if t == t10)
-    n90 = next(n for t, n in points if t == t90)
+    t10, n10 = next(p for p in points if p[1] >= 0.1 * events)
+    t90, n90 = next(p for p in points if p[1] >= 0.9 * events)
     rate = (n90 - n10) / (t90 - t10) if t90 > t10 else float("nan")  # float-ok: a rate
     return job, rate, points[-1][0] - started
 

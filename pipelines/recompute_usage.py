@@ -70,9 +70,10 @@ class RecomputeOptions(UsageOptions):
                             help="Why the period is recomputed; kept with the revision.")
         parser.add_argument("--dedup_shards", "--dedup-shards", dest="dedup_shards", type=int,
                             default=4,
-                            help="Identity shards for deduplication. Each shard's identities "
-                                 "are held in memory by one worker (about 300 bytes each): "
-                                 "raise it for periods of many millions of events.")
+                            help="Identity shards for deduplication. One worker holds a "
+                                 "shard's identities and first copies in memory while it "
+                                 "deduplicates them: raise it for periods of many millions "
+                                 "of events.")
 
 
 def check_arguments(options: RecomputeOptions) -> None:

@@ -188,7 +188,7 @@ def _readings(obj: dict, catalog: MeterCatalog, problems: list) -> tuple[Reading
     for meter in catalog.meters_for(event_type):
         try:
             value = meter.read_value(data)
-            dimensions = _dimensions_json(meter.read_dimensions(data))
+            dimensions = dimensions_json(meter.read_dimensions(data))
         except ValueProblem as problem:
             problems.append((problem.code, str(problem)))
             continue
@@ -199,7 +199,7 @@ def _readings(obj: dict, catalog: MeterCatalog, problems: list) -> tuple[Reading
 _DIMENSIONS_CACHE: dict[tuple, str] = {}
 
 
-def _dimensions_json(dimensions: dict) -> str:
+def dimensions_json(dimensions: dict) -> str:
     """Canonical JSON of group-by values; memoised, as few distinct combinations recur."""
     key = tuple(dimensions.items())
     text = _DIMENSIONS_CACHE.get(key)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 
 from schemas.catalog import Meter, MeterCatalog
-from schemas.events import SPECVERSION, Limits, _dimensions_json
+from schemas.events import SPECVERSION, Limits, dimensions_json
 from schemas.values import (MAX_TIME_NS, NUMERIC_MAX_INTEGER_DIGITS,
                             ValueProblem, format_decimal, parse_decimal, parse_rfc3339)
 
@@ -116,9 +116,9 @@ def _type_reader(meters: tuple[Meter, ...]):
     cache: dict[tuple, tuple[str, ...]] = {}
 
     def dimensions_of(values: tuple) -> tuple[str, ...]:
+        """The validator's own dimensions of plain values (memoised by the caller)."""
         found = dict(zip(props, values))
-        return tuple(_dimensions_text({name: found[path.steps[0]] for name, path in meter.group_by})
-                     for meter in meters)
+        return tuple(dimensions_json(meter.read_dimensions(found)) for meter in meters)
 
     single = props[0] if len(props) == 1 else None
 
@@ -192,13 +192,6 @@ def _value_reader(meter: Meter):
 
 
 _PLAIN = frozenset({str, int, bool, type(None)})
-
-
-def _dimensions_text(dimensions: dict) -> str:
-    """Canonical dimensions JSON of plain values, spelled as the full validator does."""
-    return _dimensions_json({name: ("true" if value else "false") if type(value) is bool
-                             else value if value is None or type(value) is str else str(value)
-                             for name, value in dimensions.items()})
 
 
 def _remember(cache: dict, key, value):

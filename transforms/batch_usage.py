@@ -77,7 +77,7 @@ def paused_gc():
             gc.enable()
 
 
-def shard_of(event_id: str, shards: int) -> int:
+def _shard_of(event_id: str, shards: int) -> int:
     """The identity shard of an event: by id alone, so every copy of (source, id) meets.
 
     A stable hash (CRC-32), not `hash()`, which differs between worker processes.
@@ -86,6 +86,7 @@ def shard_of(event_id: str, shards: int) -> int:
 
 
 def _text(value) -> str | None:
+    """Canonical text of a reading's value, so re-spelled copies (1E3, 1000) are equal."""
     return format_decimal(value) if isinstance(value, Decimal) else value
 
 
@@ -112,6 +113,10 @@ class _ParseBatch(beam.DoFn):
         """Records of the batch by identity shard; rejections and counts on the side."""
         shards: dict[int, list] = {}
         accept, loads, now_ns, n = self._fast.accept, orjson.loads, self._limits.now_ns, self._shards
+
+        def add(record):
+            shards.setdefault(_shard_of(record[1], n), []).append(record)
+
         fast = 0
         for item in batch:  # (position, order, payload[, ingest_ns, attributes])
             try:
@@ -121,8 +126,7 @@ class _ParseBatch(beam.DoFn):
             if accepted is not None:
                 fast += 1
                 source, event_id, event_type, subject, time_ns, readings = accepted
-                shards.setdefault(shard_of(event_id, n), []).append(
-                    (source, event_id, item[1], subject, event_type, time_ns, readings))
+                add((source, event_id, item[1], subject, event_type, time_ns, readings))
                 continue
             for result in parse_payload(item[2], *item[:2], self._catalog, self._limits,
                                         *item[3:]):
@@ -133,8 +137,7 @@ class _ParseBatch(beam.DoFn):
                     rejections.append(result)
                     continue
                 readings = tuple((r.meter, r.dimensions, _text(r.value)) for r in result.readings)
-                shards.setdefault(shard_of(result.id, n), []).append(
-                    (result.source, result.id, result.order, result.subject, result.type,
+                add((result.source, result.id, result.order, result.subject, result.type,
                      result.time_ns, readings))
         counts["lines"] += len(batch)
         counts["records"] += fast
@@ -175,7 +178,7 @@ class _DeduplicateAndAggregate(beam.DoFn):
         partials: dict[int, dict] = {}
         with paused_gc():
             for key, found in self._readings(batches, counts).items():
-                partials.setdefault(usage_shard_of(key, self._shards), {})[key] = \
+                partials.setdefault(_usage_shard_of(key, self._shards), {})[key] = \
                     aggregation.accumulate(self._aggregations[key[1]], found)
         for usage_shard, accumulators in partials.items():
             yield usage_shard, pickle.dumps(accumulators, protocol=pickle.HIGHEST_PROTOCOL)
@@ -204,7 +207,7 @@ class _DeduplicateAndAggregate(beam.DoFn):
         return readings
 
 
-def usage_shard_of(key: tuple, shards: int) -> int:
+def _usage_shard_of(key: tuple, shards: int) -> int:
     """The usage shard of (subject, meter, dimensions, window): stable across processes."""
     subject, meter, dimensions, _ = key
     return zlib.crc32(f"{subject}\x00{meter}\x00{dimensions}".encode(
