@@ -1,0 +1,140 @@
+"""What the local stack itself can take, whatever the pipeline does: the ceiling
+for `benchmarks/streaming.py` on this machine.
+
+1. Sink: `insert_rows_json` of realistic `events` rows straight into the
+   BigQuery emulator, at several batch sizes (no Beam).
+2. Bare pipeline: the streaming DirectRunner reading 100-event CloudEvents
+   batches from the Pub/Sub emulator and writing one insertAll per bundle,
+   with no validation, deduplication, aggregation or other table. Landed
+   rate between 10% and 90%, as `benchmarks/streaming.py` measures it.
+
+Every accepted event must land in `events` (SPEC §4), so no tallyflow
+pipeline can go faster locally than (2).
+
+    .venv/bin/python benchmarks/streaming_ceiling.py --events 20000
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT.parent))
+sys.path.insert(0, str(ROOT))
+
+from pipelines.local_stack import down, up  # noqa: E402
+from streaming import Stack, messages  # noqa: E402
+
+
+def event_rows(payloads: list[bytes], message_id: str) -> list[dict]:
+    """`events` rows as the pipeline writes them (raw and data as JSON text)."""
+    return [{"source": e["source"], "id": e["id"], "type": e["type"], "subject": e["subject"],
+             "time": e["time"], "data": orjson.dumps(e.get("data")).decode(),
+             "raw": orjson.dumps(e).decode(), "ingest_time": e["time"],
+             "message_id": message_id, "job_id": "ceiling"}
+            for payload in payloads for e in orjson.loads(payload)]
+
+
+def sink_rate(stack: Stack, batch: int, count: int) -> float:
+    rows = event_rows(messages(0, count, 100, f"sink{batch}", 500), "m")
+    table = f"{stack.lane.project}.{stack.lane.dataset}.events"
+    started = time.monotonic()
+    for i in range(0, count, batch):
+        chunk = rows[i:i + batch]
+        errors = stack.bq.insert_rows_json(table, chunk, row_ids=[r["id"] for r in chunk])
+        if errors:
+            raise RuntimeError(errors[:3])
+    return count / (time.monotonic() - started)
+
+
+BARE_JOB = """
+import sys
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+sys.path[:0] = [{root!r}, {root_parent!r}]
+from streaming_ceiling import event_rows
+from pipelines.local_stack import bigquery_client
+
+subscription, endpoint, project, table = sys.argv[1:5]
+
+
+class InsertPerBundle(beam.DoFn):
+    def setup(self):
+        self.client = bigquery_client(endpoint, project)
+
+    def start_bundle(self):
+        self.rows = []
+
+    def process(self, message):
+        self.rows.extend(event_rows([message.data], message.message_id))
+
+    def finish_bundle(self):
+        if self.rows and self.client.insert_rows_json(
+                table, self.rows, row_ids=[r["id"] for r in self.rows]):
+            raise RuntimeError("insert failed")
+
+
+pipeline = beam.Pipeline(options=PipelineOptions(streaming=True))
+_ = (pipeline | beam.io.ReadFromPubSub(subscription=subscription, with_attributes=True)
+     | beam.ParDo(InsertPerBundle()))
+pipeline.run().wait_until_finish()
+"""
+
+
+def bare_pipeline_rate(stack: Stack, count: int, log: Path, timeout: float) -> float:
+    stack.publish(messages(0, count, 100, "bare", 500))
+    script = log.with_suffix(".py")
+    script.write_text(BARE_JOB.format(root=str(ROOT), root_parent=str(ROOT.parent)))
+    env = {**os.environ, "PUBSUB_EMULATOR_HOST": stack.lane.pubsub_host}
+    job = subprocess.Popen(
+        [sys.executable, str(script), stack.lane.subscription_path(),
+         stack.lane.bigquery_endpoint, stack.lane.project,
+         f"{stack.lane.project}.{stack.lane.dataset}.events"],
+        env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    started, points = time.monotonic(), []
+    try:
+        while True:
+            landed = stack.count()
+            points.append((time.monotonic(), landed))
+            if landed >= count:
+                break
+            if job.poll() is not None or time.monotonic() - started > timeout:
+                raise RuntimeError(f"{landed}/{count} events landed; see {log}")
+            time.sleep(1)
+    finally:
+        job.kill()
+    t10, n10 = next(p for p in points if p[1] >= 0.1 * count)
+    t90, n90 = next(p for p in points if p[1] >= 0.9 * count)
+    return (n90 - n10) / (t90 - t10)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[500, 1000, 2000, 5000])
+    parser.add_argument("--timeout", type=float, default=600)
+    args = parser.parse_args()
+    run_dir = tempfile.mkdtemp(prefix="tallyflow-ceiling-")
+    stack = up(run_dir)
+    try:
+        print("sink: insert_rows_json into the BigQuery emulator, no Beam")
+        print(f"{'rows/insert':>11} {'rows/s':>7}")
+        for batch in args.batch_sizes:
+            print(f"{batch:>11} {sink_rate(Stack(stack, 'sink'), batch, args.events):>7.0f}")
+        log = Path(run_dir) / "bare_job.log"
+        rate = bare_pipeline_rate(Stack(stack, "bare"), args.events, log, args.timeout)
+        print(f"bare DirectRunner pipeline (pull -> one insertAll per bundle): {rate:.0f} events/s")
+    finally:
+        down(run_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
