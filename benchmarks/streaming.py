@@ -104,11 +104,12 @@ class Stack:
             cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
 
-def throughput(stack: Stack, events: int, size: int, customers: int, log: Path,
-               timeout: float) -> tuple[subprocess.Popen, float, float]:
-    """(running job, events/s between 10% and 90% landed, seconds from start to all landed)."""
-    stack.publish(messages(0, events, size, "bulk", customers))
-    job = stack.start_job(log)
+def follow(stack: Stack, job: subprocess.Popen, events: int, log: Path,
+           timeout: float) -> tuple[float, float]:
+    """Polls `events` until all landed: (events/s between 10% and 90% landed, seconds to all).
+
+    Kills the job if it dies or times out first, and fails on extra rows.
+    """
     started, points = time.monotonic(), []
     while True:
         landed = stack.count()
@@ -124,7 +125,15 @@ def throughput(stack: Stack, events: int, size: int, customers: int, log: Path,
     t10, n10 = next(p for p in points if p[1] >= 0.1 * events)
     t90, n90 = next(p for p in points if p[1] >= 0.9 * events)
     rate = (n90 - n10) / (t90 - t10) if t90 > t10 else float("nan")  # float-ok: a rate
-    return job, rate, points[-1][0] - started
+    return rate, points[-1][0] - started
+
+
+def throughput(stack: Stack, events: int, size: int, customers: int, log: Path,
+               timeout: float) -> tuple[subprocess.Popen, float, float]:
+    """(running job, events/s between 10% and 90% landed, seconds from start to all landed)."""
+    stack.publish(messages(0, events, size, "bulk", customers))
+    job = stack.start_job(log)
+    return (job, *follow(stack, job, events, log, timeout))
 
 
 def latency(stack: Stack, size: int, customers: int, interval: float,

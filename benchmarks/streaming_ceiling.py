@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT.parent))
 sys.path.insert(0, str(ROOT))
 
 from pipelines.local_stack import down, up  # noqa: E402
-from streaming import Stack, messages  # noqa: E402
+from streaming import Stack, follow, messages  # noqa: E402
 
 
 def event_rows(payloads: list[bytes], message_id: str) -> list[dict]:
@@ -98,21 +98,10 @@ def bare_pipeline_rate(stack: Stack, count: int, log: Path, timeout: float) -> f
          stack.lane.bigquery_endpoint, stack.lane.project,
          f"{stack.lane.project}.{stack.lane.dataset}.events"],
         env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    started, points = time.monotonic(), []
     try:
-        while True:
-            landed = stack.count()
-            points.append((time.monotonic(), landed))
-            if landed >= count:
-                break
-            if job.poll() is not None or time.monotonic() - started > timeout:
-                raise RuntimeError(f"{landed}/{count} events landed; see {log}")
-            time.sleep(1)
+        return follow(stack, job, count, log, timeout)[0]
     finally:
         job.kill()
-    t10, n10 = next(p for p in points if p[1] >= 0.1 * count)
-    t90, n90 = next(p for p in points if p[1] >= 0.9 * count)
-    return (n90 - n10) / (t90 - t10)
 
 
 def main() -> int:
