@@ -74,7 +74,8 @@ class Stack:
         provision(self.lane)
         self.bq = self.lane.bigquery_client()
         self.publisher = self.lane.publisher_client()
-        self.table = f"`{self.lane.project}.{self.lane.dataset}.events`"
+        self.events_table = f"{self.lane.project}.{self.lane.dataset}.events"
+        self.table = f"`{self.events_table}`"
 
     def publish(self, payloads: list[bytes]) -> None:
         futures = []

@@ -23,13 +23,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import apache_beam as beam
 import orjson
+from apache_beam.options.pipeline_options import PipelineOptions
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 sys.path.insert(0, str(ROOT))
 
-from pipelines.local_stack import down, up  # noqa: E402
+from pipelines.local_stack import bigquery_client, down, up  # noqa: E402
 from streaming import Stack, follow, messages  # noqa: E402
 
 
@@ -44,59 +46,49 @@ def event_rows(payloads: list[bytes], message_id: str) -> list[dict]:
 
 def sink_rate(stack: Stack, batch: int, count: int) -> float:
     rows = event_rows(messages(0, count, 100, f"sink{batch}", 500), "m")
-    table = f"{stack.lane.project}.{stack.lane.dataset}.events"
     started = time.monotonic()
     for i in range(0, count, batch):
         chunk = rows[i:i + batch]
-        errors = stack.bq.insert_rows_json(table, chunk, row_ids=[r["id"] for r in chunk])
+        errors = stack.bq.insert_rows_json(stack.events_table, chunk, row_ids=[r["id"] for r in chunk])
         if errors:
             raise RuntimeError(errors[:3])
     return count / (time.monotonic() - started)
 
 
-BARE_JOB = """
-import sys
-import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
-sys.path[:0] = [{root!r}, {root_parent!r}]
-from streaming_ceiling import event_rows
-from pipelines.local_stack import bigquery_client
-
-subscription, endpoint, project, table = sys.argv[1:5]
-
-
 class InsertPerBundle(beam.DoFn):
+    """One insertAll per bundle of Pub/Sub messages: the least a streaming job can do."""
+
+    def __init__(self, endpoint: str, project: str, table: str):
+        self._endpoint, self._project, self._table = endpoint, project, table
+
     def setup(self):
-        self.client = bigquery_client(endpoint, project)
+        self._client = bigquery_client(self._endpoint, self._project)
 
     def start_bundle(self):
-        self.rows = []
+        self._rows = []
 
     def process(self, message):
-        self.rows.extend(event_rows([message.data], message.message_id))
+        self._rows.extend(event_rows([message.data], message.message_id))
 
     def finish_bundle(self):
-        if self.rows and self.client.insert_rows_json(
-                table, self.rows, row_ids=[r["id"] for r in self.rows]):
+        if self._rows and self._client.insert_rows_json(
+                self._table, self._rows, row_ids=[r["id"] for r in self._rows]):
             raise RuntimeError("insert failed")
 
 
-pipeline = beam.Pipeline(options=PipelineOptions(streaming=True))
-_ = (pipeline | beam.io.ReadFromPubSub(subscription=subscription, with_attributes=True)
-     | beam.ParDo(InsertPerBundle()))
-pipeline.run().wait_until_finish()
-"""
+def run_bare_job(subscription: str, endpoint: str, project: str, table: str) -> None:
+    pipeline = beam.Pipeline(options=PipelineOptions(streaming=True))
+    _ = (pipeline | beam.io.ReadFromPubSub(subscription=subscription, with_attributes=True)
+         | beam.ParDo(InsertPerBundle(endpoint, project, table)))
+    pipeline.run().wait_until_finish()
 
 
 def bare_pipeline_rate(stack: Stack, count: int, log: Path, timeout: float) -> float:
     stack.publish(messages(0, count, 100, "bare", 500))
-    script = log.with_suffix(".py")
-    script.write_text(BARE_JOB.format(root=str(ROOT), root_parent=str(ROOT.parent)))
     env = {**os.environ, "PUBSUB_EMULATOR_HOST": stack.lane.pubsub_host}
     job = subprocess.Popen(
-        [sys.executable, str(script), stack.lane.subscription_path(),
-         stack.lane.bigquery_endpoint, stack.lane.project,
-         f"{stack.lane.project}.{stack.lane.dataset}.events"],
+        [sys.executable, __file__, "--bare-job", stack.lane.subscription_path(),
+         stack.lane.bigquery_endpoint, stack.lane.project, stack.events_table],
         env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     try:
         return follow(stack, job, count, log, timeout)[0]
@@ -109,7 +101,12 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[500, 1000, 2000, 5000])
     parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--bare-job", nargs=4, help=argparse.SUPPRESS,
+                        metavar=("SUBSCRIPTION", "ENDPOINT", "PROJECT", "TABLE"))
     args = parser.parse_args()
+    if args.bare_job:  # the job process of `bare_pipeline_rate`
+        run_bare_job(*args.bare_job)
+        return 0
     run_dir = tempfile.mkdtemp(prefix="tallyflow-ceiling-")
     stack = up(run_dir)
     try:
