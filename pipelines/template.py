@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Mapping
 
 from pipelines.common import own_and_shared_arguments
+from schemas import names
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATES_DIR = REPO / "templates"
@@ -50,8 +51,8 @@ class ValueKind:
     regex: str | None = None
 
 
-SUBSCRIPTION = ValueKind("PUBSUB_SUBSCRIPTION", r"^projects/[^/]+/subscriptions/[^/]+$")
-TOPIC = ValueKind("PUBSUB_TOPIC", r"^projects/[^/]+/topics/[^/]+$")
+SUBSCRIPTION = ValueKind("PUBSUB_SUBSCRIPTION", names.SUBSCRIPTION)
+TOPIC = ValueKind("PUBSUB_TOPIC", names.TOPIC)
 # A template's files are read by the launcher and the workers: GCS, never a local path.
 GCS_FILE = ValueKind("GCS_READ_FILE", r"^gs://[^/]+/.+$")
 GCS_FOLDER = ValueKind("GCS_WRITE_FOLDER", r"^gs://[^/]+(/.*)?$")
@@ -60,8 +61,8 @@ DURATION = ValueKind("TEXT", r"^[0-9]*[1-9][0-9]*(ms|s|m|h|d)$")
 # schemas.values.parse_rfc3339: RFC 3339 with an offset.
 TIMESTAMP = ValueKind("TEXT", r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}"
                               r"(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$")
-PROJECT = ValueKind("TEXT", r"^([a-z][-a-z0-9.]*[a-z0-9]:)?[a-z][-a-z0-9]{4,28}[a-z0-9]$")
-DATASET = ValueKind("TEXT", r"^[A-Za-z0-9_]{1,1024}$")
+PROJECT = ValueKind("TEXT", names.PROJECT)
+DATASET = ValueKind("TEXT", names.DATASET)
 COUNT = ValueKind("NUMBER", r"^[0-9]+$")  # argparse type=int
 TEXT = ValueKind("TEXT")
 

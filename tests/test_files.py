@@ -2,12 +2,16 @@
 import gzip
 import io
 import random
+import re
+
+import pytest
 
 import apache_beam as beam
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from transforms.files import ReadPayloadBatches, plan_ranges, split_lines
+from transforms.files import (ReadPayloadBatches, UnreadableInput, _PlanRanges, _ReadRange,
+                             plan_ranges, split_lines)
 
 
 def lines_of(data: bytes) -> list[bytes]:
@@ -42,3 +46,106 @@ def test_pipeline_reads_ranges_of_plain_and_gzip_files(tmp_path):
     with TestPipeline() as p:
         batches = p | ReadPayloadBatches([str(tmp_path / "*")], batch_size=7, range_bytes=100)
         assert_that(batches | beam.FlatMap(lambda batch: batch), equal_to(expected))
+
+
+# ---------------------------------------------------------------- never half read
+
+def compressed(kind: str, data: bytes) -> bytes:
+    import bz2
+    import lzma
+    import zlib
+
+    import zstandard
+
+    return {"gz": gzip.compress, "bz2": bz2.compress, "xz": lzma.compress,
+            "zst": zstandard.ZstdCompressor().compress, "deflate": zlib.compress}[kind](data)
+
+
+EVENT_LINES = b"".join(b'{"n": %d, "pad": "%s"}\n' % (n, b"x" * (n % 13)) for n in range(2000))
+
+
+def assert_reads(patterns, expected, project=lambda item: item):
+    """The transform yields exactly `expected` (as `project` sees each item)."""
+    with TestPipeline() as p:
+        items = p | ReadPayloadBatches(patterns) | beam.FlatMap(lambda batch: batch)
+        assert_that(items | beam.Map(project), equal_to(expected))
+
+
+def line_of(item):
+    return item[2]
+
+
+@pytest.mark.parametrize("kind", ["gz", "bz2", "xz", "zst", "deflate"])
+def test_a_complete_compressed_file_is_read_whole(tmp_path, kind):
+    path = tmp_path / f"events.jsonl.{kind}"
+    path.write_bytes(compressed(kind, EVENT_LINES))
+    assert_reads([str(path)], EVENT_LINES.splitlines(), line_of)
+
+
+@pytest.mark.parametrize("kind", ["gz", "bz2", "xz", "zst", "deflate"])
+def test_a_truncated_compressed_file_fails_the_run_naming_it(tmp_path, kind):
+    whole = compressed(kind, EVENT_LINES)
+    path = tmp_path / f"events.jsonl.{kind}"
+    path.write_bytes(whole[:len(whole) * 2 // 5])
+    with pytest.raises(UnreadableInput, match=f"cannot read {re.escape(str(path))}: "):
+        assert_reads([str(tmp_path / "*")], [])
+
+
+def test_concatenated_gzip_members_and_an_empty_gzip_file_are_whole(tmp_path):
+    half = len(EVENT_LINES) // 2
+    (tmp_path / "two.jsonl.gz").write_bytes(gzip.compress(EVENT_LINES[:half])
+                                            + gzip.compress(EVENT_LINES[half:]))
+    (tmp_path / "empty.jsonl.gz").write_bytes(b"")
+    assert_reads([str(tmp_path / "*")], EVENT_LINES.splitlines(), line_of)
+
+
+@pytest.mark.parametrize("content", [EVENT_LINES, gzip.compress(EVENT_LINES) + b"garbage"])
+def test_a_file_named_gz_that_is_not_gzip_fails_naming_it(tmp_path, content):
+    path = tmp_path / "plain.jsonl.gz"
+    path.write_bytes(content)
+    with pytest.raises(UnreadableInput, match=f"cannot read {re.escape(str(path))}: .*error"):
+        assert_reads([str(path)], [])
+
+
+def test_a_pattern_matching_nothing_fails_naming_it(tmp_path):
+    pattern = str(tmp_path / "nothing-*.jsonl")
+    with pytest.raises(UnreadableInput, match=f"cannot read {re.escape(pattern)}: no file"):
+        assert_reads([pattern], [])
+
+
+@pytest.mark.parametrize("change", [b"", b'{"n": "appended"}\n'])
+def test_a_plain_file_that_changes_between_planning_and_reading_is_refused(tmp_path, change):
+    path = tmp_path / "growing.jsonl"
+    path.write_bytes(EVENT_LINES)
+    ranges = list(_PlanRanges(1000).process(str(path)))
+    assert len(ranges) > 3
+    reader = _ReadRange(100)
+    assert list(reader.process(ranges[0]))  # unchanged: read
+    with path.open("r+b") as f:
+        if change:
+            f.seek(0, 2)
+            f.write(change)
+        else:
+            f.truncate(len(EVENT_LINES) - 10)
+    for file_range in (ranges[0], ranges[-1]):
+        with pytest.raises(UnreadableInput, match="changed while it was read"):
+            list(reader.process(file_range))
+
+
+def test_positions_do_not_depend_on_how_a_path_is_spelled(tmp_path, monkeypatch):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.jsonl").write_bytes(b"1\n2\n")
+    (tmp_path / "link.jsonl").symlink_to(tmp_path / "a.jsonl")
+    monkeypatch.chdir(tmp_path / "sub")
+    canonical = str((tmp_path / "a.jsonl").resolve())
+    expected = [(f"{canonical}:1", (canonical, 1), b"1"), (f"{canonical}:2", (canonical, 2), b"2")]
+    for spelling in ("../a.jsonl", str(tmp_path / "a.jsonl"), "../sub/../a.jsonl",
+                     "../link.jsonl"):
+        assert_reads([spelling], expected)
+
+
+def test_a_file_two_patterns_match_is_read_once(tmp_path, monkeypatch):
+    (tmp_path / "a.jsonl").write_bytes(b"1\n2\n")
+    (tmp_path / "b.jsonl").write_bytes(b"3\n")
+    monkeypatch.chdir(tmp_path)
+    assert_reads(["*.jsonl", "a.jsonl", str(tmp_path / "a.jsonl")], [b"1", b"2", b"3"], line_of)

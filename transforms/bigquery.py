@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindows
 
+from schemas import names
 from schemas.tables import Table
 
 CLIENT_METHOD = "INSERT_ALL"
@@ -41,9 +42,14 @@ class BigQueryTarget:
     endpoint: str | None = None  # e.g. http://127.0.0.1:9050 for the emulator
     retry_seconds: float = 120.0
 
+    def __post_init__(self):
+        """Names go into SQL between backticks: only names BigQuery itself allows."""
+        names.bigquery_project(self.project)
+        names.bigquery_dataset(self.dataset)
+
     def table_id(self, table: Table | str) -> str:
         name = table if isinstance(table, str) else table.name
-        return f"{self.project}.{self.dataset}.{name}"
+        return f"{self.project}.{self.dataset}.{names.bigquery_table(name)}"
 
     def client(self):
         from google.cloud import bigquery

@@ -1,8 +1,14 @@
 """Reading payloads from JSONL files, and writing results to local or gs:// files."""
 from __future__ import annotations
 
+import bz2
+import contextlib
+import lzma
+import os
+import zlib
+
 import apache_beam as beam
-from apache_beam.io import fileio
+import zstandard
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
@@ -44,31 +50,127 @@ def split_lines(data: bytes) -> list[bytes]:
     return [line.rstrip(b"\r") for line in lines]
 
 
+class UnreadableInput(OSError):
+    """An input file that cannot be read whole: the run fails, naming the file and why.
+    (One message argument: Beam re-raises a step's error as its type with the step
+    name appended, and only a one-argument exception survives that.)"""
+
+
+def _unreadable(path: str, reason: str) -> UnreadableInput:
+    return UnreadableInput(f"cannot read {path}: {reason}")
+
+
+@contextlib.contextmanager
+def _reading(path: str):
+    """Any failure to read `path`, however the library spells it, as UnreadableInput."""
+    try:
+        yield
+    except UnreadableInput:
+        raise
+    except (OSError, EOFError, zlib.error, lzma.LZMAError, zstandard.ZstdError) as e:
+        text = str(e).strip().splitlines()
+        raise _unreadable(path, f"{type(e).__name__}: {text[0] if text else ''}"[:300]) \
+            from e
+
+
+def canonical_path(path: str) -> str:
+    """One spelling per file, so neither the order of copies (which copy of a duplicate
+    wins) nor whether a file is read once depends on how a pattern named it: local
+    paths absolute with symlinks resolved; URIs (gs://...) as the filesystem gives them."""
+    return path if FileSystems.get_scheme(path) else os.path.realpath(path)
+
+
+def matching_files(pattern: str) -> list[str]:
+    """Canonical paths of the files `pattern` matches; none is an error, not an empty input.
+    (A local pattern is made absolute first: Beam matches nothing for a bare `*.jsonl`.)"""
+    absolute = pattern if FileSystems.get_scheme(pattern) else os.path.abspath(pattern)
+    with _reading(pattern):
+        found = FileSystems.match([absolute])[0].metadata_list
+    if not found:
+        raise _unreadable(pattern, "no file matches it")
+    return [canonical_path(metadata.path) for metadata in found]
+
+
+def _version(path: str) -> tuple[int, float]:
+    """(size, last modified) of a file, to notice one that changes while it is read."""
+    metadata = FileSystems.match([path])[0].metadata_list
+    if len(metadata) != 1:
+        raise _unreadable(path, "it disappeared while it was read")
+    return metadata[0].size_in_bytes, metadata[0].last_updated_in_seconds
+
+
+def _decompressor(compression: str):
+    """The decompressor Beam's CompressedFile would use for `compression`."""
+    if compression == CompressionTypes.GZIP:
+        return zlib.decompressobj(zlib.MAX_WBITS | 16)
+    if compression == CompressionTypes.DEFLATE:
+        return zlib.decompressobj()
+    if compression == CompressionTypes.BZIP2:
+        return bz2.BZ2Decompressor()
+    if compression == CompressionTypes.LZMA:
+        return lzma.LZMADecompressor()
+    assert compression == CompressionTypes.ZSTD, compression
+    return zstandard.ZstdDecompressor(max_window_size=2 ** 31).decompressobj()
+
+
+def decompress(f, compression: str, block: int = 8 << 20) -> bytes:
+    """The whole content of compressed file `f`, concatenated streams included.
+
+    Beam's CompressedFile stops at the end of the compressed bytes without asking
+    the decompressor whether its stream ended, so a truncated file reads as a
+    shorter one. Here every stream must reach its end marker, or EOFError."""
+    out, decompressor = [], _decompressor(compression)
+    for chunk in iter(lambda: f.read(block), b""):
+        while chunk:
+            if decompressor.eof:
+                decompressor = _decompressor(compression)
+            out.append(decompressor.decompress(chunk))
+            chunk = decompressor.unused_data if decompressor.eof else b""
+    if out and not decompressor.eof:
+        raise EOFError(f"the {compression} stream ends before its end marker (truncated)")
+    return b"".join(out)
+
+
 class _PlanRanges(beam.DoFn):
     def __init__(self, range_bytes: int):
         self._range_bytes = range_bytes
 
-    def process(self, readable: fileio.ReadableFile):
-        path = readable.metadata.path
-        if CompressionTypes.detect_compression_type(path) != CompressionTypes.UNCOMPRESSED:
-            yield path, 0, None, 1  # a compressed file cannot be entered midway
-            return
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            for start, end, first in plan_ranges(f, self._range_bytes):
-                yield path, start, end, first
+    def process(self, path: str):
+        with _reading(path):
+            if CompressionTypes.detect_compression_type(path) != CompressionTypes.UNCOMPRESSED:
+                yield path, 0, None, 1, None  # a compressed file cannot be entered midway
+                return
+            version = _version(path)
+            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                ranges = plan_ranges(f, self._range_bytes)
+                size = f.tell()
+            if size != version[0] or _version(path) != version:
+                raise _unreadable(path, "it changed while it was planned")
+        for start, end, first in ranges:
+            yield path, start, size if end is None else end, first, version
 
 
 class _ReadRange(beam.DoFn):
+    """Reads a planned range whole: a compressed file to its streams' end markers, a
+    plain range to its planned end, from a file that has not changed since."""
+
     def __init__(self, batch_size: int):
         self._batch_size = batch_size
 
     def process(self, file_range):
-        path, start, end, first = file_range
-        compression = (CompressionTypes.AUTO if start == 0 and end is None
-                       else CompressionTypes.UNCOMPRESSED)
-        with FileSystems.open(path, compression_type=compression) as f:
-            f.seek(start)
-            lines = split_lines(f.read() if end is None else f.read(end - start))
+        path, start, end, first, version = file_range
+        with _reading(path):
+            if version is None:
+                compression = CompressionTypes.detect_compression_type(path)
+                with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                    data = decompress(f, compression)
+            else:
+                with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                    f.seek(start)
+                    data = f.read(end - start)
+                if len(data) != end - start or _version(path) != version:
+                    raise _unreadable(path, "it changed while it was read")
+        lines = split_lines(data)
         for at in range(0, len(lines), self._batch_size):
             yield path, first + at, lines[at:at + self._batch_size]
 
@@ -81,15 +183,19 @@ def _payloads(chunk):
 
 
 class ReadPayloadBatches(beam.PTransform):
-    """File patterns (local or gs://, globs, .gz) -> lists of (position, order, line bytes).
+    """File patterns (local or gs://, globs, compressed) -> lists of (position, order, line bytes).
 
     Lines keep their file and line number: dead letters point at them, and
-    the smallest (path, line) copy of a duplicated identity is the one kept.
+    the smallest (path, line) copy of a duplicated identity is the one kept,
+    paths spelled canonically (`canonical_path`). A file two patterns match is
+    read once.
     Batches of lines, not single lines, travel between steps (throughput).
     A file is planned into line-aligned byte ranges that know their first line
     number, and only the (small) ranges are reshuffled, so every worker reads
     and parses ranges of one big file itself: no line crosses a shuffle.
-    A pattern that matches nothing is an error, not an empty input.
+    A pattern that matches nothing, or a file that cannot be read whole (a
+    truncated or corrupt compressed stream, a file that changes while it is
+    read) fails the run with `UnreadableInput`: input is never half read.
     """
 
     def __init__(self, patterns: list[str], batch_size: int = 2000,
@@ -102,8 +208,8 @@ class ReadPayloadBatches(beam.PTransform):
     def expand(self, pbegin):
         return (pbegin
                 | "Patterns" >> beam.Create(self._patterns)
-                | "Match" >> fileio.MatchAll(empty_match_treatment=fileio.EmptyMatchTreatment.DISALLOW)
-                | "Open" >> fileio.ReadMatches()
+                | "Match" >> beam.FlatMap(matching_files)
+                | "OncePerFile" >> beam.Distinct()
                 | "PlanRanges" >> beam.ParDo(_PlanRanges(self._range_bytes))
                 | "Spread" >> beam.Reshuffle()
                 | "ReadRanges" >> beam.ParDo(_ReadRange(self._batch_size))
