@@ -1,12 +1,37 @@
-"""The `tallyflow` command: one subcommand per pipeline or tool.
+"""The `tallyflow` command: one subcommand per pipeline or tool, and its exit codes.
 
 Each subcommand's module owns its arguments (`main(argv)`), so `tallyflow X
 --help` and `python -m pipelines.X --help` document the same options.
+
+Every `main` runs its work through `run_command`, the one error policy:
+  0  success
+  1  a conservation or reconciliation difference (the command returns it)
+  2  bad arguments or configuration: a one-line reason
+  3  a runtime failure: unreadable input, a failing service (which service and
+     which call), a failed pipeline step, or an unexpected error (its type and
+     where it happened); the traceback only with TALLYFLOW_DEBUG=1
 """
 from __future__ import annotations
 
+import argparse
 import importlib
+import logging
+import os
+import re
 import sys
+import traceback
+from pathlib import Path
+from typing import Callable
+
+from schemas import names
+
+SUCCESS, DIFFERENCE, BAD_ARGUMENTS, RUNTIME_FAILURE = 0, 1, 2, 3
+DEBUG_ENV = "TALLYFLOW_DEBUG"
+_PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
+_STEP = re.compile(r" \[while running '([^']*)'\]")
+# google/cloud/<package>/... -> the service a failing call belongs to
+_SERVICES = {"bigquery": "BigQuery", "bigquery_storage_v1": "BigQuery Storage",
+             "pubsub_v1": "Pub/Sub", "pubsub": "Pub/Sub", "storage": "Cloud Storage"}
 
 # subcommand -> (module, one-line help)
 COMMANDS = {
@@ -36,6 +61,124 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     module = importlib.import_module(COMMANDS[argv[0]][0])
     return module.main(argv[1:]) or 0
+
+
+class CommandFailed(RuntimeError):
+    """A runtime failure a command detected itself; its message is the whole reason."""
+
+
+def name_option(rule):
+    """An argparse type applying a naming rule of `schemas.names`: a bad name is a bad
+    argument, reported with the rule before anything is built from it."""
+    def parse(text):
+        try:
+            return rule(text)
+        except names.InvalidName as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    parse.__name__ = rule.__name__
+    return parse
+
+
+def run_command(prog: str, work: Callable[[], int | None],
+                usage_errors: tuple[type[BaseException], ...] = ()) -> int:
+    """Runs `work` (a command's body) under the one error policy; returns the exit code.
+
+    ValueError (catalog, price book, option and name errors derive from it) and
+    `usage_errors` are bad arguments; a Google API, HTTP or local-stack error
+    is a service failure; anything else is a runtime failure."""
+    try:
+        return work() or SUCCESS
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # the policy: every error becomes one line and a code
+        code, reason = classify(error, usage_errors)
+        if os.environ.get(DEBUG_ENV):
+            traceback.print_exception(error)
+        elif code == RUNTIME_FAILURE and reason.startswith("unexpected"):
+            reason += f" (set {DEBUG_ENV}=1 for the traceback)"
+        print(f"{prog}: {reason}", file=sys.stderr)
+        return code
+
+
+def quiet_beam() -> None:
+    """Beam logs a failing step's traceback itself; the policy's one line says it all."""
+    level = logging.DEBUG if os.environ.get(DEBUG_ENV) else logging.CRITICAL
+    logging.getLogger("apache_beam").setLevel(level)
+
+
+def classify(error: BaseException, usage_errors=()) -> tuple[int, str]:
+    """(exit code, one-line reason) for an error a command raised."""
+    step = _STEP.search(str(error))
+    if step:  # a pipeline step raised: Beam re-raised it with the step's name appended
+        return _runtime(error, f" in pipeline step '{step.group(1)}'")
+    if isinstance(error, usage_errors + (ValueError,)) and not _service_error(error):
+        return BAD_ARGUMENTS, _first_line(error)
+    return _runtime(error, "")
+
+
+def _runtime(error: BaseException, where: str) -> tuple[int, str]:
+    from transforms.files import UnreadableInput
+
+    if isinstance(error, (UnreadableInput, CommandFailed)):
+        return RUNTIME_FAILURE, _first_line(error)
+    if _service_error(error):
+        service, call = _service_call(error)
+        return RUNTIME_FAILURE, (f"{service} call {call} failed{where}: "
+                                 f"{type(error).__name__}: {_first_line(error)}")
+    if isinstance(error, OSError):
+        return RUNTIME_FAILURE, f"{type(error).__name__}{where}: {_first_line(error)}"
+    return RUNTIME_FAILURE, (f"unexpected {type(error).__name__}{where} at {_origin(error)}: "
+                             f"{_first_line(error)}")
+
+
+def _service_error(error: BaseException) -> bool:
+    kinds = []
+    for module, name in (("google.api_core.exceptions", "GoogleAPIError"),
+                         ("google.auth.exceptions", "GoogleAuthError"),
+                         ("requests.exceptions", "RequestException"),
+                         ("pipelines.local_stack", "StackError")):
+        try:
+            kinds.append(getattr(importlib.import_module(module), name))
+        except ImportError:
+            continue
+    return isinstance(error, tuple(kinds))
+
+
+def _service_call(error: BaseException) -> tuple[str, str]:
+    """The service and client call a service error came from, read off its traceback:
+    the outermost frame inside a google.cloud client library."""
+    from pipelines.local_stack import StackError
+
+    if isinstance(error, StackError):
+        return "local stack", "setup"
+    tb = error.__traceback__
+    while tb is not None:
+        parts = Path(tb.tb_frame.f_code.co_filename).parts
+        if "google" in parts and parts[parts.index("google") + 1:][:1] == ("cloud",):
+            package = parts[parts.index("google") + 2]
+            return (_SERVICES.get(package, f"google.cloud.{package}"),
+                    tb.tb_frame.f_code.co_qualname)
+        tb = tb.tb_next
+    return "Google API", "(unknown call)"
+
+
+def _origin(error: BaseException) -> str:
+    """file:line in function of the innermost tallyflow frame (else the innermost frame)."""
+    frames = traceback.extract_tb(error.__traceback__)
+    ours = [f for f in frames if f.filename.startswith(_PROJECT_ROOT)] or frames
+    if not ours:
+        return "(no traceback)"
+    frame = ours[-1]
+    where = frame.filename
+    if where.startswith(_PROJECT_ROOT):
+        where = os.path.relpath(where, _PROJECT_ROOT)
+    return f"{where}:{frame.lineno} in {frame.name}"
+
+
+def _first_line(error: BaseException) -> str:
+    lines = _STEP.sub("", str(error)).strip().splitlines()
+    return " ".join(lines[0].split())[:500] if lines else type(error).__name__
 
 
 if __name__ == "__main__":

@@ -8,14 +8,25 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOptions,
                                                   StandardOptions)
 
-from schemas.catalog import MeterCatalog, parse_catalog_text
+from pipelines.cli import name_option
+from schemas import names
+from schemas.catalog import CatalogError, MeterCatalog, parse_catalog_text
 from transforms.bigquery import BigQueryTarget
 
 
+def read_config_text(path: str, error: type[ValueError]) -> str:
+    """A configuration file's text, from a local path or gs:// (a Flex Template reads
+    it from GCS); one that cannot be read is bad configuration: `error`, naming it."""
+    try:
+        with FileSystems.open(path) as f:
+            return f.read().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        text = str(e).strip().splitlines()
+        raise error(f"cannot read {path}: {text[0] if text else type(e).__name__}") from None
+
+
 def load_catalog_anywhere(path: str) -> MeterCatalog:
-    """The catalog from a local path or gs:// (a Flex Template reads it from GCS)."""
-    with FileSystems.open(path) as f:
-        return parse_catalog_text(f.read().decode("utf-8"), path)
+    return parse_catalog_text(read_config_text(path, CatalogError), path)
 
 
 class UsageOptions(PipelineOptions):
@@ -34,10 +45,11 @@ class UsageOptions(PipelineOptions):
         parser.add_argument("--max_future_skew", "--max-future-skew", dest="max_future_skew",
                             default="5m",
                             help="Reject events whose time is further ahead of ingest than this.")
-        parser.add_argument("--bigquery_project",
+        parser.add_argument("--bigquery_project", type=name_option(names.bigquery_project),
                             help="Project of the BigQuery dataset (default: --project, or "
                                  "GOOGLE_CLOUD_PROJECT).")
         parser.add_argument("--bigquery_dataset", default="metering",
+                            type=name_option(names.bigquery_dataset),
                             help="BigQuery dataset holding the tallyflow tables.")
         parser.add_argument("--bigquery_endpoint",
                             default=os.environ.get("BIGQUERY_EMULATOR_HOST"),
@@ -65,8 +77,10 @@ def add_table_arguments(parser) -> None:
     """Where the tables live, for commands that query BigQuery without a Beam pipeline."""
     parser.add_argument("--bigquery_project", "--project", dest="project",
                         default=os.environ.get("GOOGLE_CLOUD_PROJECT"),
+                        type=name_option(names.bigquery_project),
                         help="Project of the dataset (default: GOOGLE_CLOUD_PROJECT).")
     parser.add_argument("--bigquery_dataset", "--dataset", dest="dataset", default="metering",
+                        type=name_option(names.bigquery_dataset),
                         help="Dataset holding the tallyflow tables.")
     parser.add_argument("--bigquery_endpoint", dest="endpoint",
                         default=os.environ.get("BIGQUERY_EMULATOR_HOST"),

@@ -30,6 +30,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from pipelines import local_stack
+from pipelines.cli import CommandFailed, run_command
 from pipelines.publish import Outgoing, Progress, publish
 from pipelines.reconcile import STATUSES, reconcile
 from pipelines.synthetic import SyntheticConfig, count_kinds, generate
@@ -61,11 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true",
                         help="Leave the stack running afterwards (for queries).")
     args = parser.parse_args(argv)
-    try:
-        return Demo(args).run()
-    except (local_stack.StackError, RuntimeError, ValueError) as e:
-        print(f"tallyflow demo: {e}", file=sys.stderr)
-        return 2
+    return run_command("tallyflow demo", Demo(args).run)
 
 
 class Demo:
@@ -163,7 +160,7 @@ class Demo:
                 say()
                 return landed
             if time.monotonic() > deadline:
-                raise RuntimeError(f"only {done} of {records} records landed in {timeout} s")
+                raise CommandFailed(f"only {done} of {records} records landed in {timeout} s")
             time.sleep(2)
 
     def _wait_for_last_panes(self, timeout: float = 120) -> None:
@@ -181,7 +178,7 @@ class Demo:
             if counted == expected:
                 return
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the stream's panes count {counted} of {expected} requests")
+                raise CommandFailed(f"the stream's panes count {counted} of {expected} requests")
             time.sleep(2)
 
     def _count(self, table: str) -> int:
@@ -240,7 +237,7 @@ class Demo:
                                  "--bigquery_dataset", self.stack.dataset],
                                 cwd=ROOT, env=self._env(), capture_output=True, text=True)
         if result.returncode:
-            raise RuntimeError(f"tallyflow {args[0]} failed: {result.stderr.strip()[-500:]}")
+            raise CommandFailed(f"tallyflow {args[0]} failed: {result.stderr.strip()[-500:]}")
 
     def _target(self):
         from transforms.bigquery import BigQueryTarget

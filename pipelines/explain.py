@@ -40,6 +40,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
+from pipelines.cli import run_command
 from pipelines.common import add_table_arguments
 from schemas import aggregation
 from schemas.catalog import CatalogError, Meter, MeterCatalog, load_catalog
@@ -539,31 +540,22 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        start, end = window_bounds(args)
-        catalog = load_meters(args.meters)
-        meter_of(catalog, args.meter)
-        data = Dataset.from_args(args)
-        explanations = explain(data, catalog, args.subject, args.meter, start, end,
-                               args.dimensions,
-                               progress=lambda m: print(f"tallyflow explain: {m}",
-                                                        file=sys.stderr))
-    except ExplainError as e:
-        print(f"tallyflow explain: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:  # unreachable or failing BigQuery: one line, not a traceback
-        print(f"tallyflow explain: BigQuery failed: {one_line(e)}", file=sys.stderr)
-        return 2
+    return run_command("tallyflow explain", lambda: _explain_and_report(args))
+
+
+def _explain_and_report(args) -> int:
+    start, end = window_bounds(args)
+    catalog = load_meters(args.meters)
+    meter_of(catalog, args.meter)
+    data = Dataset.from_args(args)
+    explanations = explain(data, catalog, args.subject, args.meter, start, end,
+                           args.dimensions,
+                           progress=lambda m: print(f"tallyflow explain: {m}", file=sys.stderr))
     if args.json:
         print(json.dumps(explanations, indent=2))
     else:
         print(render(explanations, args.max_events))
     return 0 if all(e["check"]["match"] for e in explanations) else 1
-
-
-def one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
 
 
 if __name__ == "__main__":

@@ -35,6 +35,9 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from pipelines.cli import RUNTIME_FAILURE, SUCCESS, name_option, run_command
+from schemas import names
+
 HOST = "127.0.0.1"
 DEFAULT_RUN_DIR = ".tallyflow/local"
 DEFAULT_PROJECT = "tallyflow-local"
@@ -650,11 +653,7 @@ def _say(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        return args.handler(args)
-    except StackError as error:
-        print(f"tallyflow local {args.command}: {error}", file=sys.stderr)
-        return 1
+    return run_command(f"tallyflow local {args.command}", lambda: args.handler(args))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -669,10 +668,14 @@ def _parser() -> argparse.ArgumentParser:
 
     start = commands.add_parser("up", parents=[run_dir], help="start the stack and create "
                                 "topic, subscriptions, dataset, tables and views")
-    start.add_argument("--project", default=DEFAULT_PROJECT, help="default %(default)s")
-    start.add_argument("--dataset", default=DEFAULT_DATASET, help="default %(default)s")
-    start.add_argument("--topic", default=DEFAULT_TOPIC, help="default %(default)s")
+    start.add_argument("--project", default=DEFAULT_PROJECT, help="default %(default)s",
+                       type=name_option(names.bigquery_project))
+    start.add_argument("--dataset", default=DEFAULT_DATASET, help="default %(default)s",
+                       type=name_option(names.bigquery_dataset))
+    start.add_argument("--topic", default=DEFAULT_TOPIC, help="default %(default)s",
+                       type=name_option(names.pubsub_id))
     start.add_argument("--subscription", default=DEFAULT_SUBSCRIPTION,
+                       type=name_option(names.pubsub_id),
                        help="default %(default)s")
     start.add_argument("--pubsub-port", type=int, help="default: a free port")
     start.add_argument("--bigquery-port", type=int, help="default: a free port")
@@ -719,10 +722,10 @@ def _cmd_status(args) -> int:
     stack = _read_state(Path(args.run_dir).resolve())
     if stack is None:
         print(f"no local stack recorded in {Path(args.run_dir).resolve()}")
-        return 1
+        return RUNTIME_FAILURE
     services = _services(stack)
     _print_stack(stack, services)
-    return 0 if all(s.running and s.ready for s in services) else 1
+    return SUCCESS if all(s.running and s.ready for s in services) else RUNTIME_FAILURE
 
 
 def _cmd_env(args) -> int:

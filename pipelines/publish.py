@@ -23,8 +23,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pipelines import local_stack
+from pipelines.cli import name_option, run_command
 from pipelines.local_stack import StackError
 from pipelines.synthetic import KINDS, Message, SyntheticConfig, count_kinds, generate
+from schemas import names
 from schemas.values import format_time, parse_duration, parse_rfc3339
 
 DEFAULT_TIMESTAMP_ATTRIBUTE = "ce-time"
@@ -137,11 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         config = _synthetic_config(args) if args.synthetic else None
     except ValueError as error:
         parser.error(str(error))
-    try:
-        return _run(args, config)
-    except StackError as error:
-        print(f"tallyflow publish: {error}", file=sys.stderr)
-        return 1
+    return run_command("tallyflow publish", lambda: _run(args, config))
 
 
 def _run(args, config: SyntheticConfig | None) -> int:
@@ -267,9 +265,11 @@ def _parser() -> argparse.ArgumentParser:
                                                             local_stack.DEFAULT_RUN_DIR),
                         help="the local stack's run dir (env TALLYFLOW_RUN_DIR; default "
                              "%(default)s); without one, PUBSUB_EMULATOR_HOST is used")
-    target.add_argument("--project", help="default: the stack's project, else "
+    target.add_argument("--project", type=name_option(names.bigquery_project),
+                        help="default: the stack's project, else "
                         f"GOOGLE_CLOUD_PROJECT, else {local_stack.DEFAULT_PROJECT}")
-    target.add_argument("--topic", default=local_stack.DEFAULT_TOPIC, help="default %(default)s")
+    target.add_argument("--topic", default=local_stack.DEFAULT_TOPIC, help="default %(default)s",
+                        type=name_option(names.pubsub_id))
     target.add_argument("--timestamp-attribute", default=DEFAULT_TIMESTAMP_ATTRIBUTE,
                         help="attribute carrying the earliest event time of each message "
                              "(default %(default)s; match the pipeline's option)")

@@ -18,7 +18,6 @@ invoice.
 from __future__ import annotations
 
 import json
-import logging
 import sys
 import tempfile
 import time
@@ -29,8 +28,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.common import (UsageOptions, bigquery_target, is_dataflow, load_catalog_anywhere,
-                              print_help)
-from schemas.catalog import CatalogError
+                              print_help, read_config_text)
+from pipelines.cli import quiet_beam, run_command
 from schemas.pricing import PriceBook, PriceBookError, parse_price_book_text
 from schemas.tables import INVOICE_LINES, INVOICES, USAGE_VIEW
 from schemas.values import format_time, parse_rfc3339
@@ -74,8 +73,7 @@ def check_arguments(options: RateOptions) -> tuple[int, int]:
 
 
 def load_price_book_anywhere(path: str) -> PriceBook:
-    with FileSystems.open(path) as f:
-        return parse_price_book_text(f.read().decode("utf-8"), path)
+    return parse_price_book_text(read_config_text(path, PriceBookError), path)
 
 
 def build(pipeline: beam.Pipeline, options: RateOptions, book: PriceBook, run: RatingRun,
@@ -198,18 +196,16 @@ def main(argv: list[str] | None = None) -> int:
     if "-h" in argv or "--help" in argv:
         print_help("tallyflow rate", __doc__, RateOptions)
         return 0
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    quiet_beam()
     print("tallyflow rate: running the batch pipeline ...", file=sys.stderr)
-    try:
-        summary = run(argv)
-    except (PriceBookError, CatalogError, ValueError, OSError) as e:
-        print(f"tallyflow rate: {e}", file=sys.stderr)
-        return 2
+    return run_command("tallyflow rate", lambda: report(run(argv)))
+
+
+def report(summary: dict) -> None:
     if summary.get("diff"):
         print_diff(summary)
     else:
         print(json.dumps(summary, indent=2))
-    return 0
 
 
 if __name__ == "__main__":

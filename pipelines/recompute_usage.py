@@ -13,6 +13,11 @@ With `--output-dir` it writes files:
   dead_letter.jsonl  one row per rejected line or event, with error_code
   summary.json       counts, and the conservation check
                      records read = accepted + duplicates + dead-lettered
+They are written into a folder beside it and moved in once all three are
+complete, summary.json last; a run first removes the previous run's three
+files, so a failed or killed run leaves no results that look current. An input
+that cannot be read whole (a truncated or corrupt compressed file, one that
+changes while it is read) fails the run (exit 3) naming the file.
 Otherwise it restates the period in BigQuery: the rows go to a staging table
 and one transaction appends them to `usage_recomputed` with the run's row in
 `recompute_runs` (a new revision; history is kept). `--dirty` recomputes
@@ -24,28 +29,31 @@ trigger and the sinks differ.
 from __future__ import annotations
 
 import json
-import logging
 import sys
 import time
 import uuid
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.common import (UsageOptions, bigquery_target, is_dataflow, load_catalog_anywhere,
                               print_help)
-from schemas.catalog import CatalogError
+from pipelines.cli import DIFFERENCE, SUCCESS, CommandFailed, quiet_beam, run_command
 from schemas.events import Limits
 from schemas.tables import DEAD_LETTER, LATE_EVENTS, RECOMPUTE_RUNS
 from schemas.values import format_time, parse_duration, parse_rfc3339
 from transforms import rows
 from transforms.batch_usage import ComputeUsage
 from transforms.bigquery import WriteRows
-from transforms.files import ReadPayloadBatches, WriteSortedLines
+from transforms.files import (PublishResults, ReadPayloadBatches, WriteSortedLines,
+                              discard_staging, remove_results, staging_dir)
 from transforms.outcomes import SummarizeCounts, WriteJson, dead_letter_line, usage_line
 from transforms.restate import CommitRun, ReadPeriodEvents, RecomputeRun, create_staging
 
 PIPELINE_NAME = "recompute_usage"
+# files mode's results, in the order they are moved into --output-dir: the summary last
+RESULT_FILES = ["usage.jsonl", "dead_letter.jsonl", "summary.json"]
 NS = 1_000_000_000
 
 
@@ -106,11 +114,12 @@ def period_bounds(options: RecomputeOptions, window_ns: int) -> tuple[int | None
 
 
 def build(pipeline: beam.Pipeline, options: RecomputeOptions, limits: Limits,
-          run: RecomputeRun | None = None):
+          run: RecomputeRun | None = None, staging: str | None = None):
     """Composes the recompute on `pipeline`; returns the summary PCollection.
 
-    Files mode when `options.input` is set; otherwise `run` names the period
-    and the staging table to restate in BigQuery.
+    Files mode when `options.input` is set: results are written into `staging`
+    and moved into `--output-dir` once all are written; otherwise `run` names
+    the period and the staging table to restate in BigQuery.
     """
     catalog = load_catalog_anywhere(options.meters)
     window_ns = parse_duration(options.window)
@@ -134,12 +143,16 @@ def build(pipeline: beam.Pipeline, options: RecomputeOptions, limits: Limits,
         "period_end": None if end is None else format_time(end)})
 
     if run is None:
-        out = options.output_dir.rstrip("/")
-        _ = (usage | "UsageLines" >> beam.Map(usage_line)
-             | "WriteUsage" >> WriteSortedLines(f"{out}/usage.jsonl"))
-        _ = (dead_letters | "DeadLetterLines" >> beam.Map(dead_letter_line)
-             | "WriteDeadLetters" >> WriteSortedLines(f"{out}/dead_letter.jsonl"))
-        _ = summary | "WriteSummary" >> WriteJson(f"{out}/summary.json")
+        staging = staging or staging_dir(options.output_dir)
+        usage_file, dead_letter_file, summary_file = (
+            FileSystems.join(staging, name) for name in RESULT_FILES)
+        written = (
+            usage | "UsageLines" >> beam.Map(usage_line)
+            | "WriteUsage" >> WriteSortedLines(usage_file),
+            dead_letters | "DeadLetterLines" >> beam.Map(dead_letter_line)
+            | "WriteDeadLetters" >> WriteSortedLines(dead_letter_file),
+            summary | "WriteSummary" >> WriteJson(summary_file))
+        _ = written | "Publish" >> PublishResults(staging, options.output_dir, RESULT_FILES)
         return summary
 
     bignumeric = {m.key for m in catalog.meters if m.precision == "BIGNUMERIC"}
@@ -182,15 +195,7 @@ def run(argv: list[str] | None = None) -> list[dict]:
     limits = Limits(now_ns=time.time_ns() if recompute.input else None,
                     max_future_skew_ns=parse_duration(recompute.max_future_skew))
     if recompute.input:
-        pipeline = beam.Pipeline(options=options)
-        build(pipeline, recompute, limits)
-        result = pipeline.run()
-        if is_dataflow(options):  # a template launch must not wait for its job
-            return [{"output_dir": recompute.output_dir, "submitted": True}]
-        result.wait_until_finish()
-        with beam.io.filesystems.FileSystems.open(
-                f"{recompute.output_dir.rstrip('/')}/summary.json") as f:
-            return [json.load(f)]
+        return [run_files(options, recompute, limits)]
 
     window_ns = parse_duration(recompute.window)
     target = bigquery_target(recompute)
@@ -217,6 +222,25 @@ def run(argv: list[str] | None = None) -> list[dict]:
     return summaries
 
 
+def run_files(options: PipelineOptions, recompute: RecomputeOptions, limits: Limits) -> dict:
+    """Files mode. The previous results go first and the new ones appear only when
+    the run succeeds, so `--output-dir` never shows results a failed run did not make."""
+    remove_results(recompute.output_dir, RESULT_FILES)
+    staging = staging_dir(recompute.output_dir)
+    pipeline = beam.Pipeline(options=options)
+    build(pipeline, recompute, limits, staging=staging)
+    try:
+        result = pipeline.run()
+        if is_dataflow(options):  # a template launch must not wait for its job
+            return {"output_dir": recompute.output_dir, "submitted": True}
+        result.wait_until_finish()
+    except BaseException:
+        discard_staging(staging)
+        raise
+    with FileSystems.open(FileSystems.join(recompute.output_dir, RESULT_FILES[-1])) as f:
+        return json.load(f)
+
+
 def committed_summary(client, target, run_id: str) -> dict:
     from google.cloud import bigquery
 
@@ -226,7 +250,7 @@ def committed_summary(client, target, run_id: str) -> dict:
         job_config=bigquery.QueryJobConfig(query_parameters=[
             bigquery.ScalarQueryParameter("run_id", "STRING", run_id)])).result())
     if not found:
-        raise RuntimeError(f"run {run_id} finished but did not commit")
+        raise CommandFailed(f"run {run_id} finished but did not commit")
     return {**json.loads(found[0]["summary"]), "run_id": run_id,
             "revision": found[0]["revision"]}
 
@@ -236,19 +260,19 @@ def main(argv: list[str] | None = None) -> int:
     if "-h" in argv or "--help" in argv:
         print_help("tallyflow recompute", __doc__, RecomputeOptions)
         return 0
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    quiet_beam()
     print("tallyflow recompute: running the batch pipeline ...", file=sys.stderr)
-    try:
-        summaries = run(argv)
-    except (CatalogError, ValueError, OSError) as e:
-        print(f"tallyflow recompute: {e}", file=sys.stderr)
-        return 2
+    return run_command("tallyflow recompute", lambda: report(run(argv)))
+
+
+def report(summaries: list[dict]) -> int:
+    """Prints the summaries; 1 when conservation does not hold for one of them."""
     if not summaries:
         print("tallyflow recompute: nothing to recompute", file=sys.stderr)
     for summary in summaries:
         print(json.dumps(summary, indent=2))
     held = all(s.get("conservation", {}).get("holds", True) for s in summaries)
-    return 0 if held else 1
+    return SUCCESS if held else DIFFERENCE
 
 
 if __name__ == "__main__":

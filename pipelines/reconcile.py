@@ -16,6 +16,7 @@ import sys
 import time
 import uuid
 
+from pipelines.cli import DIFFERENCE, SUCCESS, run_command
 from pipelines.common import add_table_arguments
 from schemas.tables import RECOMPUTE_RUNS, RECONCILIATION, USAGE_PANES, USAGE_RECOMPUTED
 from schemas.values import format_time, parse_rfc3339
@@ -148,16 +149,16 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        start, end = parse_rfc3339(args.period_start), parse_rfc3339(args.period_end)
-        if not args.project:
-            raise ValueError("--bigquery_project (or GOOGLE_CLOUD_PROJECT) is required")
-        target = BigQueryTarget(args.project, args.dataset, args.endpoint or None)
-        client = target.client()
-        run_id, counts = reconcile(client, target, start, end)
-    except ValueError as e:
-        print(f"tallyflow reconcile: {e}", file=sys.stderr)
-        return 2
+    return run_command("tallyflow reconcile", lambda: _reconcile_and_report(args))
+
+
+def _reconcile_and_report(args) -> int:
+    start, end = parse_rfc3339(args.period_start), parse_rfc3339(args.period_end)
+    if not args.project:
+        raise ValueError("--bigquery_project (or GOOGLE_CLOUD_PROJECT) is required")
+    target = BigQueryTarget(args.project, args.dataset, args.endpoint or None)
+    client = target.client()
+    run_id, counts = reconcile(client, target, start, end)
     total = sum(counts.values())
     print(f"reconciliation {run_id}: {format_time(start)} .. {format_time(end)}, {total} rows")
     for status in STATUSES:
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['meter']} {row['dimensions']}: stream {row['stream_value']} "
               f"({row['stream_event_count']} events) vs batch {row['batch_value']} "
               f"({row['batch_event_count']} events)")
-    return 0 if counts.keys() <= {"match"} else 1
+    return SUCCESS if counts.keys() <= {"match"} else DIFFERENCE
 
 
 if __name__ == "__main__":

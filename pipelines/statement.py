@@ -48,7 +48,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from pipelines.explain import (Dataset, ExplainError, Instant, add_dataset_arguments, load_meters,
-                               meter_of, ns_of, one_line, row_value, text_table)
+                               meter_of, ns_of, row_value, text_table)
 from schemas.catalog import Meter, MeterCatalog
 from schemas.pricing import MINOR_UNITS
 from schemas.tables import (INVOICE_LINES, INVOICES, RECOMPUTE_RUNS, USAGE_PANES,
@@ -611,27 +611,21 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        try:
-            start, end = parse_rfc3339(args.period_start), parse_rfc3339(args.period_end)
-            since = parse_rfc3339(args.since) if args.since else None
-        except ValueError as e:
-            raise ExplainError(str(e)) from None
-        if start >= end:
-            raise ExplainError("--period-start must be before --period-end")
-        catalog = load_meters(args.meters)
-        for key in args.meters_shown or ():
-            meter_of(catalog, key)
-        data = Dataset.from_args(args)
-        print("tallyflow statement: reading usage ...", file=sys.stderr)
-        statement = build_statement(data, catalog, args.subject, start, end, since,
-                                    args.meters_shown)
-    except ExplainError as e:
-        print(f"tallyflow statement: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:  # unreachable or failing BigQuery: one line, not a traceback
-        print(f"tallyflow statement: BigQuery failed: {one_line(e)}", file=sys.stderr)
-        return 2
+    return run_command("tallyflow statement", lambda: _statement_and_report(args))
+
+
+def _statement_and_report(args) -> int:
+    start, end = parse_rfc3339(args.period_start), parse_rfc3339(args.period_end)
+    since = parse_rfc3339(args.since) if args.since else None
+    if start >= end:
+        raise ExplainError("--period-start must be before --period-end")
+    catalog = load_meters(args.meters)
+    for key in args.meters_shown or ():
+        meter_of(catalog, key)
+    data = Dataset.from_args(args)
+    print("tallyflow statement: reading usage ...", file=sys.stderr)
+    statement = build_statement(data, catalog, args.subject, start, end, since,
+                                args.meters_shown)
     print(render_text(statement), end="")
     if args.html:
         Path(args.html).write_text(render_html(statement), encoding="utf-8")

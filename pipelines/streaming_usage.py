@@ -21,7 +21,6 @@ Run with `tallyflow stream` (DirectRunner, until interrupted or
 """
 from __future__ import annotations
 
-import logging
 import signal
 import sys
 import time
@@ -32,7 +31,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from pipelines.common import (UsageOptions, add_switch, bigquery_target, load_catalog_anywhere,
                               print_help)
-from schemas.catalog import CatalogError
+from pipelines.cli import name_option, quiet_beam, run_command
+from schemas import names
 from schemas.events import Limits
 from schemas.tables import DEAD_LETTER, DUPLICATE_EVENTS, EVENTS, LATE_EVENTS, USAGE_PANES
 from schemas.values import parse_duration
@@ -50,7 +50,7 @@ NS = 1_000_000_000
 class StreamingUsageOptions(UsageOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
-        parser.add_argument("--subscription",
+        parser.add_argument("--subscription", type=name_option(names.pubsub_subscription),
                             help="Pub/Sub subscription to read usage events from: "
                                  "projects/PROJECT/subscriptions/NAME.")
         parser.add_argument("--bigquery_write_method", default=CLIENT_METHOD,
@@ -74,7 +74,7 @@ class StreamingUsageOptions(UsageOptions):
         parser.add_argument("--id_label",
                             help="Pub/Sub attribute with a unique message id, for Dataflow's "
                                  "source-level deduplication (ignored on the DirectRunner).")
-        parser.add_argument("--dead_letter_topic",
+        parser.add_argument("--dead_letter_topic", type=name_option(names.pubsub_topic),
                             help="Optional Pub/Sub topic that also receives every rejected "
                                  "message: projects/PROJECT/topics/NAME.")
         add_switch(parser, "--restore_open_windows",
@@ -205,13 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     if "-h" in argv or "--help" in argv:
         print_help("tallyflow stream", __doc__, StreamingUsageOptions)
         return 0
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)
-    try:
-        run(argv)
-    except (CatalogError, ValueError, OSError, ExpansionServiceUnavailable) as e:
-        print(f"tallyflow stream: {e}", file=sys.stderr)
-        return 2
-    return 0
+    quiet_beam()
+    return run_command("tallyflow stream", lambda: run(argv) and None,
+                       usage_errors=(ExpansionServiceUnavailable,))
 
 
 if __name__ == "__main__":

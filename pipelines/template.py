@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+from pipelines.cli import run_command
 from pipelines.common import own_and_shared_arguments
 from schemas import names
 
@@ -358,18 +359,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
-    pipelines = args.pipeline or list(FLEX_TEMPLATES)
-    try:
-        for pipeline in pipelines:
-            print(f"tallyflow template: building {pipeline} ...", file=sys.stderr)
-            spec, = build([pipeline], args.image, args.bucket)
-            upload = template_path(args.bucket, FLEX_TEMPLATES[pipeline])
-            print(f"  {spec.relative_to(REPO)}  ->  gcloud storage cp "
-                  f"{spec.relative_to(REPO)} {upload}")
-    except (TemplateError, subprocess.TimeoutExpired) as e:
-        print(f"tallyflow template: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command("tallyflow template", lambda: _build_all(args),
+                       usage_errors=(TemplateError,))
+
+
+def _build_all(args) -> None:
+    for pipeline in args.pipeline or list(FLEX_TEMPLATES):
+        print(f"tallyflow template: building {pipeline} ...", file=sys.stderr)
+        spec, = build([pipeline], args.image, args.bucket)
+        upload = template_path(args.bucket, FLEX_TEMPLATES[pipeline])
+        print(f"  {spec.relative_to(REPO)}  ->  gcloud storage cp "
+              f"{spec.relative_to(REPO)} {upload}")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import bz2
 import contextlib
 import lzma
 import os
+import uuid
 import zlib
 
 import apache_beam as beam
@@ -67,10 +68,15 @@ def _reading(path: str):
         yield
     except UnreadableInput:
         raise
-    except (OSError, EOFError, zlib.error, lzma.LZMAError, zstandard.ZstdError) as e:
-        text = str(e).strip().splitlines()
-        raise _unreadable(path, f"{type(e).__name__}: {text[0] if text else ''}"[:300]) \
-            from e
+    except (zlib.error, lzma.LZMAError, zstandard.ZstdError) as e:
+        raise _unreadable(path, f"corrupt compressed data ({_first_line(e)})") from e
+    except (OSError, EOFError) as e:
+        raise _unreadable(path, f"{type(e).__name__}: {_first_line(e)}") from e
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:300] if text else type(error).__name__
 
 
 def canonical_path(path: str) -> str:
@@ -240,3 +246,60 @@ class WriteSortedLines(beam.PTransform):
                 | "Unwindow" >> beam.WindowInto(GlobalWindows())
                 | "Gather" >> beam.combiners.ToList()
                 | "Write" >> beam.ParDo(_WriteSortedLines(self._path)))
+
+
+# ---------------------------------------------------------------- results, all or nothing
+
+def staging_dir(output_dir: str) -> str:
+    """Where a run writes its results before they move into `output_dir`: a fresh
+    folder beside it (same filesystem, so moving a file is a rename)."""
+    final = output_dir.rstrip("/")
+    if not FileSystems.get_scheme(final):
+        final = os.path.abspath(final)
+    return f"{final}.partial-{uuid.uuid4().hex[:12]}"
+
+
+def remove_results(output_dir: str, names: list[str]) -> None:
+    """Deletes a previous run's result files (the last name, the summary, first) so
+    that a run which then fails, or is killed, leaves nothing that looks current."""
+    paths = [FileSystems.join(output_dir, name) for name in reversed(names)]
+    for path in paths:
+        if FileSystems.exists(path):
+            FileSystems.delete([path])
+
+
+def discard_staging(staging: str) -> None:
+    if FileSystems.exists(staging):
+        FileSystems.delete([staging])
+
+
+class _MoveIntoPlace(beam.DoFn):
+    def __init__(self, staging: str, output_dir: str, names: list[str]):
+        self._staging, self._output_dir, self._names = staging, output_dir, names
+
+    def process(self, written):
+        if not FileSystems.exists(self._output_dir):
+            FileSystems.mkdirs(self._output_dir)
+        for name in self._names:  # in order: the summary last
+            FileSystems.rename([FileSystems.join(self._staging, name)],
+                               [FileSystems.join(self._output_dir, name)])
+        discard_staging(self._staging)
+        yield self._output_dir
+
+
+class PublishResults(beam.PTransform):
+    """Paths written into `staging` -> those files moved into `output_dir`, once every
+    one is written, in the order of `names` (the summary last: a summary in
+    `output_dir` means the files beside it are complete and from its run). A run
+    that fails before this step leaves only its staging folder behind."""
+
+    def __init__(self, staging: str, output_dir: str, names: list[str]):
+        super().__init__()
+        self._staging, self._output_dir, self._names = staging, output_dir, list(names)
+
+    def expand(self, written):
+        return (written
+                | "Flatten" >> beam.Flatten()
+                | "AllWritten" >> beam.combiners.ToList()
+                | "MoveIntoPlace" >> beam.ParDo(
+                    _MoveIntoPlace(self._staging, self._output_dir, self._names)))
