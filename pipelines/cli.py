@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 class CommandFailed(RuntimeError):
-    """A runtime failure a command detected itself; its message is the whole reason."""
+    """A runtime failure a command detected itself (exit 3); its message is the whole
+    reason, naming what failed."""
 
 
 def name_option(rule):
@@ -84,8 +85,9 @@ def run_command(prog: str, work: Callable[[], int | None],
     """Runs `work` (a command's body) under the one error policy; returns the exit code.
 
     ValueError (catalog, price book, option and name errors derive from it) and
-    `usage_errors` are bad arguments; a Google API, HTTP or local-stack error
-    is a service failure; anything else is a runtime failure."""
+    `usage_errors` are bad arguments; a Google API, auth or HTTP error is a
+    service failure; `CommandFailed` (the local stack's errors too) says its
+    own reason; anything else is a runtime failure."""
     try:
         return work() or SUCCESS
     except KeyboardInterrupt:
@@ -136,8 +138,7 @@ def _service_error(error: BaseException) -> bool:
     kinds = []
     for module, name in (("google.api_core.exceptions", "GoogleAPIError"),
                          ("google.auth.exceptions", "GoogleAuthError"),
-                         ("requests.exceptions", "RequestException"),
-                         ("pipelines.local_stack", "StackError")):
+                         ("requests.exceptions", "RequestException")):
         try:
             kinds.append(getattr(importlib.import_module(module), name))
         except ImportError:
@@ -148,10 +149,6 @@ def _service_error(error: BaseException) -> bool:
 def _service_call(error: BaseException) -> tuple[str, str]:
     """The service and client call a service error came from, read off its traceback:
     the outermost frame inside a google.cloud client library."""
-    from pipelines.local_stack import StackError
-
-    if isinstance(error, StackError):
-        return "local stack", "setup"
     tb = error.__traceback__
     while tb is not None:
         parts = Path(tb.tb_frame.f_code.co_filename).parts

@@ -35,7 +35,7 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pipelines.cli import RUNTIME_FAILURE, SUCCESS, name_option, run_command
+from pipelines.cli import RUNTIME_FAILURE, SUCCESS, CommandFailed, name_option, run_command
 from schemas import names
 
 HOST = "127.0.0.1"
@@ -74,7 +74,7 @@ for name in sys.argv[1:]:
 _CHILDREN: dict[int, subprocess.Popen] = {}
 
 
-class StackError(RuntimeError):
+class StackError(CommandFailed):
     """A one-line, user-facing reason why the stack cannot do what was asked."""
 
 

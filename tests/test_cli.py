@@ -54,9 +54,9 @@ def test_a_failing_service_call_names_the_service_and_the_call(capsys):
                                "ConnectionError: "), lines
 
 
-def test_the_local_stack_is_a_service(capsys):
+def test_a_failure_a_command_detected_says_its_own_reason(capsys):
     assert exit_of(capsys, raising(StackError("Java is not installed"))) == (
-        3, ["tallyflow test: local stack call setup failed: StackError: Java is not installed"])
+        3, ["tallyflow test: Java is not installed"])
 
 
 def broken_step(element):
@@ -103,3 +103,9 @@ def test_an_unexpected_error_says_its_type_and_place_and_debug_shows_the_traceba
     code, lines = exit_of(capsys, work)
     assert code == 3 and lines[0] == "Traceback (most recent call last):"
     assert lines[-1].startswith("tallyflow test: unexpected IndexError at ")
+
+
+def test_status_of_a_stack_that_is_not_there_is_a_runtime_failure(tmp_path, capsys):
+    from pipelines import local_stack
+
+    assert local_stack.main(["status", "--run-dir", str(tmp_path)]) == cli.RUNTIME_FAILURE

@@ -1,5 +1,7 @@
 """`tallyflow recompute` end to end on a generated messy file: every row exact."""
+import gzip
 import json
+import os
 import subprocess
 import sys
 from decimal import Decimal
@@ -15,9 +17,10 @@ from tests.reference import expected_usage
 HOUR_NS = 3600 * 10 ** 9
 
 
-def run_recompute(*args) -> subprocess.CompletedProcess:
+def run_recompute(*args, cwd=ROOT) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pipelines.cli", "recompute", *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+                          cwd=cwd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
 def read_jsonl(path):
@@ -124,7 +127,95 @@ def test_bad_arguments_fail_with_one_line(recomputed, args, message):
     assert message in result.stderr.strip().splitlines()[-1]
 
 
-def test_missing_input_is_an_error(tmp_path):
-    result = run_recompute("--meters", str(EXAMPLE_METERS), "--input",
-                           str(tmp_path / "nothing-*.jsonl"), "--output-dir", str(tmp_path / "o"))
-    assert result.returncode != 0
+def test_missing_input_is_a_runtime_failure_naming_the_pattern(tmp_path):
+    pattern = str(tmp_path / "nothing-*.jsonl")
+    result = run_recompute("--meters", str(EXAMPLE_METERS), "--input", pattern,
+                           "--output-dir", str(tmp_path / "o"))
+    assert result.returncode == 3
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"tallyflow recompute: cannot read {pattern}: no file matches it")
+
+
+def test_an_unreadable_meter_catalog_is_a_bad_argument(tmp_path):
+    missing = tmp_path / "meters.yaml"
+    result = run_recompute("--meters", str(missing), "--input", str(tmp_path / "*.jsonl"),
+                           "--output-dir", str(tmp_path / "o"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"tallyflow recompute: cannot read {missing}: ")
+
+
+def only_results(folder):
+    """The result files in `folder` and any staging folder left beside it."""
+    beside = sorted(p.name for p in folder.parent.iterdir() if p.name.startswith(folder.name))
+    inside = sorted(p.name for p in folder.iterdir()) if folder.exists() else None
+    return beside, inside
+
+
+@pytest.mark.parametrize("damage,reason", [
+    (lambda whole: whole[:len(whole) * 2 // 5],
+     "EOFError: the gzip stream ends before its end marker (truncated)"),
+    (lambda whole: gzip.decompress(whole),
+     "corrupt compressed data (Error -3 while decompressing data: incorrect header check)"),
+])
+def test_a_damaged_gzip_fails_the_run_and_leaves_no_results(messy, tmp_path, damage, reason):
+    whole = gzip.compress(b"\n".join(messy.lines) + b"\n")
+    good, bad, out = tmp_path / "good.jsonl.gz", tmp_path / "bad.jsonl.gz", tmp_path / "out"
+    good.write_bytes(whole)
+    bad.write_bytes(damage(whole))
+    first = run_recompute("--meters", str(EXAMPLE_METERS), "--input", str(good),
+                          "--output-dir", str(out))
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert only_results(out) == (["out"], ["dead_letter.jsonl", "summary.json", "usage.jsonl"])
+
+    result = run_recompute("--meters", str(EXAMPLE_METERS), "--input", str(good),
+                           "--input", str(bad), "--output-dir", str(out))
+    assert result.returncode == 3
+    assert result.stderr.strip().splitlines() == [
+        "tallyflow recompute: running the batch pipeline ...",
+        f"tallyflow recompute: cannot read {bad}: {reason}"]
+    assert result.stdout == ""
+    # the previous run's results are gone, and nothing half-written took their place
+    assert only_results(out) == (["out"], [])
+
+
+def conflicting_copies(folder):
+    """a.jsonl and b.jsonl hold the same event identity with different values."""
+    event = {"specversion": "1.0", "source": "//gateway", "id": "evt-1", "subject": "acme",
+             "type": "api.request", "time": "2026-11-02T10:00:00Z",
+             "data": {"method": "GET", "status": 200, "bytes_out": 0}}
+    for name, size in (("a.jsonl", 111), ("b.jsonl", 999)):
+        copy = {**event, "data": {**event["data"], "bytes_out": size}}
+        (folder / name).write_text(json.dumps(copy) + "\n")
+    return 111  # a.jsonl sorts first as a canonical path: its copy is the one billed
+
+
+def bytes_out(out):
+    return [r["value"] for r in read_jsonl(out / "usage.jsonl") if r["meter"] == "bytes_out"]
+
+
+def test_which_copy_wins_does_not_depend_on_how_a_path_is_spelled(tmp_path):
+    expected = conflicting_copies(tmp_path)
+    spellings = [[str(tmp_path / "b.jsonl"), "a.jsonl"], ["b.jsonl", "a.jsonl"],
+                 ["./b.jsonl", str(tmp_path / "a.jsonl")], [str(tmp_path / "*.jsonl")]]
+    results = []
+    for n, inputs in enumerate(spellings):
+        out = tmp_path / f"out{n}"
+        args = [arg for path in inputs for arg in ("--input", path)]
+        done = run_recompute("--meters", str(EXAMPLE_METERS), *args, "--output-dir", str(out),
+                             cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+        results.append(((out / "usage.jsonl").read_text(), bytes_out(out)))
+    assert all(result == results[0] for result in results)
+    assert results[0][1] == [str(expected)]
+
+
+def test_a_file_two_patterns_match_is_counted_once(tmp_path):
+    conflicting_copies(tmp_path)
+    out = tmp_path / "out"
+    done = run_recompute("--meters", str(EXAMPLE_METERS), "--input", "*.jsonl",
+                         "--input", "a.jsonl", "--input", str(tmp_path / "a.jsonl"),
+                         "--output-dir", str(out), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["lines_read"], summary["duplicates"]) == (2, 1)

@@ -225,7 +225,7 @@ def test_an_explicit_port_in_use_is_named(tmp_path):
 def test_missing_java_is_named(tmp_path):
     done = tallyflow("local", "up", "--run-dir", str(tmp_path),
                      env={**os.environ, "PATH": "/nonexistent"})
-    assert done.returncode == 1
+    assert done.returncode == 3
     assert done.stderr.strip() == ("tallyflow local up: Java is not installed "
                                    "(the Pub/Sub emulator needs `java` on PATH)")
 
@@ -251,4 +251,4 @@ def test_command_line_up_status_env_down_leaves_nothing_behind(tmp_path):
                  or f"--port={stack['pubsub_port']}" in cmd}
     assert survivors == {}
     assert not (run_dir / "stack.json").exists()
-    assert tallyflow("local", "status", "--run-dir", str(run_dir)).returncode == 1
+    assert tallyflow("local", "status", "--run-dir", str(run_dir)).returncode == 3
