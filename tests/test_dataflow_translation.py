@@ -179,7 +179,8 @@ def test_recompute_from_bigquery_translates():
 
 def test_both_pipelines_options_live_in_one_process():
     """Beam parses every imported options class with one parser when a pipeline runs."""
-    options = PipelineOptions(["--meters", "m.yaml", "--window", "15m", "--subscription", "s",
+    options = PipelineOptions(["--meters", "m.yaml", "--window", "15m",
+                               "--subscription", SUBSCRIPTION,
                                "--period_start", "2026-01-01T00:00:00Z"])
     everything = options.get_all_options()
     assert (everything["meters"], everything["window"]) == ("m.yaml", "15m")
