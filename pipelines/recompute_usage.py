@@ -224,11 +224,12 @@ def run(argv: list[str] | None = None) -> list[dict]:
 
 def run_files(options: PipelineOptions, recompute: RecomputeOptions, limits: Limits) -> dict:
     """Files mode. The previous results go first and the new ones appear only when
-    the run succeeds, so `--output-dir` never shows results a failed run did not make."""
-    remove_results(recompute.output_dir, RESULT_FILES)
+    the run succeeds, so `--output-dir` never shows results a failed run did not make
+    (bad arguments, refused while building, leave the previous results alone)."""
     staging = staging_dir(recompute.output_dir)
     pipeline = beam.Pipeline(options=options)
     build(pipeline, recompute, limits, staging=staging)
+    remove_results(recompute.output_dir, RESULT_FILES)
     try:
         result = pipeline.run()
         if is_dataflow(options):  # a template launch must not wait for its job

@@ -150,3 +150,8 @@ def test_a_file_two_patterns_match_is_read_once(tmp_path, monkeypatch):
     (tmp_path / "b.jsonl").write_bytes(b"3\n")
     monkeypatch.chdir(tmp_path)
     assert_reads(["*.jsonl", "a.jsonl", str(tmp_path / "a.jsonl")], [b"1", b"2", b"3"], line_of)
+
+
+def test_a_file_whose_name_looks_like_a_glob_is_read(tmp_path):
+    (tmp_path / "usage[1].jsonl").write_bytes(b"1\n2\n")
+    assert_reads([str(tmp_path / "*.jsonl")], [b"1", b"2"], line_of)

@@ -219,3 +219,15 @@ def test_a_file_two_patterns_match_is_counted_once(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["lines_read"], summary["duplicates"]) == (2, 1)
+
+
+def test_bad_arguments_leave_the_previous_results_alone(tmp_path):
+    conflicting_copies(tmp_path)
+    out = tmp_path / "out"
+    args = ["--meters", str(EXAMPLE_METERS), "--input", str(tmp_path / "*.jsonl"),
+            "--output-dir", str(out)]
+    assert run_recompute(*args).returncode == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    refused = run_recompute(*args, "--window", "2x")
+    assert refused.returncode == 2
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -99,10 +99,8 @@ def matching_files(pattern: str) -> list[str]:
 
 def _version(path: str) -> tuple[int, float]:
     """(size, last modified) of a file, to notice one that changes while it is read."""
-    metadata = FileSystems.match([path])[0].metadata_list
-    if len(metadata) != 1:
-        raise _unreadable(path, "it disappeared while it was read")
-    return metadata[0].size_in_bytes, metadata[0].last_updated_in_seconds
+    metadata = FileSystems.get_filesystem(path).metadata(path)  # the path, not a glob
+    return metadata.size_in_bytes, metadata.last_updated_in_seconds
 
 
 def _decompressor(compression: str):
