@@ -206,8 +206,11 @@ def main(argv: list[str] | None = None) -> int:
         print_help("tallyflow stream", __doc__, StreamingUsageOptions)
         return 0
     quiet_beam()
-    return run_command("tallyflow stream", lambda: run(argv) and None,
-                       usage_errors=(ExpansionServiceUnavailable,))
+
+    def stream() -> None:
+        run(argv)  # returns when the job stops (DirectRunner) or is submitted (Dataflow)
+
+    return run_command("tallyflow stream", stream, usage_errors=(ExpansionServiceUnavailable,))
 
 
 if __name__ == "__main__":
