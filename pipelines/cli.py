@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name.ljust(width)}  {text}")
         if argv and argv[0] not in ("-h", "--help"):
             print(f"\ntallyflow: unknown command {argv[0]!r}", file=sys.stderr)
-            return 2
-        return 0 if argv else 2
+            return BAD_ARGUMENTS
+        return SUCCESS if argv else BAD_ARGUMENTS
     module = importlib.import_module(COMMANDS[argv[0]][0])
     return module.main(argv[1:]) or 0
 
@@ -104,9 +104,14 @@ def run_command(prog: str, work: Callable[[], int | None],
 
 
 def quiet_beam() -> None:
-    """Beam logs a failing step's traceback itself; the policy's one line says it all."""
-    level = logging.DEBUG if os.environ.get(DEBUG_ENV) else logging.CRITICAL
-    logging.getLogger("apache_beam").setLevel(level)
+    """Beam's warnings, less two kinds of noise (kept with TALLYFLOW_DEBUG): the
+    traceback it logs for a failing step, which the policy's one line replaces, and
+    "unparseable argument" for every option of a pipeline's own options class (Beam
+    re-parses options knowing only PipelineOptions' direct subclasses)."""
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    if not os.environ.get(DEBUG_ENV):
+        for noisy in ("apache_beam.runners.common", "apache_beam.options.pipeline_options"):
+            logging.getLogger(noisy).setLevel(logging.CRITICAL)
 
 
 def classify(error: BaseException, usage_errors=()) -> tuple[int, str]:
