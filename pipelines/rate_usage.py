@@ -37,6 +37,7 @@ from schemas.values import format_time, parse_rfc3339
 from transforms.bigquery import QueryRows, WriteRows
 from transforms.files import WriteSortedLines
 from transforms.outcomes import WriteJson
+from transforms.storage_read import ReadQueryStreams
 from transforms.rating import (COUNTS, DIFF, INVOICE_ROWS, LINES, CommitRating, RateSubjects,
                                RatingRun, SummarizeRating, create_staging, latest_revision)
 
@@ -84,12 +85,14 @@ def build(pipeline: beam.Pipeline, options: RateOptions, book: PriceBook, run: R
     target = bigquery_target(options)
     period = [("period_start", "TIMESTAMP", format_time(run.period_start_ns)),
               ("period_end", "TIMESTAMP", format_time(run.period_end_ns))]
-    usage = pipeline | "ReadUsage" >> QueryRows(
-        target,
-        f"SELECT subject, meter, dimensions, UNIX_MICROS(window_start) AS start_us, value, "
-        f"value_bignumeric, event_count "
-        f"FROM `{target.table_id(USAGE_VIEW.name)}` "
-        f"WHERE window_start >= @period_start AND window_start < @period_end", period)
+    usage = (pipeline
+             | "ReadUsage" >> ReadQueryStreams(
+                 target,
+                 f"SELECT subject, meter, dimensions, UNIX_MICROS(window_start) AS start_us, "
+                 f"value, value_bignumeric, event_count "
+                 f"FROM `{target.table_id(USAGE_VIEW.name)}` "
+                 f"WHERE window_start >= @period_start AND window_start < @period_end", period)
+             | "UsageRows" >> beam.FlatMap(lambda batch: batch.to_pylist()))
     if run.previous_revision:
         previous = pipeline | "ReadPreviousLines" >> QueryRows(
             target,
