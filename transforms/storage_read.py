@@ -154,6 +154,11 @@ class ReadQueryStreams(_ReadStreams):
                                               (sql, list(params))))
 
 
+def arrow_rows(batch) -> list[dict]:
+    """A record batch as row dicts: NUMERIC and BIGNUMERIC as Decimal, TIMESTAMP as datetime."""
+    return batch.to_pylist()
+
+
 def query_frame(target, sql: str, params: list[tuple] = ()):
     """A query's result as a pandas DataFrame read over the Storage Read API, exactly:
     NUMERIC and BIGNUMERIC columns stay Arrow decimals (`pd.ArrowDtype`), never float64."""
