@@ -12,6 +12,7 @@ from pipelines.cli import name_option
 from schemas import names
 from schemas.catalog import CatalogError, MeterCatalog, parse_catalog_text
 from transforms.bigquery import BigQueryTarget
+from transforms.storage_read import STORAGE_EMULATOR_ENV
 
 
 def read_config_text(path: str, error: type[ValueError]) -> str:
@@ -55,6 +56,10 @@ class UsageOptions(PipelineOptions):
                             default=os.environ.get("BIGQUERY_EMULATOR_HOST"),
                             help="BigQuery API endpoint, for a local emulator "
                                  "(default: BIGQUERY_EMULATOR_HOST; empty: real BigQuery).")
+        parser.add_argument("--bigquery_storage_endpoint",
+                            default=os.environ.get(STORAGE_EMULATOR_ENV),
+                            help="The emulator's BigQuery Storage API gRPC host:port "
+                                 f"(default: {STORAGE_EMULATOR_ENV}; empty: real BigQuery).")
 
 
 def parse_bool(text) -> bool:
@@ -107,7 +112,8 @@ def bigquery_target(options) -> BigQueryTarget:
                or os.environ.get("GOOGLE_CLOUD_PROJECT"))
     if not project:
         raise ValueError("--bigquery_project (or --project / GOOGLE_CLOUD_PROJECT) is required")
-    return BigQueryTarget(project, options.bigquery_dataset, options.bigquery_endpoint or None)
+    return BigQueryTarget(project, options.bigquery_dataset, options.bigquery_endpoint or None,
+                          storage_endpoint=options.bigquery_storage_endpoint or None)
 
 
 def print_help(prog: str, description: str, options_class) -> None:

@@ -122,6 +122,7 @@ class LocalStack:
         """The variables Google's clients (and Beam's Pub/Sub IO) read to find emulators."""
         return {"PUBSUB_EMULATOR_HOST": self.pubsub_host,
                 "BIGQUERY_EMULATOR_HOST": self.bigquery_endpoint,
+                "BIGQUERY_STORAGE_EMULATOR_HOST": self.bigquery_grpc_address,
                 "GOOGLE_CLOUD_PROJECT": self.project}
 
     def bigquery_client(self):

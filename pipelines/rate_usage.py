@@ -33,9 +33,10 @@ from pipelines.cli import quiet_beam, run_command
 from schemas.pricing import PriceBook, PriceBookError, parse_price_book_text
 from schemas.tables import INVOICE_LINES, INVOICES, USAGE_VIEW
 from schemas.values import format_time, parse_rfc3339
-from transforms.bigquery import QueryRows, WriteRows
+from transforms.bigquery import WriteRows
 from transforms.files import WriteSortedLines
 from transforms.outcomes import WriteJson
+from transforms.storage_read import ReadQueryStreams, arrow_rows
 from transforms.rating import (COUNTS, DIFF, INVOICE_ROWS, LINES, CommitRating, RateSubjects,
                                RatingRun, SummarizeRating, create_staging, latest_revision)
 
@@ -82,19 +83,23 @@ def build(pipeline: beam.Pipeline, options: RateOptions, book: PriceBook, run: R
     target = bigquery_target(options)
     period = [("period_start", "TIMESTAMP", format_time(run.period_start_ns)),
               ("period_end", "TIMESTAMP", format_time(run.period_end_ns))]
-    usage = pipeline | "ReadUsage" >> QueryRows(
-        target,
-        f"SELECT subject, meter, dimensions, UNIX_MICROS(window_start) AS start_us, value, "
-        f"value_bignumeric, event_count "
-        f"FROM `{target.table_id(USAGE_VIEW.name)}` "
-        f"WHERE window_start >= @period_start AND window_start < @period_end", period)
+    usage = (pipeline
+             | "ReadUsage" >> ReadQueryStreams(
+                 target,
+                 f"SELECT subject, meter, dimensions, UNIX_MICROS(window_start) AS start_us, "
+                 f"value, value_bignumeric, event_count "
+                 f"FROM `{target.table_id(USAGE_VIEW.name)}` "
+                 f"WHERE window_start >= @period_start AND window_start < @period_end", period)
+             | "UsageRows" >> beam.FlatMap(arrow_rows))
     if run.previous_revision:
-        previous = pipeline | "ReadPreviousLines" >> QueryRows(
-            target,
-            f"SELECT * FROM `{target.table_id(INVOICE_LINES)}` "
-            f"WHERE period_start = @period_start AND period_end = @period_end "
-            f"AND revision = @revision AND line_type = 'charge'",
-            period + [("revision", "INT64", run.previous_revision)])
+        previous = (pipeline
+                    | "ReadPreviousLines" >> ReadQueryStreams(
+                        target,
+                        f"SELECT * FROM `{target.table_id(INVOICE_LINES)}` "
+                        f"WHERE period_start = @period_start AND period_end = @period_end "
+                        f"AND revision = @revision AND line_type = 'charge'",
+                        period + [("revision", "INT64", run.previous_revision)])
+                    | "PreviousLineRows" >> beam.FlatMap(arrow_rows))
     else:
         previous = pipeline | "NoPreviousLines" >> beam.Create([])
     subjects = pipeline | "AssignedSubjects" >> beam.Create(

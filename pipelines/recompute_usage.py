@@ -50,6 +50,7 @@ from transforms.files import (PublishResults, ReadPayloadBatches, WriteSortedLin
                               discard_staging, remove_results, staging_dir)
 from transforms.outcomes import SummarizeCounts, WriteJson, dead_letter_line, usage_line
 from transforms.restate import CommitRun, ReadPeriodEvents, RecomputeRun, create_staging
+from transforms.storage_read import DEFAULT_MAX_STREAMS
 
 PIPELINE_NAME = "recompute_usage"
 # files mode's results, in the order they are moved into --output-dir: the summary last
@@ -82,6 +83,11 @@ class RecomputeOptions(UsageOptions):
                                  "shard's identities and first copies in memory while it "
                                  "deduplicates them: raise it for periods of many millions "
                                  "of events.")
+        parser.add_argument("--read_streams", "--read-streams", dest="read_streams", type=int,
+                            default=0,
+                            help="Most Storage Read API streams a period's events are read "
+                                 "in, in parallel (BigQuery mode). 0: as many as BigQuery "
+                                 f"offers, up to {DEFAULT_MAX_STREAMS}.")
 
 
 def check_arguments(options: RecomputeOptions) -> None:
@@ -94,6 +100,8 @@ def check_arguments(options: RecomputeOptions) -> None:
         raise ValueError("--output-dir needs --input")
     if options.dedup_shards < 1:
         raise ValueError("--dedup_shards must be at least 1")
+    if options.read_streams < 0:
+        raise ValueError("--read_streams must be 0 (as many as offered) or more")
     if not options.input and not options.dirty and options.period_start is None:
         raise ValueError("BigQuery mode needs --period-start and --period-end, or --dirty")
 
@@ -129,9 +137,8 @@ def build(pipeline: beam.Pipeline, options: RecomputeOptions, limits: Limits,
     else:
         start, end = run.period_start_ns, run.period_end_ns
         target = bigquery_target(options)
-        batches = (pipeline
-                   | "ReadEvents" >> ReadPeriodEvents(target, start, end)
-                   | "Batch" >> beam.BatchElements(min_batch_size=500, max_batch_size=5000))
+        batches = pipeline | "ReadEvents" >> ReadPeriodEvents(target, start, end,
+                                                              options.read_streams)
 
     computed = batches | "ComputeUsage" >> ComputeUsage(catalog, limits, window_ns, start, end,
                                                         shards=options.dedup_shards)

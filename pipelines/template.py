@@ -88,6 +88,7 @@ OPTION_KINDS: Mapping[str, ValueKind] = {
 # (store_true) rejects that form, so it cannot be a template parameter.
 FLAG_NOT_A_PARAMETER = "a flag without a value: the launcher passes --name=value, which it rejects"
 EMULATOR_ONLY = "the local BigQuery emulator only (its default comes from the environment)"
+EMULATOR_OPTIONS = {"bigquery_endpoint": EMULATOR_ONLY, "bigquery_storage_endpoint": EMULATOR_ONLY}
 
 
 @dataclass(frozen=True)
@@ -112,21 +113,21 @@ FLEX_TEMPLATES: Mapping[str, FlexTemplate] = {t.pipeline: t for t in (
         "streaming_usage", "StreamingUsageOptions", streaming=True,
         required=("subscription", "meters"),
         not_parameters={
-            "bigquery_endpoint": EMULATOR_ONLY,
+            **EMULATOR_OPTIONS,
             "run_seconds": "DirectRunner only",
         }),
     FlexTemplate(
         "recompute_usage", "RecomputeOptions", streaming=False,
         required=("meters",),
         not_parameters={
-            "bigquery_endpoint": EMULATOR_ONLY,
+            **EMULATOR_OPTIONS,
             "dirty": FLAG_NOT_A_PARAMETER,
         }),
     FlexTemplate(
         "rate_usage", "RateOptions", streaming=False,
         required=("prices", "period_start", "period_end"),
         not_parameters={
-            "bigquery_endpoint": EMULATOR_ONLY,
+            **EMULATOR_OPTIONS,
             "diff": FLAG_NOT_A_PARAMETER,
         }),
 )}

@@ -177,6 +177,27 @@ def test_recompute_from_bigquery_translates():
     assert {"ReadEvents", "Stage", "WriteDeadLetters", "CommitRun"} <= transform_names(job)
 
 
+def test_recompute_reads_its_period_in_parallel_streams():
+    """The period's events are read by stream, each stream after a reshuffle: the read
+    of one stream is a bundle of its own, on whichever worker gets it."""
+    options = PipelineOptions(DATAFLOW + ["--meters", str(EXAMPLE_METERS),
+                                          "--bigquery_project", PROJECT])
+    restatement = RecomputeRun("recompute-dry-run", 1_793_491_200 * NS, 1_793_577_600 * NS,
+                               3600 * NS, "translation test", time.time_ns())
+    pipeline = beam.Pipeline(options=options)
+    recompute_usage.build(pipeline, options.view_as(recompute_usage.RecomputeOptions),
+                          Limits(now_ns=None, max_future_skew_ns=300 * NS), restatement)
+    transforms = translate(pipeline).proto_pipeline.components.transforms
+    producers = {}  # a composite and its last part produce the same PCollection
+    for t in transforms.values():
+        for output in t.outputs.values():
+            producers.setdefault(output, set()).add(t.spec.urn)
+    (read,) = [t for t in transforms.values()
+               if t.unique_name == "ReadEvents/ReadStreams/ReadStream"]
+    (streams,) = read.inputs.values()
+    assert "beam:transform:reshuffle:v1" in producers[streams]
+
+
 def test_both_pipelines_options_live_in_one_process():
     """Beam parses every imported options class with one parser when a pipeline runs."""
     options = PipelineOptions(["--meters", "m.yaml", "--window", "15m",

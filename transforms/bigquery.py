@@ -41,6 +41,7 @@ class BigQueryTarget:
     dataset: str
     endpoint: str | None = None  # e.g. http://127.0.0.1:9050 for the emulator
     retry_seconds: float = 120.0
+    storage_endpoint: str | None = None  # the emulator's Storage API gRPC host:port
 
     def __post_init__(self):
         """Names go into SQL between backticks: only names BigQuery itself allows."""
@@ -61,6 +62,15 @@ class BigQueryTarget:
 
         return bigquery.Client(project=self.project, credentials=AnonymousCredentials(),
                                client_options=ClientOptions(api_endpoint=self.endpoint))
+
+    def read_client(self):
+        """A Storage Read API client for this target (`transforms.storage_read`)."""
+        from transforms.storage_read import read_client
+
+        if self.endpoint and not self.storage_endpoint:
+            raise ValueError("an emulator endpoint needs its Storage API gRPC address too: "
+                             "--bigquery_storage_endpoint (or BIGQUERY_STORAGE_EMULATOR_HOST)")
+        return read_client(self.storage_endpoint)
 
 
 class _InsertBatch(beam.DoFn):

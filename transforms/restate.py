@@ -18,7 +18,8 @@ import apache_beam as beam
 
 from schemas.tables import EVENTS, RECOMPUTE_RUNS, USAGE_RECOMPUTED, Table
 from schemas.values import format_time
-from transforms.bigquery import BigQueryTarget, QueryRows
+from transforms.bigquery import BigQueryTarget
+from transforms.storage_read import ReadTableStreams
 
 # Fault injection for the crash test: seconds to sleep between staging and commit.
 PAUSE_BEFORE_COMMIT_ENV = "TALLYFLOW_PAUSE_BEFORE_COMMIT"
@@ -57,28 +58,42 @@ class RecomputeRun:
 
 
 class ReadPeriodEvents(beam.PTransform):
-    """The accepted events of [start, end) from `events`, as payloads for ParseEvents.
+    """The accepted events of [start, end) from `events`, as batches of payloads for
+    ParseEvents, read in parallel over the Storage Read API (`ReadTableStreams`).
 
-    The earliest ingested copy of an identity sorts first, so deduplication
-    keeps what streaming kept.
+    The row restriction on event time prunes the day partitions outside the
+    period. The earliest ingested copy of an identity sorts first, so
+    deduplication keeps what streaming kept.
     """
 
-    def __init__(self, target: BigQueryTarget, start_ns: int, end_ns: int):
+    def __init__(self, target: BigQueryTarget, start_ns: int, end_ns: int,
+                 max_streams: int = 0):
         super().__init__()
         self._target = target
         self._start, self._end = start_ns, end_ns
+        self._max_streams = max_streams
 
     def expand(self, pbegin):
-        sql = (f"SELECT raw, message_id, UNIX_MICROS(ingest_time) AS ingest_us "
-               f"FROM `{self._target.table_id(EVENTS)}` "
-               f"WHERE time >= @period_start AND time < @period_end")
-        params = [("period_start", "TIMESTAMP", format_time(self._start)),
-                  ("period_end", "TIMESTAMP", format_time(self._end))]
+        period = (f"time >= TIMESTAMP '{format_time(self._start)}' "
+                  f"AND time < TIMESTAMP '{format_time(self._end)}'")
         return (pbegin
-                | "Query" >> QueryRows(self._target, sql, params)
-                | "AsPayloads" >> beam.Map(lambda r: (
-                    r["message_id"] or "", (r["ingest_us"], r["message_id"] or ""),
-                    r["raw"].encode("utf-8"), r["ingest_us"] * 1000, {})))
+                | "ReadStreams" >> ReadTableStreams(self._target, EVENTS, list(EVENT_COLUMNS),
+                                                    period, self._max_streams)
+                | "AsPayloads" >> beam.Map(event_payloads))
+
+
+EVENT_COLUMNS = ("raw", "message_id", "ingest_time")
+
+
+def event_payloads(batch) -> list[tuple]:
+    """An Arrow batch of `events` rows -> payloads ordered by (ingest time, message id)."""
+    import pyarrow as pa
+
+    ingest_us = batch.column("ingest_time").cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
+    return [(message_id or "", (us, message_id or ""), raw.encode("utf-8"), us * 1000, {})
+            for raw, message_id, us in zip(batch.column("raw").to_pylist(),
+                                           batch.column("message_id").to_pylist(),
+                                           ingest_us.to_pylist())]
 
 
 def create_staging(client, target: BigQueryTarget, run: RecomputeRun) -> None:

@@ -29,6 +29,10 @@ def documented_queries() -> dict[str, str]:
     return dict(re.findall(r"<!-- query: (\w+) -->\s*```sql\n(.*?)```", text, re.S))
 
 
+def documented_python() -> dict[str, str]:
+    return dict(re.findall(r"<!-- python: (\w+) -->\s*```python\n(.*?)```", DOC.read_text(), re.S))
+
+
 def api_request(n: int, hour: int, method: str, bytes_out: int) -> bytes:
     return json.dumps({
         "specversion": "1.0", "id": f"an-{n}", "source": "//analysts", "type": "api.request",
@@ -89,6 +93,22 @@ def test_every_documented_query_is_tested():
     assert set(documented_queries()) == {"monthly_usage", "top_meters", "provisional_vs_final",
                                          "corrections_since", "dead_letters_by_code",
                                          "lineage"}
+
+
+def test_usage_frame_reads_the_view_into_pandas_exactly(month, local_stack, monkeypatch):
+    client, events = month
+    for name, value in local_stack.env().items():
+        monkeypatch.setenv(name, value)
+    scope = {}
+    exec(documented_python()["usage_frame"], scope)
+    usage, totals = scope["usage"], scope["totals"]
+    assert str(usage["value"].dtype) == "decimal128(38, 9)[pyarrow]"
+    assert totals.to_dict() == {
+        "api_requests": Decimal(9),
+        "bytes_out": Decimal(sum(1000 + n for n in range(9))),
+    }
+    assert set(usage["origin"]) == {"recompute"}
+    assert usage["event_count"].sum() == 2 * len(events)
 
 
 def test_monthly_usage(month):
