@@ -112,6 +112,7 @@ FLEX_TEMPLATES: Mapping[str, FlexTemplate] = {t.pipeline: t for t in (
         not_parameters={
             "bigquery_endpoint": EMULATOR_ONLY,
             "run_seconds": "DirectRunner only",
+            "replay_margin": "DirectRunner only",
         }),
     FlexTemplate(
         "recompute_usage", "RecomputeOptions", streaming=False,

@@ -10,6 +10,11 @@ and is the authority beyond the horizon.
 
 A later copy that would meter differently (other subject, type, time or
 readings) is a conflict: still a duplicate, counted separately for audit.
+
+A copy from the same position (message id and element) as the kept one is a
+replay, not a duplicate: a restarted job replays stored events (positions
+prefixed `replay:`) and Pub/Sub redelivers the messages it seeks back over.
+Replays are dropped without a trace and counted in the `replays` metric.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from dataclasses import dataclass
 
 import apache_beam as beam
 from apache_beam import pvalue
+from apache_beam.metrics import Metrics
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Duration, Timestamp
@@ -25,6 +31,13 @@ from schemas.events import UsageEvent
 
 UNIQUE = "unique"
 DUPLICATES = "duplicates"
+REPLAYED = "replay:"  # position prefix of events a restored job replays from `events`
+
+
+def same_position(position: str, other: str) -> bool:
+    """Whether two copies come from the same message and element, replayed or not."""
+    mine = position.removeprefix(REPLAYED)
+    return bool(mine.partition("#")[0]) and mine == other.removeprefix(REPLAYED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +59,7 @@ def metering_signature(event: UsageEvent) -> tuple:
 class _FirstCopyWithinHorizon(beam.DoFn):
     SEEN = ReadModifyWriteStateSpec("seen_signature", beam.coders.PickleCoder())
     EXPIRY = TimerSpec("forget_identity", TimeDomain.WATERMARK)
+    REPLAYS = Metrics.counter("tallyflow", "replays")
 
     def __init__(self, horizon_seconds: int):
         self._horizon = Duration(seconds=horizon_seconds)
@@ -60,6 +74,9 @@ class _FirstCopyWithinHorizon(beam.DoFn):
             yield event
             return
         signature, kept_position = first
+        if same_position(event.position, kept_position):
+            self.REPLAYS.inc()
+            return
         yield pvalue.TaggedOutput(DUPLICATES, Duplicate(
             event.source, event.id, event.position, kept_position,
             metering_signature(event) != signature))
