@@ -44,7 +44,7 @@ from pipelines.restart_points import SNAPSHOT_SECONDS, RestartPoints
 from schemas.catalog import CatalogError
 from schemas.events import Limits
 from schemas.tables import DEAD_LETTER, DUPLICATE_EVENTS, EVENTS, LATE_EVENTS, USAGE_PANES
-from schemas.values import format_time, parse_duration
+from schemas.values import format_time, parse_duration, parse_rfc3339
 from transforms import rows
 from transforms.bigquery import (CLIENT_METHOD, WRITE_METHODS, BigQueryTarget,
                                  ExpansionServiceUnavailable, QueryRows, WriteRows)
@@ -91,6 +91,12 @@ class StreamingUsageOptions(UsageOptions):
                    "table (after a restart without --update, e.g. on the DirectRunner or after "
                    "a drain); on the DirectRunner also seek the subscription back to the "
                    "previous job's restart point, so nothing it had pulled is lost.")
+        parser.add_argument("--replay_since",
+                            help="With --restore_open_windows, after the subscription was "
+                                 "sought back to a snapshot or time (docs/deploy.md): also "
+                                 "restore everything written since this RFC 3339 time (the "
+                                 "snapshot's, minus a margin), so redelivered messages are "
+                                 "recognised. The DirectRunner sets it from its restart point.")
         parser.add_argument("--replay_margin", default="5m",
                             help="DirectRunner only: a restart point (subscription snapshot) "
                                  "becomes safe once the job has run this long after it; must "
@@ -249,12 +255,14 @@ def run(argv: list[str] | None = None):
     block = not runner_supports_pubsub_extras(options.view_as(StandardOptions).runner)
     job_id = options.view_as(beam.options.pipeline_options.GoogleCloudOptions).job_name \
         or new_job_id()
-    points, since_ns = None, None
+    since_ns = parse_rfc3339(streaming.replay_since) if streaming.replay_since else None
+    points = None
     if block and streaming.subscription:
         points = RestartPoints(streaming.subscription,
                                parse_duration(streaming.replay_margin) // 1_000_000)
         if streaming.restore_open_windows:
-            since_ns = _seek_back(points)
+            since_ns = min((t for t in (since_ns, _seek_back(points)) if t is not None),
+                           default=None)
     pipeline = beam.Pipeline(options=options)
     build(pipeline, streaming, job_id, since_ns)
     if not block:

@@ -78,6 +78,7 @@ OPTION_KINDS: Mapping[str, ValueKind] = {
     "dedup_horizon": DURATION,
     "period_start": TIMESTAMP,
     "period_end": TIMESTAMP,
+    "replay_since": TIMESTAMP,
     "bigquery_project": PROJECT,
     "bigquery_dataset": DATASET,
 }

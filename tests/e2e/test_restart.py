@@ -30,7 +30,7 @@ from collections import Counter
 
 import pytest
 
-from pipelines.local_stack import _free_port, _pubsub_launcher, _spawn, provision
+from pipelines.local_stack import _alive, _free_port, _pubsub_launcher, _spawn, provision
 from pipelines.synthetic import DUPLICATE, INVALID, LATE, ON_TIME
 from tests.conftest import EXAMPLE_METERS, ROOT
 from tests.e2e.test_streaming_e2e import (HEARTBEAT_SOURCE, MINUTE_NS, WAIT_SECONDS,
@@ -210,11 +210,3 @@ def test_sigterm_stops_the_stream_with_a_clear_message_when_pubsub_is_gone(
     assert code in (0, 3), job.output()[-2000:]
     assert last.startswith("tallyflow stream: stopped") or (
         code == 3 and last.startswith("tallyflow stream: ")), last
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
