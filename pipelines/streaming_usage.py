@@ -34,7 +34,6 @@ import time
 import uuid
 
 import apache_beam as beam
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from google.api_core.exceptions import GoogleAPICallError, RetryError
 
@@ -315,9 +314,7 @@ def _wait(result, seconds: int | None, points: RestartPoints, start_ms: int) -> 
         raise StreamFailed(f"the job did not stop within {STOP_SECONDS} s (is Pub/Sub "
                            f"reachable?); a start with --restore_open_windows replays what "
                            f"it had pulled")
-    replays = result.metrics().query(MetricsFilter().with_name("replays"))["counters"]
-    print(f"tallyflow stream: stopped; {sum(c.committed or 0 for c in replays)} replayed "
-          f"copies recognised", file=sys.stderr)
+    print("tallyflow stream: stopped", file=sys.stderr)
 
 
 def _watch(result, failure: list) -> None:

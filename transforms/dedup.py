@@ -14,7 +14,7 @@ readings) is a conflict: still a duplicate, counted separately for audit.
 A copy from the same position (message id and element) as the kept one is a
 replay, not a duplicate: a restarted job replays stored events (positions
 prefixed `replay:`) and Pub/Sub redelivers the messages it seeks back over.
-Replays are dropped without a trace and counted in the `replays` metric.
+Replays are dropped without a trace.
 """
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 import apache_beam as beam
 from apache_beam import pvalue
-from apache_beam.metrics import Metrics
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Duration, Timestamp
@@ -59,7 +58,6 @@ def metering_signature(event: UsageEvent) -> tuple:
 class _FirstCopyWithinHorizon(beam.DoFn):
     SEEN = ReadModifyWriteStateSpec("seen_signature", beam.coders.PickleCoder())
     EXPIRY = TimerSpec("forget_identity", TimeDomain.WATERMARK)
-    REPLAYS = Metrics.counter("tallyflow", "replays")
 
     def __init__(self, horizon_seconds: int):
         self._horizon = Duration(seconds=horizon_seconds)
@@ -75,7 +73,6 @@ class _FirstCopyWithinHorizon(beam.DoFn):
             return
         signature, kept_position = first
         if same_position(event.position, kept_position):
-            self.REPLAYS.inc()
             return
         yield pvalue.TaggedOutput(DUPLICATES, Duplicate(
             event.source, event.id, event.position, kept_position,
