@@ -25,7 +25,8 @@ import re
 from dataclasses import dataclass
 
 SNAPSHOT_SECONDS = 30  # how often a running job takes a snapshot
-CALL_SECONDS = 10  # bound on every Pub/Sub admin call
+CALL_SECONDS = 10  # bound on one attempt of a Pub/Sub admin call
+RETRY_SECONDS = 30  # bound on all attempts of one call (the client's default is 60 s)
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -67,6 +68,7 @@ class RestartPoints:
     """The restart snapshots of one subscription (`projects/P/subscriptions/S`)."""
 
     def __init__(self, subscription_path: str, margin_ms: int, client=None):
+        from google.api_core.retry import Retry
         from google.cloud import pubsub_v1
 
         self._subscription = subscription_path
@@ -74,13 +76,14 @@ class RestartPoints:
         self._name = subscription_path.rsplit("/", 1)[-1]
         self._margin_ms = margin_ms
         self._client = client or pubsub_v1.SubscriberClient()
+        self._bounds = {"timeout": CALL_SECONDS, "retry": Retry(timeout=RETRY_SECONDS)}
 
     def _path(self, point: Point) -> str:
         return f"{self._project}/snapshots/{point.name(self._name)}"
 
     def points(self) -> list[Point]:
         snapshots = self._client.list_snapshots(request={"project": self._project},
-                                                timeout=CALL_SECONDS)
+                                                **self._bounds)
         found = (parse_point(s.name.rsplit("/", 1)[-1], self._name) for s in snapshots)
         return [p for p in found if p is not None]
 
@@ -89,7 +92,7 @@ class RestartPoints:
         point = restart_point(self.points(), self._margin_ms)
         if point is not None:
             self._client.seek(request={"subscription": self._subscription,
-                                       "snapshot": self._path(point)}, timeout=CALL_SECONDS)
+                                       "snapshot": self._path(point)}, **self._bounds)
         return point
 
     def take(self, job_start_ms: int, now_ms: int) -> None:
@@ -98,9 +101,9 @@ class RestartPoints:
         point = Point(job_start_ms, now_ms)
         self._client.create_snapshot(request={"name": self._path(point),
                                               "subscription": self._subscription},
-                                     timeout=CALL_SECONDS)
+                                     **self._bounds)
         points = self.points()
         current = [p for p in points if p.job_start_ms == job_start_ms]
         for old in set(points) - set(current) | set(obsolete(current, self._margin_ms)):
             self._client.delete_snapshot(request={"snapshot": self._path(old)},
-                                         timeout=CALL_SECONDS)
+                                         **self._bounds)

@@ -334,6 +334,16 @@ def _take_point(points: RestartPoints, start_ms: int) -> None:
               file=sys.stderr)
 
 
+def _option(argv: list[str], name: str) -> str:
+    """An option's value as given (`--name value` or `--name=value`), for messages."""
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return "(none)"
+
+
 def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
 
@@ -350,7 +360,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tallyflow stream: {e}", file=sys.stderr)
         return 2
     except (StreamFailed, GoogleAPICallError, RetryError) as e:
-        print(f"tallyflow stream: {e}", file=sys.stderr)
+        reason = e if isinstance(e, StreamFailed) else (
+            f"Pub/Sub restart points of {_option(argv, '--subscription')}: {_one_line(e)}")
+        print(f"tallyflow stream: {reason}", file=sys.stderr)
         sys.stderr.flush()
         os._exit(3)  # the runner's and clients' threads may still hang on a dead service
     return 0
