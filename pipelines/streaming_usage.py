@@ -203,9 +203,9 @@ class ReplayOpenWindows(beam.PTransform):
 
 
 class RecordedSince(beam.PTransform):
-    """`recorded_key` tuples of the dead letters, duplicates and too-late events written
-    since `since_ns`: the seek redelivers their messages, which must not be recorded
-    twice."""
+    """`recorded_key` tuples (transforms/streaming.py) of the dead letters, duplicates
+    and too-late events written since `since_ns`: the seek redelivers their messages,
+    which must not be recorded twice."""
 
     def __init__(self, target: BigQueryTarget, since_ns: int):
         super().__init__()

@@ -24,7 +24,7 @@ def is_live(element) -> bool:
 
 
 def recorded_key(table: str, element) -> tuple:
-    """What identifies a row an earlier job wrote to `table`, for `AlreadyRecorded`:
+    """What identifies a row an earlier job wrote to `table`, for `DropRecorded`:
     the position for `dead_letter` and `duplicate_events`, the identity for
     `late_events` (one accepted event per identity, and the table keeps no position)."""
     if table == LATE_EVENTS.name:
