@@ -49,6 +49,7 @@ DEAD_LETTER_SUBSCRIPTION = "usage-dead-letter-sub"
 # A message the pipeline can never acknowledge (e.g. a malformed timestamp
 # attribute) goes to the dead-letter topic after this many deliveries.
 MAX_DELIVERY_ATTEMPTS = 5
+RETENTION_SECONDS = 7 * 86400  # Pub/Sub's maximum for retained acknowledged messages
 STATE_FILE = "stack.json"
 
 LOCAL_BIGQUERY = "local-bigquery==0.4.0"
@@ -487,8 +488,11 @@ def _provision_pubsub(stack: LocalStack) -> None:
         with contextlib.suppress(AlreadyExists):
             publisher.create_topic(name=stack.topic_path(topic), timeout=10)
     subscriptions = [
+        # Acknowledged messages are kept, so a restarted stream can seek back
+        # (docs/streaming.md, "Stop and restart without loss").
         {"name": stack.subscription_path(), "topic": stack.topic_path(),
-         "ack_deadline_seconds": 60,
+         "ack_deadline_seconds": 60, "retain_acked_messages": True,
+         "message_retention_duration": {"seconds": RETENTION_SECONDS},
          "dead_letter_policy": {"dead_letter_topic": stack.topic_path(stack.dead_letter_topic),
                                 "max_delivery_attempts": MAX_DELIVERY_ATTEMPTS}},
         {"name": stack.subscription_path(stack.dead_letter_subscription),

@@ -14,15 +14,21 @@ Every message ends up in exactly one of `events` (aggregated, unmetered or too
 late; too-late ones also in `late_events`), `duplicate_events` or
 `dead_letter`. With `--restore_open_windows`, a restarted job first replays the
 accepted events of windows still open from `events`, so its panes and its
-deduplication state are whole again.
+deduplication state are whole again. On the DirectRunner, whose Pub/Sub source
+acknowledges a pull before processing it, it also seeks the subscription back
+to the previous job's restart point (a snapshot, `pipelines/restart_points.py`),
+so what that job had pulled but not written when it stopped or crashed is
+delivered again; what it had written is recognised and not recorded twice.
 
 Run with `tallyflow stream` (DirectRunner, until interrupted or
 `--run_seconds`) or `python -m pipelines.streaming_usage` (Flex Template).
 """
 from __future__ import annotations
 
+import os
 import signal
 import sys
+import threading
 import time
 import uuid
 
@@ -31,11 +37,12 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from pipelines.common import (UsageOptions, add_switch, bigquery_target, load_catalog_anywhere,
                               print_help)
-from pipelines.cli import name_option, quiet_beam, run_command
+from pipelines.cli import RUNTIME_FAILURE, CommandFailed, name_option, quiet_beam, run_command
+from pipelines.restart_points import SNAPSHOT_SECONDS, RestartPoints
 from schemas import names
 from schemas.events import Limits
 from schemas.tables import DEAD_LETTER, DUPLICATE_EVENTS, EVENTS, LATE_EVENTS, USAGE_PANES
-from schemas.values import parse_duration
+from schemas.values import format_time, parse_duration, parse_rfc3339
 from transforms import rows
 from transforms.bigquery import (CLIENT_METHOD, WRITE_METHODS, BigQueryTarget,
                                  ExpansionServiceUnavailable, QueryRows, WriteRows)
@@ -80,14 +87,32 @@ class StreamingUsageOptions(UsageOptions):
         add_switch(parser, "--restore_open_windows",
                    "On start, replay accepted events of still-open windows from the events "
                    "table (after a restart without --update, e.g. on the DirectRunner or after "
-                   "a drain).")
+                   "a drain); on the DirectRunner also seek the subscription back to the "
+                   "previous job's restart point, so nothing it had pulled is lost.")
+        parser.add_argument("--replay_since",
+                            help="With --restore_open_windows, after the subscription was "
+                                 "sought back to a snapshot or time (docs/deploy.md): also "
+                                 "restore everything written since this RFC 3339 time (the "
+                                 "snapshot's, minus a margin), so redelivered messages are "
+                                 "recognised. The DirectRunner sets it from its restart point.")
+        parser.add_argument("--replay_margin", default="5m",
+                            help="DirectRunner only: a restart point (subscription snapshot) "
+                                 "becomes safe once the job has run this long after it; must "
+                                 "exceed the longest a pulled message takes to be written "
+                                 "(incl. BigQuery write retries, 120 s).")
         parser.add_argument("--run_seconds", type=int, default=0,
                             help="DirectRunner only: stop after this many seconds (0: run until "
                                  "interrupted).")
 
 
-def build(pipeline: beam.Pipeline, options: StreamingUsageOptions, job_id: str) -> None:
-    """Composes the streaming pipeline on `pipeline`."""
+def build(pipeline: beam.Pipeline, options: StreamingUsageOptions, job_id: str,
+          replay_since_ns: int | None = None) -> None:
+    """Composes the streaming pipeline on `pipeline`.
+
+    `replay_since_ns`: when the subscription was sought back to (a restart); the
+    restore then also covers every event, duplicate, dead letter and too-late
+    record written since, whatever its window, as the seek redelivers them all.
+    """
     for flag in ("subscription", "meters"):
         if not getattr(options, flag):
             raise ValueError(f"--{flag} is required")
@@ -106,9 +131,10 @@ def build(pipeline: beam.Pipeline, options: StreamingUsageOptions, job_id: str) 
 
     messages = pipeline | "ReadMessages" >> ReadUsageMessages(
         options.subscription, runner, options.timestamp_attribute, options.id_label)
+    recorded = None
     if options.restore_open_windows:
-        replay = pipeline | "ReplayOpenWindows" >> ReplayOpenWindows(target, window_ns,
-                                                                    lateness_ns)
+        replay = pipeline | "ReplayOpenWindows" >> ReplayOpenWindows(
+            target, window_ns, lateness_ns, horizon_ns, replay_since_ns)
         # Live messages wait until the replay has been read (a side input is ready
         # once its bounded input is done): a redelivery of an already accepted event
         # that reached deduplication before its replayed copy would be accepted, and
@@ -118,8 +144,11 @@ def build(pipeline: beam.Pipeline, options: StreamingUsageOptions, job_id: str) 
         messages = messages | "AfterReplay" >> beam.Map(
             lambda message, _done: message, beam.pvalue.AsIter(replay_done))
         messages = (messages, replay) | "WithReplay" >> beam.Flatten()
+        if replay_since_ns is not None:
+            recorded = pipeline | "RecordedSince" >> RecordedSince(target, replay_since_ns)
     out = messages | "StreamUsage" >> StreamUsage(
-        catalog, limits, window_ns, lateness_ns, options.early_firing_seconds, horizon_ns)
+        catalog, limits, window_ns, lateness_ns, options.early_firing_seconds, horizon_ns,
+        recorded)
 
     def write(pcoll, name, table, to_row):
         return (pcoll | f"{name}Rows" >> beam.Map(to_row)
@@ -140,28 +169,74 @@ def build(pipeline: beam.Pipeline, options: StreamingUsageOptions, job_id: str) 
 
 
 class ReplayOpenWindows(beam.PTransform):
-    """Accepted events of windows that still accept data, from the `events` table,
-    shaped like Pub/Sub messages (position prefixed `replay:`, original ingest time)."""
+    """Accepted events of windows that still accept data, and (`since_ns`) every event
+    ingested since then within the deduplication horizon, from the `events` table,
+    shaped like Pub/Sub messages (position prefixed `replay:`, original ingest time).
 
-    def __init__(self, target: BigQueryTarget, window_ns: int, lateness_ns: int):
+    Older events are left out: their identities would be forgotten at once (the
+    horizon's timer has passed), and the recompute is the authority there.
+    """
+
+    def __init__(self, target: BigQueryTarget, window_ns: int, lateness_ns: int,
+                 horizon_ns: int, since_ns: int | None = None):
         super().__init__()
         self._target = target
         self._open_span_s = (window_ns + lateness_ns) // NS
+        self._horizon_s = horizon_ns // NS
+        self._since_us = -1 if since_ns is None else since_ns // 1000
 
     def expand(self, pbegin):
         sql = (f"SELECT raw, message_id, UNIX_MICROS(ingest_time) AS ingest_us "
                f"FROM `{self._target.table_id(EVENTS)}` "
-               f"WHERE time >= TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL @span SECOND) "
+               f"WHERE time >= TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL @horizon SECOND) "
+               f"AND (time >= TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL @span SECOND) "
+               f"OR (@since >= 0 AND ingest_time >= TIMESTAMP_MICROS(@since))) "
                f"QUALIFY ROW_NUMBER() OVER (PARTITION BY source, id ORDER BY ingest_time) = 1")
+        params = [("span", "INT64", self._open_span_s), ("horizon", "INT64", self._horizon_s),
+                  ("since", "INT64", self._since_us)]
         return (pbegin
-                | "Query" >> QueryRows(self._target, sql, [("span", "INT64", self._open_span_s)])
+                | "Query" >> QueryRows(self._target, sql, params)
                 | "AsMessages" >> beam.Map(lambda r: (
                     REPLAYED + (r["message_id"] or ""), (), r["raw"].encode("utf-8"),
                     r["ingest_us"] * 1000, {})))
 
 
+class RecordedSince(beam.PTransform):
+    """`recorded_key` tuples (transforms/streaming.py) of the dead letters, duplicates
+    and too-late events written since `since_ns`: the seek redelivers their messages,
+    which must not be recorded twice."""
+
+    def __init__(self, target: BigQueryTarget, since_ns: int):
+        super().__init__()
+        self._target = target
+        self._since_us = since_ns // 1000
+
+    def expand(self, pbegin):
+        def table(t):
+            return f"`{self._target.table_id(t)}`"
+
+        sql = (f"SELECT '{DEAD_LETTER.name}' AS t, message_id AS a, '' AS b "
+               f"FROM {table(DEAD_LETTER)} WHERE failed_at >= TIMESTAMP_MICROS(@since) "
+               f"UNION ALL SELECT '{DUPLICATE_EVENTS.name}', message_id, '' "
+               f"FROM {table(DUPLICATE_EVENTS)} WHERE seen_at >= TIMESTAMP_MICROS(@since) "
+               f"UNION ALL SELECT '{LATE_EVENTS.name}', source, id "
+               f"FROM {table(LATE_EVENTS)} WHERE ingest_time >= TIMESTAMP_MICROS(@since)")
+        return (pbegin
+                | "Query" >> QueryRows(self._target, sql, [("since", "INT64", self._since_us)])
+                | "AsKeys" >> beam.Map(lambda r: (r["t"], r["a"], r["b"]) if r["b"]
+                                       else (r["t"], r["a"])))
+
+
 def new_job_id() -> str:
     return f"stream-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:6]}"
+
+
+STOP_SECONDS = 45  # a cancel waits for an idle pull (30 s); longer means Pub/Sub is gone
+REPLAY_SLACK_NS = 60 * NS  # restore a minute more than the restart point, against clock steps
+
+
+class StreamFailed(CommandFailed):
+    """A DirectRunner job failed, or did not stop within STOP_SECONDS."""
 
 
 def run(argv: list[str] | None = None):
@@ -169,35 +244,97 @@ def run(argv: list[str] | None = None):
 
     On Dataflow (a Flex Template launch included) it returns at once: the
     launcher must not wait for a streaming job. On the DirectRunner the job
-    lives in this process, so it waits until `--run_seconds` or Ctrl-C.
+    lives in this process: it seeks back to the last restart point (with
+    `--restore_open_windows`), takes restart points while it runs, and waits
+    until `--run_seconds`, SIGTERM or Ctrl-C.
     """
     options = PipelineOptions(argv, streaming=True, save_main_session=False)
     streaming = options.view_as(StreamingUsageOptions)
     block = not runner_supports_pubsub_extras(options.view_as(StandardOptions).runner)
     job_id = options.view_as(beam.options.pipeline_options.GoogleCloudOptions).job_name \
         or new_job_id()
+    since_ns = parse_rfc3339(streaming.replay_since) if streaming.replay_since else None
+    points = None
+    if block and streaming.subscription:
+        points = RestartPoints(streaming.subscription,
+                               parse_duration(streaming.replay_margin) // 1_000_000)
+        if streaming.restore_open_windows:
+            since_ns = min((t for t in (since_ns, _seek_back(points)) if t is not None),
+                           default=None)
     pipeline = beam.Pipeline(options=options)
-    build(pipeline, streaming, job_id)
+    build(pipeline, streaming, job_id, since_ns)
+    if not block:
+        return pipeline.run()
+    start_ms = time.time_ns() // 1_000_000
+    points.take(start_ms, start_ms)  # before the first pull: a crash from here on is replayed
     result = pipeline.run()
-    if block:
-        _wait(result, streaming.run_seconds or None)
+    _wait(result, streaming.run_seconds or None, points, start_ms)
     return result
 
 
-def _wait(result, seconds: int | None) -> None:
-    """Waits until `seconds` pass or Ctrl-C, then cancels (the DirectRunner cannot drain)."""
+def _seek_back(points: RestartPoints) -> int | None:
+    """Seeks to the last job's restart point; the ns to restore recorded rows from."""
+    point = points.seek_back()
+    if point is None:
+        print("tallyflow stream: no restart point for this subscription, nothing to replay "
+              "from Pub/Sub", file=sys.stderr)
+        return None
+    print(f"tallyflow stream: replaying Pub/Sub from the restart point of "
+          f"{format_time(point.taken_ms * 1_000_000)}", file=sys.stderr)
+    return point.taken_ms * 1_000_000 - REPLAY_SLACK_NS
+
+
+def _wait(result, seconds: int | None, points: RestartPoints, start_ms: int) -> None:
+    """Takes restart points until `seconds` pass, SIGTERM, Ctrl-C or a failure; then
+    cancels (the DirectRunner cannot drain), bounded by STOP_SECONDS."""
+    failure = []
+    watcher = threading.Thread(target=_watch, args=(result, failure), daemon=True)
+    watcher.start()
     stop = time.monotonic() + seconds if seconds else None
+    next_point = time.monotonic() + SNAPSHOT_SECONDS
     interrupted = []
     signal.signal(signal.SIGTERM, lambda *_: interrupted.append(True))
     try:
-        while not interrupted and (stop is None or time.monotonic() < stop):
-            if str(result.state) in ("DONE", "FAILED", "CANCELLED"):
-                break
+        while not interrupted and watcher.is_alive() and (
+                stop is None or time.monotonic() < stop):
+            if time.monotonic() >= next_point:
+                next_point += SNAPSHOT_SECONDS
+                _take_point(points, start_ms)
             time.sleep(1)
     except KeyboardInterrupt:
         pass
     print("tallyflow stream: stopping ...", file=sys.stderr)
-    result.cancel()
+    cancelled = threading.Thread(target=result.cancel, daemon=True)
+    cancelled.start()
+    cancelled.join(STOP_SECONDS)
+    if failure:
+        raise StreamFailed(f"the job failed: {_one_line(failure[0])}")
+    if cancelled.is_alive():
+        raise StreamFailed(f"the job did not stop within {STOP_SECONDS} s (is Pub/Sub "
+                           f"reachable?); a start with --restore_open_windows replays what "
+                           f"it had pulled")
+    print("tallyflow stream: stopped", file=sys.stderr)
+
+
+def _watch(result, failure: list) -> None:
+    """Blocks until the job ends; the DirectRunner only reports a failure this way."""
+    try:
+        result.wait_until_finish()
+    except Exception as e:  # noqa: BLE001 - whatever failed the job is reported by _wait
+        failure.append(e)
+
+
+def _take_point(points: RestartPoints, start_ms: int) -> None:
+    """A restart point now; a failure only delays the next one (the older ones stay)."""
+    try:
+        points.take(start_ms, time.time_ns() // 1_000_000)
+    except Exception as e:  # noqa: BLE001 - Pub/Sub unreachable: keep running, retry later
+        print(f"tallyflow stream: could not take a restart point: {_one_line(e)}",
+              file=sys.stderr)
+
+
+def _one_line(error: BaseException) -> str:
+    return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,7 +347,11 @@ def main(argv: list[str] | None = None) -> int:
     def stream() -> None:
         run(argv)  # returns when the job stops (DirectRunner) or is submitted (Dataflow)
 
-    return run_command("tallyflow stream", stream, usage_errors=(ExpansionServiceUnavailable,))
+    code = run_command("tallyflow stream", stream, usage_errors=(ExpansionServiceUnavailable,))
+    if code == RUNTIME_FAILURE:
+        sys.stderr.flush()
+        os._exit(code)  # the runner's and clients' threads may still hang on a dead service
+    return code
 
 
 if __name__ == "__main__":

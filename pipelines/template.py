@@ -80,6 +80,7 @@ OPTION_KINDS: Mapping[str, ValueKind] = {
     "dedup_horizon": DURATION,
     "period_start": TIMESTAMP,
     "period_end": TIMESTAMP,
+    "replay_since": TIMESTAMP,
     "bigquery_project": PROJECT,
     "bigquery_dataset": DATASET,
 }
@@ -115,6 +116,7 @@ FLEX_TEMPLATES: Mapping[str, FlexTemplate] = {t.pipeline: t for t in (
         not_parameters={
             **EMULATOR_OPTIONS,
             "run_seconds": "DirectRunner only",
+            "replay_margin": "DirectRunner only",
         }),
     FlexTemplate(
         "recompute_usage", "RecomputeOptions", streaming=False,

@@ -40,13 +40,16 @@ class Feed:
         self.stream = TestStream().advance_watermark_to(event_timestamp(at(watermark or start)))
         self.messages = 0
 
-    def send(self, event_id: str, points, event_time: str, *, raw: bytes | None = None):
+    def send(self, event_id: str, points, event_time: str, *, raw: bytes | None = None,
+             message_id: str | None = None):
+        """One message; `message_id` gives it an id of its own (a redelivery, a replay)."""
         self.messages += 1
         doc = {"specversion": "1.0", "id": event_id, "source": "//game", "type": "game.score",
                "subject": "team-a", "time": f"2026-11-02T{event_time}Z",
                "data": {"points": points}}
         payload = raw if raw is not None else json.dumps(doc).encode()
-        self.stream.add_elements([(f"msg-{self.messages}", (), payload, self.now, {})],
+        self.stream.add_elements([(message_id or f"msg-{self.messages}", (), payload,
+                                   self.now, {})],
                                  event_timestamp=event_timestamp(self.now))
         return self
 
@@ -62,13 +65,16 @@ class Feed:
         return self
 
 
-def run(feed: Feed, window_s: int, lateness_s: int, early_s: int = 60):
-    """Runs StreamUsage on the feed; returns the asserted-on PCollections."""
+def run(feed: Feed, window_s: int, lateness_s: int, early_s: int = 60, recorded=None):
+    """Runs StreamUsage on the feed; returns the asserted-on PCollections.
+
+    `recorded`: `recorded_key` tuples of rows an earlier job wrote."""
     feed.stream.advance_watermark_to_infinity()
     pipeline = TestPipeline(options=StandardOptions(streaming=True))
+    written = None if recorded is None else pipeline | "Recorded" >> beam.Create(recorded)
     out = pipeline | feed.stream | StreamUsage(
         GAME, Limits(now_ns=None), window_s * NS, lateness_s * NS, early_s,
-        (window_s + lateness_s) * NS)
+        (window_s + lateness_s) * NS, written)
     return pipeline, out
 
 
@@ -172,3 +178,49 @@ def test_streaming_systems_chapter_2_nine_scores():
             # 3 (12:07:06) + 3 (12:07:39): early at 12:08:19 (6); the 1 makes on time 7
             ("12:06", 0, "6", "EARLY"), ("12:06", 1, "7", "ON_TIME"),
         ]))
+
+
+def test_a_replay_of_the_same_message_is_neither_counted_nor_a_duplicate():
+    feed = (Feed("12:00:00")
+            # what a restored job replays from `events` (stored by an earlier job from m0)
+            .send("a", 5, "12:00:26", message_id="replay:m0")
+            .send("a", 5, "12:00:26", message_id="m0")   # m0 again, after the seek: a replay
+            .send("b", 2, "12:00:30", message_id="m1")   # pulled but never written: new
+            .send("b", 2, "12:00:30", message_id="m1")   # Pub/Sub redelivers m1: a replay
+            .send("a", 5, "12:00:26", message_id="m2")   # another message: a duplicate
+            .send("b", 9, "12:00:30", message_id="m3")   # another message, conflicting
+            .watermark("12:02:00"))
+    pipeline, out = run(feed, window_s=120, lateness_s=600)
+    with pipeline:
+        assert_that(panes(out["usage"]), equal_to([("12:00:00", "7", 2, "ON_TIME", 0, False)]),
+                    label="panes")
+        assert_that(out["accepted"] | beam.Map(lambda e: (e.id, e.position)),
+                    equal_to([("b", "m1")]), label="accepted")
+        assert_that(out["duplicates"] | beam.Map(lambda d: (d.id, d.position, d.kept_position,
+                                                            d.conflict)),
+                    equal_to([("a", "m2", "replay:m0", False), ("b", "m3", "m1", True)]),
+                    label="duplicates")
+
+
+def test_what_an_earlier_job_recorded_is_not_recorded_again():
+    feed = (Feed("12:30:00", watermark="12:00:00")
+            .send("a", 5, "12:29:50", message_id="replay:m0")
+            .send("a", 5, "12:29:50", message_id="m1")    # duplicate, recorded before the stop
+            .send("a", 5, "12:29:50", message_id="m2")    # duplicate, pulled but not written
+            .send("x", 1, "12:29:50", raw=b"{oops", message_id="m3")   # recorded dead letter
+            .send("y", 1, "12:29:50", raw=b"[]", message_id="m4")      # dead letter, not yet
+            # too-late events stored by the earlier job: one has its late_events row
+            .send("old", 1, "12:00:05", message_id="replay:m5")
+            .send("older", 1, "12:00:06", message_id="replay:m6")
+            .watermark("12:31:00"))
+    recorded = [("duplicate_events", "m1"), ("dead_letter", "m3"),
+                ("late_events", "//game", "old")]
+    pipeline, out = run(feed, window_s=120, lateness_s=600, recorded=recorded)
+    with pipeline:
+        assert_that(out["duplicates"] | beam.Map(lambda d: d.position), equal_to(["m2"]),
+                    label="duplicates")
+        assert_that(out["dead_letters"] | beam.Map(lambda r: r.position), equal_to(["m4"]),
+                    label="dead letters")
+        assert_that(out["too_late"] | beam.Map(lambda late: late[0].id), equal_to(["older"]),
+                    label="too late")
+        assert_that(out["accepted"], equal_to([]), label="accepted")

@@ -10,6 +10,11 @@ and is the authority beyond the horizon.
 
 A later copy that would meter differently (other subject, type, time or
 readings) is a conflict: still a duplicate, counted separately for audit.
+
+A copy from the same position (message id and element) as the kept one is a
+replay, not a duplicate: a restarted job replays stored events (positions
+prefixed `replay:`) and Pub/Sub redelivers the messages it seeks back over.
+Replays are dropped without a trace.
 """
 from __future__ import annotations
 
@@ -25,6 +30,13 @@ from schemas.events import UsageEvent
 
 UNIQUE = "unique"
 DUPLICATES = "duplicates"
+REPLAYED = "replay:"  # position prefix of events a restored job replays from `events`
+
+
+def same_position(position: str, other: str) -> bool:
+    """Whether two copies come from the same message and element, replayed or not."""
+    mine = position.removeprefix(REPLAYED)
+    return bool(mine.partition("#")[0]) and mine == other.removeprefix(REPLAYED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +72,8 @@ class _FirstCopyWithinHorizon(beam.DoFn):
             yield event
             return
         signature, kept_position = first
+        if same_position(event.position, kept_position):
+            return
         yield pvalue.TaggedOutput(DUPLICATES, Duplicate(
             event.source, event.id, event.position, kept_position,
             metering_signature(event) != signature))

@@ -249,12 +249,13 @@ def assert_usage_equals(actual: dict, expected: dict) -> None:
 # ---------------------------------------------------------------- streams
 
 
-def synthetic(seed: int, events: int, span_seconds: float, **fractions) -> list:
+def synthetic(seed: int, events: int, span_seconds: float, batch_size: int = 3,
+              **fractions) -> list:
     """A generated stream whose emission clock is centred on now, so on-time events are
     seconds from now, late ones minutes old and too-late ones older than the window
     + allowed lateness (each with at least a minute of margin)."""
     config = SyntheticConfig(seed=seed, customers=6, events=events, rate=events / span_seconds,
-                             start_ns=time.time_ns() - int(span_seconds * NS / 2), batch_size=3,
+                             start_ns=time.time_ns() - int(span_seconds * NS / 2), batch_size=batch_size,
                              window_ns=WINDOW_NS, allowed_lateness_ns=LATENESS_NS, **fractions)
     return generate(config)
 
