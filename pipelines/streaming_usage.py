@@ -122,8 +122,7 @@ def build(pipeline: beam.Pipeline, options: StreamingUsageOptions, job_id: str) 
         catalog, limits, window_ns, lateness_ns, options.early_firing_seconds, horizon_ns)
 
     def write(pcoll, name, table, to_row):
-        return (pcoll | f"{name}Rows" >> beam.Map(to_row)
-                | f"Write{name}" >> WriteRows(target, table, method))
+        return pcoll | f"Write{name}" >> WriteRows(target, table, method, to_row=to_row)
 
     write(out["dead_letters"], "DeadLetters", DEAD_LETTER,
           lambda r: rows.dead_letter_row(r, PIPELINE_NAME, job_id))

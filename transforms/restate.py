@@ -18,7 +18,8 @@ import apache_beam as beam
 
 from schemas.tables import EVENTS, RECOMPUTE_RUNS, USAGE_RECOMPUTED, Table
 from schemas.values import format_time
-from transforms.bigquery import BigQueryTarget, QueryRows
+from transforms.bigquery import BigQueryTarget, QueryRows, Written, total_written
+from transforms.rows import checked_usage, usage_value_columns
 
 # Fault injection for the crash test: seconds to sleep between staging and commit.
 PAUSE_BEFORE_COMMIT_ENV = "TALLYFLOW_PAUSE_BEFORE_COMMIT"
@@ -39,21 +40,21 @@ class RecomputeRun:
         return USAGE_RECOMPUTED.renamed(f"usage_recomputed__staging_{suffix}")
 
     def row(self, usage: dict, bignumeric: bool) -> tuple[str, dict]:
-        """A usage row as a staging row (revision and commit time are set at commit)."""
-        value = usage["value"]
-        return f"{self.run_id}:{usage['subject']}:{usage['meter']}:{usage['dimensions']}:" \
-               f"{usage['window_start']}", {
-                   **{k: usage[k] for k in ("subject", "meter", "dimensions", "window_start",
-                                            "window_end", "event_count", "fingerprint")},
-                   "value": None if bignumeric else value,
-                   "value_bignumeric": value if bignumeric else None,
-                   "revision": 0,
-                   "run_id": self.run_id,
-                   "recomputed_at": format_time(self.started_ns - self.started_ns % 1000),
-                   "reason": self.reason,
-                   "period_start": format_time(self.period_start_ns),
-                   "period_end": format_time(self.period_end_ns),
-               }
+        """A usage row as a staging row (revision and commit time are set at commit);
+        UnwritableRow when its value does not fit the meter's column."""
+        key = f"{self.run_id}:{usage['subject']}:{usage['meter']}:{usage['dimensions']}:" \
+              f"{usage['window_start']}"
+        return checked_usage(key, {
+            **{k: usage[k] for k in ("subject", "meter", "dimensions", "window_start",
+                                     "window_end", "event_count", "fingerprint")},
+            **usage_value_columns(usage["value"], bignumeric),
+            "revision": 0,
+            "run_id": self.run_id,
+            "recomputed_at": format_time(self.started_ns - self.started_ns % 1000),
+            "reason": self.reason,
+            "period_start": format_time(self.period_start_ns),
+            "period_end": format_time(self.period_end_ns),
+        })
 
 
 class ReadPeriodEvents(beam.PTransform):
@@ -144,8 +145,8 @@ class _Commit(beam.DoFn):
 
 
 class CommitAfterWrites(beam.PTransform):
-    """(counts of staged rows, summary) -> what the `commit` DoFn yields, run once after
-    every staging write (it waits for their total).
+    """(Written of the staging writes, summary) -> what the `commit` DoFn yields, run once
+    after every staging write (it waits for their total); never when a row was given up.
 
     Runs inside the pipeline, after the writes it depends on, so a Flex
     Template launch needs no driver waiting for the job to finish.
@@ -158,8 +159,23 @@ class CommitAfterWrites(beam.PTransform):
     def expand(self, inputs):
         written, summary = inputs
         return (written
-                | "Total" >> beam.CombineGlobally(sum)
+                | "Total" >> beam.CombineGlobally(total_written)
+                | "Complete" >> beam.Map(rows_if_complete)
                 | "Commit" >> beam.ParDo(self._commit, beam.pvalue.AsSingleton(summary)))
+
+
+class IncompleteWrite(RuntimeError):
+    """Some rows of a run could not be staged: committing would restate the period without
+    them, so the run stops, uncommitted; `failed_writes` holds the rows and reasons."""
+
+
+def rows_if_complete(written: Written) -> int:
+    """The rows staged, or IncompleteWrite if any row was given up."""
+    if written.failed:
+        raise IncompleteWrite(
+            f"{written.failed} rows could not be written (recorded in failed_writes), so "
+            f"the run is not committed: " + " | ".join(r[:300] for r in written.reasons))
+    return written.rows
 
 
 class CommitRun(CommitAfterWrites):
