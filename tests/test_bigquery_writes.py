@@ -142,6 +142,7 @@ def test_row_outcomes_separate_invalid_from_retryable():
     invalid, retry = row_outcomes(errors, 4)
     assert invalid == {1: "invalid at value: bad numeric"}
     assert retry == [0, 3]  # row 2 has no error entry: it was inserted
+    assert row_outcomes([{"index": -1, "errors": [{"message": "?"}]}], 3) == ({}, [0, 1, 2])
 
 
 def test_written_totals():
@@ -288,3 +289,23 @@ def test_write_rows_does_not_stall_on_a_row_bigquery_refuses(fake):
     assert len(table.rows["usage_panes"]) == 5
     assert [json.loads(r["content"])["subject"]
             for r in table.rows["failed_writes"].values()] == ["poison"]
+
+
+def test_streaming_writes_keep_going_past_a_refused_row(fake):
+    """The unbounded path (batches buffered across bundles) records and moves on."""
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+    from apache_beam.testing.test_stream import TestStream
+
+    target, table = fake
+    rows = [pane(n=n) for n in range(6)]
+    poison = pane(subject="poison", n=99)
+    stream = (TestStream().add_elements(rows[:3]).add_elements([poison])
+              .advance_processing_time(5).add_elements(rows[3:])
+              .advance_watermark_to_infinity())
+    options = PipelineOptions()
+    options.view_as(StandardOptions).streaming = True
+    with TestPipeline(options=options) as p:
+        _ = p | stream | WriteRows(target, USAGE_PANES)
+    assert set(table.rows["usage_panes"]) == {i for i, _ in rows}
+    assert [json.loads(r["content"]) for r in table.rows["failed_writes"].values()] == \
+        [poison[1]]

@@ -253,6 +253,8 @@ def row_outcomes(errors: list, count: int) -> tuple[dict[int, str], list[int]]:
                 + (f" at {p['location']}" if p.get("location") else "")
                 + (f": {p['message']}" if p.get("message") else "")
                 for p in problems if p.get("reason") not in RETRY_ROW_REASONS)
+    if errors and not invalid and not retry:  # errors that name no row: send them all again
+        return {}, list(range(count))
     return invalid, [i for i in retry if i not in invalid]
 
 
