@@ -309,3 +309,12 @@ def test_streaming_writes_keep_going_past_a_refused_row(fake):
     assert set(table.rows["usage_panes"]) == {i for i, _ in rows}
     assert [json.loads(r["content"]) for r in table.rows["failed_writes"].values()] == \
         [poison[1]]
+
+
+def test_rows_beam_reports_failed_are_recorded_whole():
+    row = {"subject": "acme", "value": "1" + "0" * 40}
+    for failure in (("p:d.usage_panes", row, [{"reason": "invalid", "message": "numeric"}]),
+                    {"failed_row": row, "error_message": "numeric out of range"}):
+        reason, failed_rows = bigquery.beam_failure("usage_panes", failure, 0)
+        assert "numeric" in reason and content_of(failed_rows) == row
+        assert {r["error_code"] for _, r in failed_rows} == {"ROW_INVALID"}
