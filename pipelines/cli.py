@@ -126,8 +126,9 @@ def classify(error: BaseException, usage_errors=()) -> tuple[int, str]:
 
 def _runtime(error: BaseException, where: str) -> tuple[int, str]:
     from transforms.files import UnreadableInput
+    from transforms.restate import ConcurrentCommit, IncompleteWrite
 
-    if isinstance(error, (UnreadableInput, CommandFailed)):
+    if isinstance(error, (UnreadableInput, CommandFailed, ConcurrentCommit, IncompleteWrite)):
         return RUNTIME_FAILURE, _first_line(error)
     if _service_error(error):
         service, call = _service_call(error)

@@ -8,10 +8,11 @@ view and, for each, shows:
                   or provisional (streaming pane)
   its events      identity, event time (full precision), value, ingest time and
                   the message it came in: the lineage query of docs/analysts.md
-  dropped copies  later copies of those identities that deduplication dropped
-                  (first ingested copy wins; `conflict` when a copy would have
-                  billed differently), and the copies the stream dropped
-                  (`duplicate_events`)
+  dropped copies  later copies of the row's own identities (those whose kept
+                  copy it counts) that deduplication dropped (first ingested
+                  copy wins; `conflict` when a copy would have billed
+                  differently, even another row), and the copies of them the
+                  stream dropped (`duplicate_events`)
   late events     events that arrived after the window's allowed lateness
                   (`late_events`): only a recompute counts them
   history         the streaming panes and every committed recompute revision
@@ -308,17 +309,16 @@ def explain_row(catalog: MeterCatalog, meter: Meter, row: dict, evidence: dict,
     dims = row["dimensions"]
     final = row["origin"] == "recompute"
     late_ids = {(r["source"], r["id"]) for r in evidence["late"]}
-    counted, dropped, kept = [], [], {}
-    for copy in evidence["copies"]:
-        if copy["copy_rank"] == 1:
-            kept[(copy["source"], copy["id"])] = copy
+    counted, dropped = [], []
+    kept = {(c["source"], c["id"]): c for c in evidence["copies"] if c["copy_rank"] == 1}
+    owned = _owned_identities(evidence["copies"], kept, meter, dims)
     acc = aggregation.new_accumulator(meter.aggregation)
     for copy in evidence["copies"]:
         identity = (copy["source"], copy["id"])
         feeds, value = _reading(copy["event"], meter, dims)
         first = kept.get(identity)
         if copy["copy_rank"] > 1:
-            if feeds or _reading(first and first["event"], meter, dims)[0]:
+            if identity in owned:
                 dropped.append(_dropped(copy, first))
             continue
         if not (copy["counted"] and feeds) or (not final and identity in late_ids):
@@ -347,7 +347,8 @@ def explain_row(catalog: MeterCatalog, meter: Meter, row: dict, evidence: dict,
         "stream_dropped_duplicates": [
             {"source": d["source"], "id": d["id"], "message_id": d["message_id"],
              "kept_message_id": d["kept_message_id"], "conflict": d["conflict"],
-             "seen_at": format_time(ns_of(d["seen_at"]))} for d in evidence["stream_dropped"]],
+             "seen_at": format_time(ns_of(d["seen_at"]))} for d in evidence["stream_dropped"]
+            if (d["source"], d["id"]) in owned],
         "late_events": [
             {"source": r["source"], "id": r["id"], "time": format_time(ns_of(r["time"])),
              "ingest_time": format_time(ns_of(r["ingest_time"])),
@@ -361,6 +362,22 @@ def explain_row(catalog: MeterCatalog, meter: Meter, row: dict, evidence: dict,
                       and fingerprint == row["fingerprint"]),
         },
     }
+
+
+def _owned_identities(copies: list[dict], kept: dict, meter: Meter, dims: str) -> set:
+    """The identities whose copies belong under this row: those whose kept copy feeds it
+    (a dropped copy that would have billed another row still belongs to its kept copy's
+    row), or, when the kept copy is another customer's, those a copy of ours would feed."""
+    owned = set()
+    for copy in copies:
+        identity = (copy["source"], copy["id"])
+        first = kept.get(identity)
+        if first is None:
+            if _reading(copy["event"], meter, dims)[0]:
+                owned.add(identity)
+        elif first["counted"] and _reading(first["event"], meter, dims)[0]:
+            owned.add(identity)
+    return owned
 
 
 def _text(value) -> str | None:

@@ -163,13 +163,10 @@ def build(pipeline: beam.Pipeline, options: RecomputeOptions, limits: Limits,
         return summary
 
     bignumeric = {m.key for m in catalog.meters if m.precision == "BIGNUMERIC"}
-    staged = (usage
-              | "StagingRows" >> beam.Map(lambda r: run.row(r, r["meter"] in bignumeric))
-              | "Stage" >> WriteRows(target, run.staging_table))
-    _ = (dead_letters
-         | "DeadLetterRows" >> beam.Map(
-             lambda r: rows.dead_letter_row(r, PIPELINE_NAME, run.run_id))
-         | "WriteDeadLetters" >> WriteRows(target, DEAD_LETTER))
+    staged = usage | "Stage" >> WriteRows(
+        target, run.staging_table, to_row=lambda r: run.row(r, r["meter"] in bignumeric))
+    _ = dead_letters | "WriteDeadLetters" >> WriteRows(
+        target, DEAD_LETTER, to_row=lambda r: rows.dead_letter_row(r, PIPELINE_NAME, run.run_id))
     return (staged, summary) | "CommitRun" >> CommitRun(target, run)
 
 

@@ -151,8 +151,7 @@ def build(pipeline: beam.Pipeline, options: StreamingUsageOptions, job_id: str,
         recorded)
 
     def write(pcoll, name, table, to_row):
-        return (pcoll | f"{name}Rows" >> beam.Map(to_row)
-                | f"Write{name}" >> WriteRows(target, table, method))
+        return pcoll | f"Write{name}" >> WriteRows(target, table, method, to_row=to_row)
 
     write(out["dead_letters"], "DeadLetters", DEAD_LETTER,
           lambda r: rows.dead_letter_row(r, PIPELINE_NAME, job_id))

@@ -357,9 +357,31 @@ INVOICES = Table(
     clustering=("subject", "revision"),
 )
 
+FAILED_WRITES = Table(
+    name="failed_writes",
+    description="Rows BigQuery can never accept (invalid, too large, or a value beyond its "
+                "column), each with the reason and the whole row; the rest of their batch "
+                "landed. A row longer than a part is split over parts 0..parts-1: "
+                "concatenate `content` in part order.",
+    columns=(
+        Column("table_name", "STRING", "The table the row was meant for.", "REQUIRED"),
+        Column("row_id", "STRING", "The row's insert id in that table.", "REQUIRED"),
+        Column("error_code", "STRING", "ROW_INVALID, ROW_TOO_LARGE, VALUE_OUT_OF_RANGE or "
+                                       "REQUEST_REJECTED.", "REQUIRED"),
+        Column("reason", "STRING", "What BigQuery or the pipeline said about the row.",
+               "REQUIRED"),
+        Column("content", "STRING", "The row as JSON text (this part of it).", "REQUIRED"),
+        Column("part", "INT64", "Index of this part (0, 1, ...).", "REQUIRED"),
+        Column("parts", "INT64", "How many parts the row's content has.", "REQUIRED"),
+        Column("failed_at", "TIMESTAMP", "When the row was given up.", "REQUIRED"),
+    ),
+    partition_field="failed_at",
+    clustering=("table_name", "error_code"),
+)
+
 TABLES: tuple[Table, ...] = (EVENTS, USAGE_PANES, USAGE_RECOMPUTED, RECOMPUTE_RUNS, DEAD_LETTER,
                              LATE_EVENTS, DUPLICATE_EVENTS, RECONCILIATION, INVOICE_LINES,
-                             INVOICES)
+                             INVOICES, FAILED_WRITES)
 
 USAGE_VIEW = View(
     name="usage",
@@ -389,7 +411,8 @@ recomputed AS (
   WHERE NOT EXISTS (
     SELECT 1 FROM runs newer
     WHERE newer.period_start <= u.window_start AND u.window_start < newer.period_end
-      AND newer.committed_at > r.committed_at)
+      AND (newer.committed_at > r.committed_at
+           OR (newer.committed_at = r.committed_at AND newer.run_id > r.run_id)))
 )
 SELECT * FROM recomputed
 UNION ALL

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import time
 from dataclasses import dataclass
 
@@ -18,11 +19,16 @@ import apache_beam as beam
 
 from schemas.tables import EVENTS, RECOMPUTE_RUNS, USAGE_RECOMPUTED, Table
 from schemas.values import format_time
-from transforms.bigquery import BigQueryTarget
+from transforms.bigquery import BigQueryTarget, Written, total_written
+from transforms.rows import checked_usage, usage_value_columns
 from transforms.storage_read import ReadTableStreams
 
 # Fault injection for the crash test: seconds to sleep between staging and commit.
 PAUSE_BEFORE_COMMIT_ENV = "TALLYFLOW_PAUSE_BEFORE_COMMIT"
+
+
+def staging_table_of(run_id: str) -> Table:
+    return USAGE_RECOMPUTED.renamed(f"usage_recomputed__staging_{run_id.replace('-', '_')}")
 
 
 @dataclass(frozen=True)
@@ -36,25 +42,24 @@ class RecomputeRun:
 
     @property
     def staging_table(self) -> Table:
-        suffix = self.run_id.replace("-", "_")
-        return USAGE_RECOMPUTED.renamed(f"usage_recomputed__staging_{suffix}")
+        return staging_table_of(self.run_id)
 
     def row(self, usage: dict, bignumeric: bool) -> tuple[str, dict]:
-        """A usage row as a staging row (revision and commit time are set at commit)."""
-        value = usage["value"]
-        return f"{self.run_id}:{usage['subject']}:{usage['meter']}:{usage['dimensions']}:" \
-               f"{usage['window_start']}", {
-                   **{k: usage[k] for k in ("subject", "meter", "dimensions", "window_start",
-                                            "window_end", "event_count", "fingerprint")},
-                   "value": None if bignumeric else value,
-                   "value_bignumeric": value if bignumeric else None,
-                   "revision": 0,
-                   "run_id": self.run_id,
-                   "recomputed_at": format_time(self.started_ns - self.started_ns % 1000),
-                   "reason": self.reason,
-                   "period_start": format_time(self.period_start_ns),
-                   "period_end": format_time(self.period_end_ns),
-               }
+        """A usage row as a staging row (revision and commit time are set at commit);
+        UnwritableRow when its value does not fit the meter's column."""
+        key = f"{self.run_id}:{usage['subject']}:{usage['meter']}:{usage['dimensions']}:" \
+              f"{usage['window_start']}"
+        return checked_usage(key, {
+            **{k: usage[k] for k in ("subject", "meter", "dimensions", "window_start",
+                                     "window_end", "event_count", "fingerprint")},
+            **usage_value_columns(usage["value"], bignumeric),
+            "revision": 0,
+            "run_id": self.run_id,
+            "recomputed_at": format_time(self.started_ns - self.started_ns % 1000),
+            "reason": self.reason,
+            "period_start": format_time(self.period_start_ns),
+            "period_end": format_time(self.period_end_ns),
+        })
 
 
 class ReadPeriodEvents(beam.PTransform):
@@ -100,50 +105,144 @@ def create_staging(client, target: BigQueryTarget, run: RecomputeRun) -> None:
     client.create_table(run.staging_table.bigquery_table(target.project, target.dataset))
 
 
-def commit_run(client, target: BigQueryTarget, run: RecomputeRun, summary: dict) -> int:
-    """Appends the staged rows and the run's row in one transaction; returns the revision."""
-    from google.cloud import bigquery
+# The commit transaction. Every statement reads the same snapshot, so both take the
+# same next revision; both are no-ops when the run already committed (a retried
+# commit), and the staged rows are deduplicated by key (a staging batch re-inserted
+# after BigQuery's insert-id window is not counted twice).
+_COMMIT_SQL = """
+BEGIN TRANSACTION;
+INSERT INTO `{usage}` ({columns})
+SELECT {copied}
+FROM `{staging}` s
+CROSS JOIN ({next_revision}) n
+WHERE NOT EXISTS (SELECT 1 FROM `{runs}` WHERE run_id = @run_id)
+QUALIFY ROW_NUMBER() OVER (PARTITION BY s.subject, s.meter, s.dimensions, s.window_start
+                           ORDER BY s.fingerprint, s.event_count) = 1;
+INSERT INTO `{runs}` (run_id, revision, period_start, period_end, window_seconds, reason,
+                      started_at, committed_at, summary)
+SELECT @run_id, n.revision, @period_start, @period_end, @window_seconds, @reason, @started_at,
+       @committed_at, @summary
+FROM ({next_revision}) n
+WHERE NOT EXISTS (SELECT 1 FROM `{runs}` WHERE run_id = @run_id);
+COMMIT TRANSACTION;
+"""
+_NEXT_REVISION_SQL = ("SELECT COALESCE(MAX(revision), 0) + 1 AS revision FROM `{runs}` "
+                      "WHERE period_start = @period_start AND period_end = @period_end")
+# The runs of the period that hold the same revision as this one (itself included).
+_SAME_REVISION_SQL = """
+SELECT o.run_id FROM `{runs}` o JOIN `{runs}` mine
+  ON o.period_start = mine.period_start AND o.period_end = mine.period_end
+     AND o.revision = mine.revision
+WHERE mine.run_id = @run_id
+"""
+_WITHDRAW_SQL = """
+BEGIN TRANSACTION;
+DELETE FROM `{usage}` WHERE run_id = @run_id;
+DELETE FROM `{runs}` WHERE run_id = @run_id;
+COMMIT TRANSACTION;
+"""
+COMMIT_ATTEMPTS = 40
+# Columns of `usage_recomputed` the commit sets rather than copies from staging.
+_COMMITTED = {"revision": "n.revision", "recomputed_at": "@committed_at", "run_id": "@run_id"}
 
+
+class ConcurrentCommit(RuntimeError):
+    """Concurrent recomputes of the period kept taking the same revision."""
+
+
+def commit_run(client, target: BigQueryTarget, run: RecomputeRun, summary: dict) -> int:
+    """Appends the staged rows and the run's row in one transaction; returns the revision.
+
+    Idempotent: committing a run again (a retried commit) changes nothing and returns
+    its revision. Concurrent commits of one period are serialised: neither BigQuery
+    (appends do not conflict) nor the emulator stops two transactions from taking the
+    same revision, so each run checks after its commit. A run seen alone with its
+    revision is final, and drops its staging table. A run that shares its revision
+    takes itself back (one transaction) and commits again, unless it is the first
+    of the holders by run id and none of them is final: that one waits for the
+    others to take themselves back. A run never takes back another run.
+    """
     pause = float(os.environ.get(PAUSE_BEFORE_COMMIT_ENV, "0") or 0)  # float-ok: seconds
     if pause:
         time.sleep(pause)
-    runs, usage = target.table_id(RECOMPUTE_RUNS), target.table_id(USAGE_RECOMPUTED)
-    period = [bigquery.ScalarQueryParameter("period_start", "TIMESTAMP",
-                                            format_time(run.period_start_ns)),
-              bigquery.ScalarQueryParameter("period_end", "TIMESTAMP",
-                                            format_time(run.period_end_ns))]
-    previous = list(client.query(
-        f"SELECT COALESCE(MAX(revision), 0) AS revision FROM `{runs}` "
-        f"WHERE period_start = @period_start AND period_end = @period_end",
-        job_config=bigquery.QueryJobConfig(query_parameters=period)).result())
-    revision = previous[0]["revision"] + 1
-    columns = ", ".join(USAGE_RECOMPUTED.column_names())
-    copied = ", ".join("@revision" if c == "revision" else "@committed_at" if c == "recomputed_at"
-                       else c for c in USAGE_RECOMPUTED.column_names())
+    tables = {"runs": target.table_id(RECOMPUTE_RUNS), "usage": target.table_id(USAGE_RECOMPUTED)}
+
+    def withdraw():
+        _query(client, _WITHDRAW_SQL.format(**tables), [_scalar("run_id", "STRING", run.run_id)])
+
+    for _ in range(COMMIT_ATTEMPTS):
+        revision = committed_revision(client, target, run.run_id)
+        if revision is None:
+            _query(client, _COMMIT_SQL.format(
+                **tables, staging=target.table_id(run.staging_table),
+                next_revision=_NEXT_REVISION_SQL.format(**tables),
+                columns=", ".join(USAGE_RECOMPUTED.column_names()),
+                copied=", ".join(_COMMITTED.get(c, f"s.{c}")
+                                 for c in USAGE_RECOMPUTED.column_names())),
+                   _commit_parameters(run, summary))
+            revision = committed_revision(client, target, run.run_id)
+            if revision is None:
+                raise RuntimeError(f"the commit of run {run.run_id} did not land")
+        holders = {r["run_id"] for r in _query(client, _SAME_REVISION_SQL.format(**tables),
+                                               [_scalar("run_id", "STRING", run.run_id)])}
+        rivals = holders - {run.run_id}
+        if not rivals:
+            client.delete_table(target.table_id(run.staging_table), not_found_ok=True)
+            return revision
+        if not _staged(client, target, run.run_id):  # final already: a rival takes itself back
+            return revision
+        if min(holders) == run.run_id and all(_staged(client, target, r) for r in rivals):
+            time.sleep(random.uniform(0.2, 0.5))  # the first by run id waits for the others
+            continue
+        withdraw()
+        time.sleep(random.uniform(0.2, 0.5))
+    withdraw()
+    raise ConcurrentCommit(f"run {run.run_id}: concurrent recomputes of the period kept "
+                           f"taking the same revision ({COMMIT_ATTEMPTS} attempts); run again")
+
+
+def _staged(client, target: BigQueryTarget, run_id: str) -> bool:
+    """Whether the run still has its staging table: it is not final yet."""
+    from google.api_core.exceptions import NotFound
+
+    try:
+        client.get_table(target.table_id(staging_table_of(run_id)))
+    except NotFound:
+        return False
+    return True
+
+
+def committed_revision(client, target: BigQueryTarget, run_id: str) -> int | None:
+    found = _query(client, f"SELECT revision FROM `{target.table_id(RECOMPUTE_RUNS)}` "
+                           f"WHERE run_id = @run_id", [_scalar("run_id", "STRING", run_id)])
+    return found[0]["revision"] if found else None
+
+
+def _commit_parameters(run: RecomputeRun, summary: dict) -> list:
     committed_at = time.time_ns()
-    params = period + [
-        bigquery.ScalarQueryParameter("revision", "INT64", revision),
-        bigquery.ScalarQueryParameter("run_id", "STRING", run.run_id),
-        bigquery.ScalarQueryParameter("window_seconds", "INT64", run.window_ns // 10 ** 9),
-        bigquery.ScalarQueryParameter("reason", "STRING", run.reason),
-        bigquery.ScalarQueryParameter("started_at", "TIMESTAMP",
-                                      format_time(run.started_ns - run.started_ns % 1000)),
-        bigquery.ScalarQueryParameter("committed_at", "TIMESTAMP",
-                                      format_time(committed_at - committed_at % 1000)),
-        bigquery.ScalarQueryParameter("summary", "STRING", json.dumps(summary, sort_keys=True)),
+    return [
+        _scalar("period_start", "TIMESTAMP", format_time(run.period_start_ns)),
+        _scalar("period_end", "TIMESTAMP", format_time(run.period_end_ns)),
+        _scalar("run_id", "STRING", run.run_id),
+        _scalar("window_seconds", "INT64", run.window_ns // 10 ** 9),
+        _scalar("reason", "STRING", run.reason),
+        _scalar("started_at", "TIMESTAMP", format_time(run.started_ns - run.started_ns % 1000)),
+        _scalar("committed_at", "TIMESTAMP", format_time(committed_at - committed_at % 1000)),
+        _scalar("summary", "STRING", json.dumps(summary, sort_keys=True)),
     ]
-    client.query(f"""
-BEGIN TRANSACTION;
-INSERT INTO `{usage}` ({columns})
-SELECT {copied} FROM `{target.table_id(run.staging_table)}`;
-INSERT INTO `{runs}` (run_id, revision, period_start, period_end, window_seconds, reason,
-                      started_at, committed_at, summary)
-VALUES (@run_id, @revision, @period_start, @period_end, @window_seconds, @reason, @started_at,
-        @committed_at, @summary);
-COMMIT TRANSACTION;
-""", job_config=bigquery.QueryJobConfig(query_parameters=params)).result()
-    client.delete_table(target.table_id(run.staging_table), not_found_ok=True)
-    return revision
+
+
+def _scalar(name: str, kind: str, value):
+    from google.cloud import bigquery
+
+    return bigquery.ScalarQueryParameter(name, kind, value)
+
+
+def _query(client, sql: str, params: list) -> list:
+    from google.cloud import bigquery
+
+    job = client.query(sql, job_config=bigquery.QueryJobConfig(query_parameters=params))
+    return [dict(row.items()) for row in job.result()]
 
 
 class _Commit(beam.DoFn):
@@ -159,8 +258,8 @@ class _Commit(beam.DoFn):
 
 
 class CommitAfterWrites(beam.PTransform):
-    """(counts of staged rows, summary) -> what the `commit` DoFn yields, run once after
-    every staging write (it waits for their total).
+    """(Written of the staging writes, summary) -> what the `commit` DoFn yields, run once
+    after every staging write (it waits for their total); never when a row was given up.
 
     Runs inside the pipeline, after the writes it depends on, so a Flex
     Template launch needs no driver waiting for the job to finish.
@@ -173,8 +272,23 @@ class CommitAfterWrites(beam.PTransform):
     def expand(self, inputs):
         written, summary = inputs
         return (written
-                | "Total" >> beam.CombineGlobally(sum)
+                | "Total" >> beam.CombineGlobally(total_written)
+                | "Complete" >> beam.Map(rows_if_complete)
                 | "Commit" >> beam.ParDo(self._commit, beam.pvalue.AsSingleton(summary)))
+
+
+class IncompleteWrite(RuntimeError):
+    """Some rows of a run could not be staged: committing would restate the period without
+    them, so the run stops, uncommitted; `failed_writes` holds the rows and reasons."""
+
+
+def rows_if_complete(written: Written) -> int:
+    """The rows staged, or IncompleteWrite if any row was given up."""
+    if written.failed:
+        raise IncompleteWrite(
+            f"{written.failed} rows could not be written (recorded in failed_writes), so "
+            f"the run is not committed: " + " | ".join(r[:300] for r in written.reasons))
+    return written.rows
 
 
 class CommitRun(CommitAfterWrites):

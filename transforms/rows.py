@@ -8,11 +8,26 @@ from __future__ import annotations
 
 import base64
 import json
+from decimal import Decimal
 from hashlib import blake2b
 
-from schemas.values import dumps_exact, format_time, loads_exact
+from schemas.values import ValueProblem, check_range, dumps_exact, format_time, loads_exact
 
 NS_PER_US = 1000
+# The text copy of a dead letter's payload is clipped beyond this many characters
+# (`payload_bytes` always holds all of it), so a big payload is not stored twice.
+PAYLOAD_TEXT_CHARS = 1 << 20
+# Characters of a failed row's JSON per `failed_writes` row: re-escaped, a part is
+# at most 2 MiB, well inside a request (transforms/bigquery.py MAX_REQUEST_BYTES).
+FAILED_PART_CHARS = 1 << 20
+
+
+class UnwritableRow(Exception):
+    """A row no BigQuery column can hold as it is: it goes to `failed_writes`."""
+
+    def __init__(self, code: str, reason: str, row_id: str, row: dict):
+        super().__init__(reason)
+        self.code, self.reason, self.row_id, self.row = code, reason, row_id, row
 
 
 def row_id(*parts) -> str:
@@ -42,8 +57,12 @@ def event_row(event, job_id: str) -> tuple[str, dict]:
 
 def dead_letter_row(rejection, pipeline: str, job_id: str) -> tuple[str, dict]:
     payload = rejection.payload.encode("utf-8", "surrogatepass")
+    text = rejection.payload
+    if len(text) > PAYLOAD_TEXT_CHARS:
+        text = (text[:PAYLOAD_TEXT_CHARS] + f"... [clipped at {PAYLOAD_TEXT_CHARS} of "
+                f"{len(text)} characters; payload_bytes holds the whole payload]")
     return row_id("dead", rejection.position), {
-        "payload": rejection.payload,
+        "payload": text,
         "payload_bytes": base64.b64encode(payload).decode("ascii"),
         "attributes": json.dumps(rejection.attributes or {}, sort_keys=True),
         "error_code": rejection.error_code,
@@ -87,17 +106,15 @@ def duplicate_row(duplicate, seen_ns: int, job_id: str) -> tuple[str, dict]:
 
 def usage_pane_row(row: dict, bignumeric: bool, emitted_ns: int, job_id: str) -> tuple[str, dict]:
     """A formatted usage row (AggregateUsage with panes) -> a `usage_panes` row."""
-    value = row["value"]
     pane_id = row_id("pane", job_id, row["subject"], row["meter"], row["dimensions"],
                      row["window_start"], row["pane_index"])
-    return pane_id, {
+    return checked_usage(pane_id, {
         "subject": row["subject"],
         "meter": row["meter"],
         "dimensions": row["dimensions"],
         "window_start": row["window_start"],
         "window_end": row["window_end"],
-        "value": None if bignumeric else value,
-        "value_bignumeric": value if bignumeric else None,
+        **usage_value_columns(row["value"], bignumeric),
         "event_count": row["event_count"],
         "fingerprint": row["fingerprint"],
         "pane_timing": row["pane_timing"],
@@ -106,7 +123,51 @@ def usage_pane_row(row: dict, bignumeric: bool, emitted_ns: int, job_id: str) ->
         "emitted_at": timestamp(emitted_ns),
         "job_id": job_id,
         "row_id": pane_id,
-    }
+    })
+
+
+def usage_value_columns(value: str, bignumeric: bool) -> dict:
+    """A usage value in the column of its meter's precision (the other one NULL)."""
+    return {"value": None if bignumeric else value,
+            "value_bignumeric": value if bignumeric else None}
+
+
+def checked_usage(usage_id: str, row: dict) -> tuple[str, dict]:
+    """(usage_id, row), or UnwritableRow when the value does not fit its column: an
+    aggregate of valid values can outgrow NUMERIC, and BigQuery would refuse the row."""
+    bignumeric = row["value"] is None
+    value = row["value_bignumeric"] if bignumeric else row["value"]
+    precision = "BIGNUMERIC" if bignumeric else "NUMERIC"
+    try:
+        check_range(Decimal(value), precision)
+    except ValueProblem as problem:
+        advice = ("no BigQuery column holds it" if bignumeric else
+                  "declare the meter `precision: BIGNUMERIC` in the catalog and recompute")
+        raise UnwritableRow(
+            "VALUE_OUT_OF_RANGE",
+            f"meter {row['meter']!r}, window {row['window_start']} .. {row['window_end']}, "
+            f"subject {row['subject']!r}, dimensions {row['dimensions']}: aggregate "
+            f"{problem}: {advice}", usage_id, row) from None
+    return usage_id, row
+
+
+def failed_write_rows(table_name: str, failed_id: str, row: dict, code: str, reason: str,
+                      failed_ns: int) -> list[tuple[str, dict]]:
+    """A row that can never be written -> its `failed_writes` rows: the whole row as JSON
+    (ASCII, so lone surrogates survive), in parts small enough to be written."""
+    content = json.dumps(row, sort_keys=True, default=str)
+    parts = [content[i:i + FAILED_PART_CHARS]
+             for i in range(0, len(content), FAILED_PART_CHARS)] or [""]
+    return [(row_id("failed", table_name, failed_id, n), {
+        "table_name": table_name,
+        "row_id": failed_id,
+        "error_code": code,
+        "reason": reason[:10_000],
+        "content": part,
+        "part": n,
+        "parts": len(parts),
+        "failed_at": timestamp(failed_ns),
+    }) for n, part in enumerate(parts)]
 
 
 def _seconds(ns: int) -> str:

@@ -338,3 +338,76 @@ def test_lineage_query_in_the_docs_is_the_one_explain_runs():
     documented = re.search(r"<!-- query: lineage -->\s*```sql\n(.*?)```", doc, re.S).group(1)
     assert documented.strip() == LINEAGE_SQL.format(
         recompute_runs="metering.recompute_runs", events="metering.events").strip()
+
+
+# ---------------------------------------------------------------- one row's own copies
+
+DIMS_SUBJECT = "cust-dims"
+DIMS_DAY = ("2026-11-05T00:00:00Z", "2026-11-06T00:00:00Z")
+# (identity, subject, method) per copy, in ingest order: the first copy of an identity is kept
+DIMS_COPIES = [
+    ("a1", DIMS_SUBJECT, "GET"), ("a2", DIMS_SUBJECT, "GET"), ("b1", DIMS_SUBJECT, "POST"),
+    ("c1", DIMS_SUBJECT, "DELETE"), ("x1", "cust-elsewhere", "POST"),
+    ("a1", DIMS_SUBJECT, "GET"),        # exact copy of a GET
+    ("b1", DIMS_SUBJECT, "DELETE"),     # conflicting copy of a POST, would bill DELETE
+    ("c1", DIMS_SUBJECT, "DELETE"), ("c1", DIMS_SUBJECT, "DELETE"),
+    ("x1", DIMS_SUBJECT, "GET"),        # kept copy is another customer's
+]
+
+
+@pytest.fixture(scope="module")
+def dims_world(stack, example_catalog):
+    """One window with GET, POST and DELETE rows of one customer, every identity with
+    dropped copies (by the recompute and by the stream); the day is then recomputed."""
+    client = stack.bigquery_client()
+    ingest = parse_rfc3339("2026-11-10T00:00:00Z")
+    events = []
+    for n, (identity, subject, method) in enumerate(DIMS_COPIES, start=1):
+        line = json.dumps({"specversion": "1.0", "id": f"dims-{identity}", "source": "//dims",
+                           "type": "api.request", "subject": subject,
+                           "time": f"2026-11-05T10:{n:02d}:00Z",
+                           "data": {"method": method, "bytes_out": n}})
+        (event,) = parse_payload(line.encode(), f"dims-msg-{n}", (n,), example_catalog,
+                                 Limits(now_ns=None), ingest_ns=ingest + n * 1000)
+        events.append(event)
+    insert(client, stack, "events", [event_row(e, "loader") for e in events])
+    first = {}
+    for e in events:
+        first.setdefault(e.identity, e)
+    insert(client, stack, "duplicate_events", [
+        duplicate_row(SimpleNamespace(source=e.source, id=e.id, position=e.position,
+                                      kept_position=first[e.identity].position,
+                                      conflict=_bills(e) != _bills(first[e.identity])),
+                      ingest, "stream-job") for e in events if first[e.identity] is not e])
+    result = tallyflow(stack, "recompute", "--meters", str(EXAMPLE_METERS), "--bigquery_dataset",
+                       DATASET, "--period-start", DIMS_DAY[0], "--period-end", DIMS_DAY[1])
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_each_dimension_row_shows_only_its_own_dropped_copies(stack, dims_world):
+    result = tallyflow(stack, "explain", "--meters", str(EXAMPLE_METERS), "--bigquery_dataset",
+                       DATASET, "--subject", DIMS_SUBJECT, "--meter", "api_requests",
+                       "--window-start", "2026-11-05T10:00:00Z", "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    explained = {json.loads(x["dimensions"])["method"]: x for x in json.loads(result.stdout)}
+    assert set(explained) == {"GET", "POST", "DELETE"}
+    # independently: the row of an identity is its kept copy's method (or, when the kept
+    # copy is another customer's, the method of ours); copies are this customer's later ones
+    kept, owner, copies = {}, {}, {}
+    for n, (identity, subject, method) in enumerate(DIMS_COPIES, start=1):
+        if identity not in kept:
+            kept[identity] = (subject, method)
+        elif subject == DIMS_SUBJECT:
+            copies.setdefault(identity, []).append(f"dims-msg-{n}")
+    for identity, (subject, method) in kept.items():
+        owner[identity] = method if subject == DIMS_SUBJECT else next(
+            m for i, s, m in DIMS_COPIES if i == identity and s == DIMS_SUBJECT)
+    for method, x in explained.items():
+        mine = {i for i, m in owner.items() if m == method}
+        assert {d["message_id"] for d in x["dropped_duplicates"]} == {
+            c for i in mine for c in copies.get(i, [])}, method
+        assert {d["id"] for d in x["stream_dropped_duplicates"]} == {
+            f"dims-{i}" for i in mine if i in copies}, method
+        assert {e["id"] for e in x["events"]} == {
+            f"dims-{i}" for i in mine if kept[i][0] == DIMS_SUBJECT}, method
+        assert x["check"]["match"], method
