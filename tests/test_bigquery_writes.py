@@ -74,7 +74,7 @@ def fake(request, monkeypatch):
     monkeypatch.setattr(bigquery, "FIRST_BACKOFF_SECONDS", 0.001)
     name = f"fake_{len(TABLES)}_{abs(hash(request.node.name))}"
     TABLES[name] = FakeTable()
-    yield FakeTarget("p", name, retry_seconds=2), TABLES[name]
+    yield FakeTarget("fake-project", name, retry_seconds=2), TABLES[name]
     del TABLES[name]
 
 
