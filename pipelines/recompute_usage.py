@@ -37,7 +37,7 @@ from pipelines.common import (UsageOptions, bigquery_target, is_dataflow, load_c
 from schemas.catalog import CatalogError
 from schemas.events import Limits
 from schemas.tables import DEAD_LETTER, LATE_EVENTS, RECOMPUTE_RUNS
-from schemas.values import format_time, parse_duration, parse_rfc3339
+from schemas.values import format_time, parse_duration, parse_rfc3339, parse_window
 from transforms import rows
 from transforms.batch_usage import ComputeUsage
 from transforms.bigquery import WriteRows
@@ -113,7 +113,7 @@ def build(pipeline: beam.Pipeline, options: RecomputeOptions, limits: Limits,
     and the staging table to restate in BigQuery.
     """
     catalog = load_catalog_anywhere(options.meters)
-    window_ns = parse_duration(options.window)
+    window_ns = parse_window(options.window)
     if run is None:
         start, end = period_bounds(options, window_ns)
         batches = pipeline | "Read" >> ReadPayloadBatches(options.input)
@@ -192,7 +192,7 @@ def run(argv: list[str] | None = None) -> list[dict]:
                 f"{recompute.output_dir.rstrip('/')}/summary.json") as f:
             return [json.load(f)]
 
-    window_ns = parse_duration(recompute.window)
+    window_ns = parse_window(recompute.window)
     target = bigquery_target(recompute)
     client = target.client()
     if recompute.dirty:

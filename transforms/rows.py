@@ -41,10 +41,11 @@ def event_row(event, job_id: str) -> tuple[str, dict]:
 
 
 def dead_letter_row(rejection, pipeline: str, job_id: str) -> tuple[str, dict]:
-    payload = rejection.payload.encode("utf-8", "surrogatepass")
+    """`payload` as text (U+FFFD for bytes that are not UTF-8), `payload_bytes` exactly
+    as received."""
     return row_id("dead", rejection.position), {
         "payload": rejection.payload,
-        "payload_bytes": base64.b64encode(payload).decode("ascii"),
+        "payload_bytes": base64.b64encode(payload_bytes(rejection)).decode("ascii"),
         "attributes": json.dumps(rejection.attributes or {}, sort_keys=True),
         "error_code": rejection.error_code,
         "error_message": rejection.error_message,
@@ -55,6 +56,13 @@ def dead_letter_row(rejection, pipeline: str, job_id: str) -> tuple[str, dict]:
         "job_id": job_id,
         "failed_at": timestamp(rejection.ingest_ns),
     }
+
+
+def payload_bytes(rejection) -> bytes:
+    """The rejected payload's bytes as received (a batch element: its exact re-serialisation)."""
+    if rejection.payload_bytes is not None:
+        return rejection.payload_bytes
+    return rejection.payload.encode("utf-8")
 
 
 def late_event_row(event, lateness_ns: int, window_ns: int, job_id: str) -> tuple[str, dict]:
