@@ -1,0 +1,197 @@
+"""No payload can stop a pipeline: property-based fuzzing of the per-event path.
+
+Hostile payloads (tests/adversarial.py) go through every pure step (parse,
+FastAccept, validation, dedup signature, readings, both aggregations, every row
+and message, each encoded as its sink would) and through `ComputeUsage` and
+`StreamUsage` on the DirectRunner. Each record must end in exactly one outcome
+(accepted, duplicate or dead-lettered; too-late events are accepted ones), and
+every output must be storable. Seeded (derandomized) and short; a run of
+minutes is benchmarks/fuzz.py.
+"""
+import base64
+from collections import Counter
+from decimal import Decimal
+
+import apache_beam as beam
+import pytest
+from apache_beam.options.pipeline_options import StandardOptions
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.test_stream import TestStream
+from apache_beam.testing.util import assert_that
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from schemas.events import Limits, parse_payload
+from schemas.values import parse_rfc3339
+from tests.adversarial import (CATALOG, LIMITS, NOW, WINDOW_NS, check_event, check_payload,
+                               check_rejection, payloads, stored)
+from transforms.aggregate import event_timestamp
+from transforms.batch_usage import ComputeUsage
+from transforms.rows import dead_letter_row, usage_pane_row
+from transforms.streaming import StreamUsage
+
+# Shrinking a pipeline failure would rerun the pipeline for minutes; the report is enough.
+NO_SHRINK = (Phase.explicit, Phase.generate)
+SEEDED = settings(derandomize=True, deadline=None, database=None,
+                  suppress_health_check=list(HealthCheck))
+EVENT = ('{"specversion":"1.0","id":"%s","source":"//s","type":"call","subject":"%s",'
+         '"time":"2026-11-02T09:00:00Z","data":{"region":%s,"amount":%s,"user":"u"}}')
+
+
+def call(amount="1", region='"eu"', subject="acme", event_id="e1") -> bytes:
+    return (EVENT % (event_id, subject, region, amount)).encode()
+
+
+def parse(payload: bytes):
+    return parse_payload(payload, "f:1", ("f", 1), CATALOG, LIMITS)
+
+
+@SEEDED
+@given(payloads())
+def test_every_pure_step_is_total(payload):
+    assert set(check_payload(payload)) <= {"accepted", "dead_lettered"}
+
+
+# The failures the issue found, and their neighbours: each once raised or was unstorable.
+TRAILING = "1." + "0" * 1200
+REGRESSIONS = [
+    (call(subject="\\ud800"), "INVALID_UNICODE"),
+    (call(event_id="\\udc00x"), "INVALID_UNICODE"),
+    (call(region='"\\ud83d"'), "INVALID_UNICODE"),
+    (b"[" + call(region="[" * 300 + "1" + "]" * 300) + b"]", "TOO_DEEP"),
+    (call(region="{}", amount='"1"').replace(b'"user":"u"', b'"x":' + b"[" * 450 + b"]" * 450),
+     "TOO_DEEP"),
+    (b"[" * 2000 + b"]" * 2000, "TOO_DEEP"),
+    (call(amount="1E999999999"), "VALUE_OUT_OF_RANGE"),
+    (call(amount="1" * 5000), "VALUE_OUT_OF_RANGE"),  # beyond Python's int-to-text limit
+    (call(region="1E999999999"), "DIMENSION_TOO_LONG"),
+    (call(region="1E-999999999"), "DIMENSION_TOO_LONG"),
+    (call(region='"%s"' % ("r" * 5000)), "DIMENSION_TOO_LONG"),
+    (call(subject="a\\u001b]0;pwned\\u0007"), "INVALID_CHARACTER"),
+    (call(subject="\\u202eevil"), "INVALID_CHARACTER"),
+    (call(subject="\\u0000"), "INVALID_CHARACTER"),
+    (call(subject="\\u009b31m"), "INVALID_CHARACTER"),
+    (call(subject=" \\u3000 "), "EMPTY_ATTRIBUTE"),
+    (b'{"id":"\xff","x":1}', "INVALID_UNICODE"),
+    (b'\xed\xa0\x80', "INVALID_UNICODE"),
+]
+
+
+@pytest.mark.parametrize("payload,code", REGRESSIONS, ids=[c for _, c in REGRESSIONS])
+def test_hostile_payloads_are_dead_letters_with_a_precise_code(payload, code):
+    assert check_payload(payload) == ["dead_lettered"]
+    assert [r.error_code for r in parse(payload)] == [code]
+
+
+@pytest.mark.parametrize("spelling", [TRAILING, f'"{TRAILING}"', "0E-1000", '"0E-1000"',
+                                      "1E+0", "0.00000000000000000000", "-0E+999999999"])
+def test_values_of_any_spelling_sum_exactly_in_both_modes(spelling):
+    events = parse(call(amount=spelling))
+    assert check_payload(call(amount=spelling)) == ["accepted"]
+    amount = {r.meter: r.value for r in events[0].readings}["amount"]
+    assert amount == Decimal(spelling.strip('"'))
+
+
+def test_a_dimension_with_a_thousand_trailing_zeros_is_its_number():
+    (event,) = parse(call(region=TRAILING))
+    assert {r.meter: r.dimensions for r in event.readings}["amount"] == '{"region":"1"}'
+
+
+def test_a_payload_that_is_not_utf8_keeps_its_bytes_in_every_dead_letter():
+    payload = b'{"id":"caf\xe9"}'
+    (rejection,) = parse(payload)
+    check_rejection(rejection)
+    assert rejection.payload == '{"id":"caf\ufffd"}' and rejection.payload_bytes == payload
+    row = dead_letter_row(rejection, "p", "j")[1]
+    assert base64.b64decode(row["payload_bytes"]) == payload
+
+
+def test_duplicate_member_names_take_the_last_in_both_paths():
+    payload = call(amount="1").replace(b'"amount":1', b'"amount":1,"amount":5')
+    assert check_payload(payload) == ["accepted"]
+    assert {r.meter: r.value for r in parse(payload)[0].readings}["amount"] == 5
+
+
+def test_a_time_with_a_huge_fraction_is_read_to_the_nanosecond():
+    payload = call().replace(b"09:00:00Z", b"09:00:00." + b"9" * 100_000 + b"Z")
+    assert check_payload(payload) == ["accepted"]
+    assert parse(payload)[0].time_ns % 10 ** 9 == 999_999_999
+
+
+# ------------------------------------------------------------- pipelines
+
+batches_of_payloads = st.lists(payloads(), min_size=40, max_size=80)
+
+
+STREAM_NOW = parse_rfc3339("2026-11-02T09:30:00Z")  # the generated events' hour: most in time
+
+
+def expected_outcomes(payloads_list, now_ns: int = NOW) -> Counter:
+    return Counter(o for p in payloads_list for o in check_payload(p, now_ns))
+
+
+def assert_all(check):
+    """A matcher that runs `check` on every element (and so fails the pipeline)."""
+    def match(elements):
+        for element in elements:
+            check(element)
+    return match
+
+
+@settings(SEEDED, max_examples=2, phases=NO_SHRINK)
+@given(batches_of_payloads)
+def test_compute_usage_conserves_and_stores_every_record(payload_list):
+    expected = expected_outcomes(payload_list)
+    items = [(f"f:{n}", ("f", n), p) for n, p in enumerate(payload_list)]
+
+    def conserved(counters):
+        total = Counter()
+        for c in counters:
+            total.update(c)
+        assert total["records"] == sum(expected.values())
+        assert total["dead_lettered"] == expected["dead_lettered"]
+        assert total["accepted"] + total["duplicates"] == expected["accepted"]
+        assert total["lines"] == len(payload_list)
+
+    with TestPipeline() as p:
+        out = p | beam.Create([items[:len(items) // 2], items[len(items) // 2:]]) | ComputeUsage(
+            CATALOG, LIMITS, WINDOW_NS, shards=2)
+        assert_that(out["counts"] | beam.combiners.ToList(), assert_all(conserved),
+                    label="conserved")
+        assert_that(out["usage"], assert_all(stored), label="usage rows")
+        assert_that(out["dead_letters"], assert_all(check_rejection), label="dead letters")
+
+
+@settings(SEEDED, max_examples=2, phases=NO_SHRINK)
+@given(batches_of_payloads)
+def test_stream_usage_conserves_and_stores_every_record(payload_list):
+    expected = expected_outcomes(payload_list, STREAM_NOW)
+    stream = TestStream().advance_watermark_to(event_timestamp(STREAM_NOW - 3 * WINDOW_NS))
+    stream.add_elements([(f"m{n}", (), payload, STREAM_NOW, {"k": "v"})
+                         for n, payload in enumerate(payload_list)],
+                        event_timestamp=event_timestamp(STREAM_NOW))
+    stream.advance_watermark_to_infinity()
+
+    def conserved_and_storable(outputs):
+        kinds = Counter(kind for kind, _ in outputs)
+        assert kinds["dead_letters"] == expected["dead_lettered"]
+        assert kinds["accepted"] + kinds["duplicates"] == expected["accepted"]
+        assert kinds["too_late"] <= kinds["accepted"]
+        for kind, element in outputs:
+            if kind == "dead_letters":
+                check_rejection(element)
+            elif kind == "accepted":
+                check_event(element)
+            elif kind == "usage":
+                stored(usage_pane_row(element, False, STREAM_NOW, "job")[1])
+
+    pipeline = TestPipeline(options=StandardOptions(streaming=True))
+    out = pipeline | stream | StreamUsage(CATALOG, Limits(now_ns=None), WINDOW_NS, WINDOW_NS,
+                                          60, 3 * WINDOW_NS)
+    tagged = [out[kind] | f"Tag{kind}" >> beam.Map(lambda e, k=kind: (k, e))
+              for kind in ("dead_letters", "accepted", "duplicates", "too_late", "usage")]
+    everything = (tagged | beam.Flatten()
+                  | beam.WindowInto(beam.transforms.window.GlobalWindows()))
+    assert_that(everything, conserved_and_storable)
+    pipeline.run().wait_until_finish()
+
