@@ -9,17 +9,24 @@ value re-spelled, bytes flipped, cut or inserted, events put in a batch).
 
 `check_payload` runs one payload through every pure step of both modes, from
 parsing to every row and message it can become, encoding each the way its sink
-would (strict UTF-8 JSON, Beam's coder), and returns its outcomes. Used by
-tests/test_fuzz.py (seeded, short) and benchmarks/fuzz.py (minutes).
+would (strict UTF-8 JSON, Beam's coder), and returns its outcomes;
+`check_compute_usage` and `check_stream_usage` run many through the pipelines.
+Used by tests/test_fuzz.py (seeded, short) and benchmarks/fuzz.py (minutes).
 """
 from __future__ import annotations
 
 import json
 import typing
+from collections import Counter
 from decimal import Decimal
 
 import apache_beam as beam
 import orjson
+from apache_beam.options.pipeline_options import StandardOptions
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.test_stream import TestStream
+from apache_beam.testing.util import assert_that
+from apache_beam.transforms.window import GlobalWindows
 from hypothesis import strategies as st
 
 from schemas import aggregation
@@ -27,12 +34,14 @@ from schemas.catalog import parse_catalog
 from schemas.events import ERROR_CODES, Limits, Rejection, UsageEvent, parse_payload
 from schemas.fastpath import FastAccept
 from schemas.values import format_decimal, parse_rfc3339
-from transforms.batch_usage import _text, usage_row
+from transforms.aggregate import event_timestamp
+from transforms.batch_usage import ComputeUsage, _text, usage_row
 from transforms.dedup import Duplicate, metering_signature
 from transforms.outcomes import dead_letter_line
 from transforms.pubsub import dead_letter_message
 from transforms.rows import dead_letter_row, duplicate_row, event_row, late_event_row, \
     usage_pane_row
+from transforms.streaming import StreamUsage
 
 NS = 10 ** 9
 NOW = parse_rfc3339("2026-11-21T00:00:00Z")
@@ -281,3 +290,80 @@ def check_payload(payload: bytes, now_ns: int = NOW) -> list[str]:
             check_event(result)
             outcomes.append("accepted")
     return outcomes
+
+
+# -------------------------------------------------------------- pipelines
+
+STREAM_NOW = parse_rfc3339("2026-11-02T09:30:00Z")  # the generated events' hour: most in time
+
+
+def _outcomes(payload_list, now_ns: int) -> Counter:
+    return Counter(o for p in payload_list for o in check_payload(p, now_ns))
+
+
+def _each(check):
+    """A matcher that runs `check` on every element (and so fails the pipeline)."""
+    def match(elements):
+        for element in elements:
+            check(element)
+    return match
+
+
+def check_compute_usage(payload_list: list[bytes]) -> Counter:
+    """Runs ComputeUsage (two batches, two shards) on the DirectRunner: its counts
+    conserve every record, agree with the pure path, and every output is storable.
+    Returns the outcomes by the pure path."""
+    expected = _outcomes(payload_list, NOW)
+    items = [(f"f:{n}", ("f", n), p) for n, p in enumerate(payload_list)]
+
+    def conserved(counters):
+        total = Counter()
+        for c in counters:
+            total.update(c)
+        assert total["records"] == sum(expected.values())
+        assert total["dead_lettered"] == expected["dead_lettered"]
+        assert total["accepted"] + total["duplicates"] == expected["accepted"]
+        assert total["lines"] == len(payload_list)
+
+    with TestPipeline() as p:
+        out = p | beam.Create([items[:len(items) // 2], items[len(items) // 2:]]) | ComputeUsage(
+            CATALOG, LIMITS, WINDOW_NS, shards=2)
+        assert_that(out["counts"] | beam.combiners.ToList(), _each(conserved), label="conserved")
+        assert_that(out["usage"], _each(stored), label="usage rows")
+        assert_that(out["dead_letters"], _each(check_rejection), label="dead letters")
+    return expected
+
+
+def check_stream_usage(payload_list: list[bytes]) -> Counter:
+    """Runs StreamUsage under TestStream: dead letters + accepted + duplicates = records,
+    too-late events are accepted ones, every output is storable. Returns the outcomes
+    by the pure path."""
+    expected = _outcomes(payload_list, STREAM_NOW)
+    stream = TestStream().advance_watermark_to(event_timestamp(STREAM_NOW - 3 * WINDOW_NS))
+    stream.add_elements([(f"m{n}", (), payload, STREAM_NOW, {"k": "v"})
+                         for n, payload in enumerate(payload_list)],
+                        event_timestamp=event_timestamp(STREAM_NOW))
+    stream.advance_watermark_to_infinity()
+
+    def conserved_and_storable(outputs):
+        kinds = Counter(kind for kind, _ in outputs)
+        assert kinds["dead_letters"] == expected["dead_lettered"]
+        assert kinds["accepted"] + kinds["duplicates"] == expected["accepted"]
+        assert kinds["too_late"] <= kinds["accepted"]
+        for kind, element in outputs:
+            if kind == "dead_letters":
+                check_rejection(element)
+            elif kind == "accepted":
+                check_event(element)
+            elif kind == "usage":
+                stored(usage_pane_row(element, False, STREAM_NOW, "job")[1])
+
+    pipeline = TestPipeline(options=StandardOptions(streaming=True))
+    out = pipeline | stream | StreamUsage(CATALOG, Limits(now_ns=None), WINDOW_NS, WINDOW_NS,
+                                          60, 3 * WINDOW_NS)
+    tagged = [out[kind] | f"Tag{kind}" >> beam.Map(lambda e, k=kind: (k, e))
+              for kind in ("dead_letters", "accepted", "duplicates", "too_late", "usage")]
+    everything = tagged | beam.Flatten() | beam.WindowInto(GlobalWindows())
+    assert_that(everything, conserved_and_storable)
+    pipeline.run().wait_until_finish()
+    return expected

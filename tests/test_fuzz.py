@@ -9,26 +9,16 @@ every output must be storable. Seeded (derandomized) and short; a run of
 minutes is benchmarks/fuzz.py.
 """
 import base64
-from collections import Counter
 from decimal import Decimal
 
-import apache_beam as beam
 import pytest
-from apache_beam.options.pipeline_options import StandardOptions
-from apache_beam.testing.test_pipeline import TestPipeline
-from apache_beam.testing.test_stream import TestStream
-from apache_beam.testing.util import assert_that
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from schemas.events import Limits, parse_payload
-from schemas.values import parse_rfc3339
-from tests.adversarial import (CATALOG, LIMITS, NOW, WINDOW_NS, check_event, check_payload,
-                               check_rejection, payloads, stored)
-from transforms.aggregate import event_timestamp
-from transforms.batch_usage import ComputeUsage
-from transforms.rows import dead_letter_row, usage_pane_row
-from transforms.streaming import StreamUsage
+from schemas.events import parse_payload
+from tests.adversarial import (CATALOG, LIMITS, check_compute_usage, check_payload,
+                               check_rejection, check_stream_usage, payloads)
+from transforms.rows import dead_letter_row
 
 # Shrinking a pipeline failure would rerun the pipeline for minutes; the report is enough.
 NO_SHRINK = (Phase.explicit, Phase.generate)
@@ -127,75 +117,13 @@ def test_a_time_with_a_huge_fraction_is_read_to_the_nanosecond():
 batches_of_payloads = st.lists(payloads(), min_size=40, max_size=80)
 
 
-STREAM_NOW = parse_rfc3339("2026-11-02T09:30:00Z")  # the generated events' hour: most in time
-
-
-def expected_outcomes(payloads_list, now_ns: int = NOW) -> Counter:
-    return Counter(o for p in payloads_list for o in check_payload(p, now_ns))
-
-
-def assert_all(check):
-    """A matcher that runs `check` on every element (and so fails the pipeline)."""
-    def match(elements):
-        for element in elements:
-            check(element)
-    return match
-
-
 @settings(SEEDED, max_examples=2, phases=NO_SHRINK)
 @given(batches_of_payloads)
 def test_compute_usage_conserves_and_stores_every_record(payload_list):
-    expected = expected_outcomes(payload_list)
-    items = [(f"f:{n}", ("f", n), p) for n, p in enumerate(payload_list)]
-
-    def conserved(counters):
-        total = Counter()
-        for c in counters:
-            total.update(c)
-        assert total["records"] == sum(expected.values())
-        assert total["dead_lettered"] == expected["dead_lettered"]
-        assert total["accepted"] + total["duplicates"] == expected["accepted"]
-        assert total["lines"] == len(payload_list)
-
-    with TestPipeline() as p:
-        out = p | beam.Create([items[:len(items) // 2], items[len(items) // 2:]]) | ComputeUsage(
-            CATALOG, LIMITS, WINDOW_NS, shards=2)
-        assert_that(out["counts"] | beam.combiners.ToList(), assert_all(conserved),
-                    label="conserved")
-        assert_that(out["usage"], assert_all(stored), label="usage rows")
-        assert_that(out["dead_letters"], assert_all(check_rejection), label="dead letters")
+    check_compute_usage(payload_list)
 
 
 @settings(SEEDED, max_examples=2, phases=NO_SHRINK)
 @given(batches_of_payloads)
 def test_stream_usage_conserves_and_stores_every_record(payload_list):
-    expected = expected_outcomes(payload_list, STREAM_NOW)
-    stream = TestStream().advance_watermark_to(event_timestamp(STREAM_NOW - 3 * WINDOW_NS))
-    stream.add_elements([(f"m{n}", (), payload, STREAM_NOW, {"k": "v"})
-                         for n, payload in enumerate(payload_list)],
-                        event_timestamp=event_timestamp(STREAM_NOW))
-    stream.advance_watermark_to_infinity()
-
-    def conserved_and_storable(outputs):
-        kinds = Counter(kind for kind, _ in outputs)
-        assert kinds["dead_letters"] == expected["dead_lettered"]
-        assert kinds["accepted"] + kinds["duplicates"] == expected["accepted"]
-        assert kinds["too_late"] <= kinds["accepted"]
-        for kind, element in outputs:
-            if kind == "dead_letters":
-                check_rejection(element)
-            elif kind == "accepted":
-                check_event(element)
-            elif kind == "usage":
-                stored(usage_pane_row(element, False, STREAM_NOW, "job")[1])
-
-    pipeline = TestPipeline(options=StandardOptions(streaming=True))
-    out = pipeline | stream | StreamUsage(CATALOG, Limits(now_ns=None), WINDOW_NS, WINDOW_NS,
-                                          60, 3 * WINDOW_NS)
-    tagged = [out[kind] | f"Tag{kind}" >> beam.Map(lambda e, k=kind: (k, e))
-              for kind in ("dead_letters", "accepted", "duplicates", "too_late", "usage")]
-    everything = (tagged | beam.Flatten()
-                  | beam.WindowInto(beam.transforms.window.GlobalWindows()))
-    assert_that(everything, conserved_and_storable)
-    pipeline.run().wait_until_finish()
-
+    check_stream_usage(payload_list)
