@@ -19,7 +19,7 @@ import re
 import orjson
 
 from schemas.catalog import MAX_TEXT_LENGTH, Meter, MeterCatalog
-from schemas.events import SPECVERSION, Limits, dimensions_json, nesting_may_exceed
+from schemas.events import MAX_DEPTH, SPECVERSION, Limits, dimensions_json
 from schemas.values import (MAX_TIME_NS, NUMERIC_MAX_INTEGER_DIGITS,
                             ValueProblem, format_decimal, parse_decimal, parse_rfc3339)
 
@@ -30,6 +30,7 @@ _TAIL = re.compile(r":(\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})\Z", re.ASCII
 _PLAIN_DECIMAL = re.compile(r"(\d{1,%d})(?:\.(\d{1,9}))?\Z" % NUMERIC_MAX_INTEGER_DIGITS, re.ASCII)
 _TAIL_LENGTH = len(":00.000000000+00:00")
 _NS_PER_MINUTE = 60 * 1_000_000_000
+_UNREMARKABLE = bytes(b for b in range(0x80) if b not in b"{[\\\x7f")
 _UNSEEN = object()
 _INT_LIMIT = 10 ** NUMERIC_MAX_INTEGER_DIGITS  # within NUMERIC and BIGNUMERIC alike
 _CACHE_SIZE = 100_000
@@ -52,7 +53,12 @@ class FastAccept:
         self._tails: dict[str, tuple[int, str] | None] = {}
 
     def accept(self, payload: bytes, now_ns: int):
-        if nesting_may_exceed(payload):
+        # One pass in C keeps the bytes that matter: at most MAX_DEPTH brackets cannot
+        # nest deeper, and ASCII without escapes or DEL cannot spell a control or bidi
+        # character (JSON strings hold no raw C0 controls).
+        remarkable = payload.translate(None, _UNREMARKABLE)
+        if (len(remarkable) > MAX_DEPTH
+                and remarkable.count(b"{") + remarkable.count(b"[") > MAX_DEPTH):
             return None
         try:
             obj = orjson.loads(payload)
@@ -66,7 +72,8 @@ class FastAccept:
                 and type(subject) is str and 0 < len(source) <= limit
                 and 0 < len(event_id) <= limit and 0 < len(event_type) <= limit
                 and 0 < len(subject) <= limit
-                and (source + event_id + event_type + subject).isprintable()
+                and (not remarkable.strip(b"{[")
+                     or (source + event_id + event_type + subject).isprintable())
                 and " " not in (source[0], event_id[0], event_type[0], subject[0])):
             return None
         time_ns = self._time(get("time"))
