@@ -32,6 +32,7 @@ ERROR_CODES = (
     "MALFORMED_JSON",          # not JSON, or an empty line
     "INVALID_UNICODE",         # not UTF-8, or a string with a lone surrogate escape ("\ud800")
     "TOO_DEEP",                # arrays and objects nested deeper than MAX_DEPTH
+    "UNREPRESENTABLE_NUMBER",  # a JSON number with an exponent beyond ±999999999999999999
     "EMPTY_BATCH",             # a CloudEvents batch (JSON array) with no event
     "NOT_AN_OBJECT",           # the payload or a batch element is not a JSON object
     "MISSING_ATTRIBUTE",       # a required attribute is absent or null
@@ -51,8 +52,6 @@ ERROR_CODES = (
     "DIMENSION_NOT_SCALAR",
     "DIMENSION_TOO_LONG",      # a group-by value longer than MAX_TEXT_LENGTH as text
 )
-# Problems of a whole payload: it is rejected whole, verbatim, however many events it holds.
-PAYLOAD_CODES = ERROR_CODES[:3]
 
 
 # Events and their parts are NamedTuples, not frozen dataclasses: immutable all the
@@ -123,6 +122,8 @@ def parse_payload(payload: bytes, position: str, order: tuple, catalog: MeterCat
         problem = ("INVALID_UNICODE", f"not UTF-8: {e}")
     except RecursionError:
         problem = ("TOO_DEEP", f"nested too deep to parse (the limit is {MAX_DEPTH} levels)")
+    except ValueProblem as e:
+        problem = (e.code, str(e))
     except ValueError as e:
         problem = ("MALFORMED_JSON", f"not valid JSON: {e}")
     if problem:

@@ -78,12 +78,22 @@ def loads_exact(raw: bytes | str, numbers_under: str | None = None):
                                    and numbers_under in obj else obj)
     if fallback:
         text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray, memoryview)) else raw
-        obj = json.loads(text, parse_float=Decimal, parse_constant=Decimal, parse_int=_exact_int)
+        obj = json.loads(text, parse_float=_exact_decimal, parse_constant=Decimal,
+                         parse_int=_exact_int)
     return obj
 
 
 def _exact_int(text: str):
     return int(text) if len(text) <= _INT_DIGITS else Decimal(text)
+
+
+def _exact_decimal(text: str) -> Decimal:
+    try:
+        return Decimal(text)
+    except InvalidOperation:  # an exponent beyond ±999999999999999999 (libmpdec's limit)
+        raise ValueProblem("UNREPRESENTABLE_NUMBER",
+                           f"number {_clip(text)} has an exponent no exact decimal can hold"
+                           ) from None
 
 
 _ZERO = Decimal(0)
@@ -142,7 +152,11 @@ def parse_decimal(value, *, precision: str = "NUMERIC", allow_negative: bool = F
         number = value
     elif isinstance(value, str):
         if DECIMAL_TEXT.match(value):
-            number = Decimal(value)
+            try:
+                number = Decimal(value)
+            except InvalidOperation:  # an exponent beyond what any decimal holds
+                raise ValueProblem("VALUE_OUT_OF_RANGE",
+                                   f"value {_clip(value)} is beyond {precision} range") from None
         elif _NON_FINITE_STRING.match(value):
             raise ValueProblem("VALUE_NOT_FINITE", f"value {value!r} is not finite")
         else:

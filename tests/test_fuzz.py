@@ -57,6 +57,9 @@ REGRESSIONS = [
     (nested(call(), 450), "TOO_DEEP"),
     (b"[" * 2000 + b"]" * 2000, "TOO_DEEP"),
     (call(amount="1E999999999"), "VALUE_OUT_OF_RANGE"),
+    (call(amount='"1E99999999999999999999"'), "VALUE_OUT_OF_RANGE"),
+    (call(amount="1E99999999999999999999"), "UNREPRESENTABLE_NUMBER"),  # beyond libmpdec
+    (b"[" + call(region="-1E-99999999999999999999") + b"]", "UNREPRESENTABLE_NUMBER"),
     (call(amount="1" * 5000), "VALUE_OUT_OF_RANGE"),  # beyond Python's int-to-text limit
     (call(region="1E999999999"), "DIMENSION_TOO_LONG"),
     (call(region="1E-999999999"), "DIMENSION_TOO_LONG"),
