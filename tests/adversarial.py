@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import typing
 from collections import Counter
-from decimal import Decimal
 
 import apache_beam as beam
 import orjson
@@ -32,8 +31,9 @@ from hypothesis import strategies as st
 from schemas import aggregation
 from schemas.catalog import parse_catalog
 from schemas.events import ERROR_CODES, Limits, Rejection, UsageEvent, parse_payload
-from schemas.fastpath import FastAccept
 from schemas.values import format_decimal, parse_rfc3339
+from tests.conftest import ALL_AGGREGATIONS
+from tests.test_fastpath import agree
 from transforms.aggregate import event_timestamp
 from transforms.batch_usage import ComputeUsage, _text, usage_row
 from transforms.dedup import Duplicate, metering_signature
@@ -47,17 +47,9 @@ NS = 10 ** 9
 NOW = parse_rfc3339("2026-11-21T00:00:00Z")
 LIMITS = Limits(now_ns=NOW)
 WINDOW_NS = 3600 * NS
-CATALOG = parse_catalog({"meters": [
-    {"key": "calls", "event_type": "call", "aggregation": "COUNT",
-     "group_by": {"region": "$.region"}},
-    {"key": "amount", "event_type": "call", "aggregation": "SUM",
-     "value_property": "$.amount", "group_by": {"region": "$.region"}},
-    {"key": "users", "event_type": "call", "aggregation": "UNIQUE_COUNT",
-     "value_property": "$.user"},
-    {"key": "low", "event_type": "call", "aggregation": "MIN", "value_property": "$.amount"},
-    {"key": "last", "event_type": "call", "aggregation": "LATEST", "value_property": "$.amount"},
-    {"key": "balance", "event_type": "ledger", "aggregation": "SUM",
-     "value_property": "$.delta", "allow_negative": True, "precision": "BIGNUMERIC"},
+CATALOG = parse_catalog({"meters": ALL_AGGREGATIONS["meters"] + [
+    {"key": "big", "event_type": "ledger", "aggregation": "SUM", "value_property": "$.delta",
+     "allow_negative": True, "precision": "BIGNUMERIC"},
     {"key": "depth", "event_type": "ledger", "aggregation": "MAX",
      "value_property": "$.level.value", "group_by": {"zone": "$.where[0]"}},
 ]})
@@ -262,26 +254,12 @@ def check_event(event: UsageEvent) -> None:
         stored(usage_pane_row(pane, False, event.ingest_ns, "job")[1])
 
 
-def check_fast_path(payload: bytes, results: list, now_ns: int) -> bool:
-    """FastAccept accepts only what the full validator accepts, read the same way."""
-    fast = FastAccept(CATALOG, LIMITS).accept(payload, now_ns)
-    if fast is None:
-        return False
-    assert len(results) == 1 and isinstance(results[0], UsageEvent), (payload, results)
-    e = results[0]
-    readings = tuple((r.meter, r.dimensions,
-                      format_decimal(r.value) if isinstance(r.value, Decimal) else r.value)
-                     for r in e.readings)
-    assert fast == (e.source, e.id, e.type, e.subject, e.time_ns, readings), payload
-    return True
-
-
 def check_payload(payload: bytes, now_ns: int = NOW) -> list[str]:
     """Runs every pure step on one payload received at `now_ns`; returns one outcome per
     record it holds."""
     results = parse_payload(payload, "fuzz:1", ("fuzz", 1), CATALOG, LIMITS, now_ns, {"k": "v"})
     assert results, payload
-    check_fast_path(payload, results, now_ns)
+    agree(payload, CATALOG, Limits(now_ns=now_ns))
     outcomes = []
     for result in results:
         if isinstance(result, Rejection):

@@ -8,7 +8,6 @@ of edge-case parts, with numbers spelled verbatim in the JSON text.
 import json
 from decimal import Decimal
 
-import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
