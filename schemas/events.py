@@ -29,6 +29,7 @@ MAX_DEPTH = 64
 
 # Stable error codes, in the order a rejection names its first problem.
 ERROR_CODES = (
+    "UNEXPECTED_ERROR",        # judging the payload failed: a bug, the payload is kept whole
     "MALFORMED_JSON",          # not JSON, or an empty line
     "INVALID_UNICODE",         # not UTF-8, or a string with a lone surrogate escape ("\ud800")
     "TOO_DEEP",                # arrays and objects nested deeper than MAX_DEPTH
@@ -109,10 +110,24 @@ class Limits:
 def parse_payload(payload: bytes, position: str, order: tuple, catalog: MeterCatalog,
                   limits: Limits, ingest_ns: int | None = None,
                   attributes: dict | None = None) -> list[UsageEvent | Rejection]:
-    """One payload -> its events and rejections (a JSON array is a CloudEvents batch)."""
+    """One payload -> its events and rejections (a JSON array is a CloudEvents batch).
+
+    Total: should judging a payload ever fail (a bug, not the payload's fault), the
+    payload is dead-lettered whole as UNEXPECTED_ERROR with the error, never raised,
+    so one message cannot stall a stream that would retry it forever."""
     context = _Context(catalog, limits, limits.now_ns if ingest_ns is None else ingest_ns,
                        attributes)
     text = _text(payload)
+    try:
+        return _parse(payload, text, position, order, context)
+    except Exception as e:  # the safety net itself
+        return [_whole(context, ("UNEXPECTED_ERROR", f"tallyflow could not judge this payload "
+                                 f"({type(e).__name__}: {_clip(str(e))}); please report it"),
+                       payload, text, position)]
+
+
+def _parse(payload: bytes, text: str, position: str, order: tuple,
+           context: _Context) -> list[UsageEvent | Rejection]:
     if not payload.strip():
         return [context.reject("MALFORMED_JSON", "empty payload", text, position)]
     try:
@@ -127,8 +142,7 @@ def parse_payload(payload: bytes, position: str, order: tuple, catalog: MeterCat
     except ValueError as e:
         problem = ("MALFORMED_JSON", f"not valid JSON: {e}")
     if problem:
-        verbatim = None if text.encode("utf-8", "surrogatepass") == payload else bytes(payload)
-        return [context.reject(*problem, text, position)._replace(payload_bytes=verbatim)]
+        return [_whole(context, problem, payload, text, position)]
     if isinstance(document, list):
         if not document:
             return [context.reject("EMPTY_BATCH", "CloudEvents batch contains no event", text,
@@ -136,6 +150,13 @@ def parse_payload(payload: bytes, position: str, order: tuple, catalog: MeterCat
         return [context.event(element, f"{position}#{i}", order + (i,))
                 for i, element in enumerate(document)]
     return [context.event(document, position, order, raw=text.strip())]
+
+
+def _whole(context: _Context, problem: tuple[str, str], payload: bytes, text: str,
+           position: str) -> Rejection:
+    """The payload rejected whole; its bytes kept too when `text` is not them verbatim."""
+    verbatim = None if text.encode("utf-8", "surrogatepass") == payload else bytes(payload)
+    return context.reject(*problem, text, position)._replace(payload_bytes=verbatim)
 
 
 def nesting_may_exceed(payload: bytes) -> bool:

@@ -9,15 +9,18 @@ every output must be storable. Seeded (derandomized) and short; a run of
 minutes is benchmarks/fuzz.py.
 """
 import base64
+from collections import Counter
 from decimal import Decimal
 
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from schemas import events
 from schemas.events import parse_payload
 from tests.adversarial import (CATALOG, LIMITS, check_compute_usage, check_payload,
                                check_rejection, check_stream_usage, payloads)
+from transforms import batch_usage
 from transforms.rows import dead_letter_row
 
 # Shrinking a pipeline failure would rerun the pipeline for minutes; the report is enough.
@@ -113,6 +116,29 @@ def test_a_time_with_a_huge_fraction_is_read_to_the_nanosecond():
     payload = call().replace(b"09:00:00Z", b"09:00:00." + b"9" * 100_000 + b"Z")
     assert check_payload(payload) == ["accepted"]
     assert parse(payload)[0].time_ns % 10 ** 9 == 999_999_999
+
+
+def test_a_bug_judging_a_payload_dead_letters_it_whole_instead_of_raising(monkeypatch):
+    def broken(*args, **kwargs):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(events, "loads_exact", broken)
+    (rejection,) = parse(b'{"id":"caf\xe9"}')
+    assert rejection.error_code == "UNEXPECTED_ERROR" and "KeyError" in rejection.error_message
+    assert rejection.payload_bytes == b'{"id":"caf\xe9"}'
+    check_rejection(rejection)
+
+
+class BrokenFastPath:
+    def accept(self, payload, now_ns):
+        raise IndexError("a bug")
+
+
+def test_a_fast_path_bug_leaves_the_event_to_the_full_validator(monkeypatch):
+    monkeypatch.setattr(batch_usage._ParseBatch, "setup",
+                        lambda self: setattr(self, "_fast", BrokenFastPath()))
+    assert check_compute_usage([call(), call(amount='"x"', event_id="e2")]) == \
+        Counter(accepted=1, dead_lettered=1)
 
 
 # ------------------------------------------------------------- pipelines
