@@ -4,9 +4,13 @@ Identifiers with control or bidi characters are rejected (INVALID_CHARACTER),
 but dimension values, UNIQUE_COUNT text, reasons and message ids may hold
 anything; every printer escapes them per line with `printable`.
 """
+from decimal import Decimal
+
 from pipelines.explain import render, text_table
 from pipelines.rate_usage import print_diff
-from schemas.values import UNSAFE_CHARACTERS
+from pipelines.statement import Bucket, Correction, MeterStatement, Statement, render_text
+from schemas.catalog import parse_catalog
+from schemas.values import UNSAFE_CHARACTERS, parse_rfc3339
 
 HOSTILE = "eu\x1b]0;owned\x07\x1b[2J\u202e\r\nfake: MATCH\x9b31m"
 
@@ -52,3 +56,17 @@ def test_rating_diff_escapes_subjects_and_cells(capsys):
         "invoices": [{"subject": HOSTILE, "currency": "USD", "previous_total": "1",
                       "total": "2"}]})
     assert_safe(capsys.readouterr().out)
+
+
+def test_statement_escapes_the_subject_and_correction_reasons():
+    day = parse_rfc3339("2026-11-02T00:00:00Z")
+    meter = parse_catalog({"meters": [{"key": "calls", "event_type": "call",
+                                       "aggregation": "COUNT"}]}).meters[0]
+    bucket = Bucket(start_ns=day, final=Decimal(1), figure=Decimal(1))
+    text = render_text(Statement(
+        subject=HOSTILE, start_ns=day, end_ns=day + 86400 * 10 ** 9, since_ns=None,
+        as_of_ns=day, meters=[MeterStatement(meter, bucket, days=[bucket])],
+        corrections=[Correction("calls", '{"region":"%s"}' % HOSTILE, day, Decimal(1),
+                                Decimal(2), 2, "run", HOSTILE, day)]))
+    assert_safe(text)
+    assert "Usage statement for eu\\x1b]0;owned" in text
