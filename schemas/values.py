@@ -1,4 +1,5 @@
-"""Exact numbers and times: JSON without floats, decimal usage values, RFC 3339.
+"""Exact numbers and times: JSON without floats, decimal usage values, RFC 3339; and
+text made safe for a terminal.
 
 Usage values are `decimal.Decimal` from the byte they are parsed to the
 BigQuery NUMERIC they are written as. All arithmetic goes through `EXACT`, a
