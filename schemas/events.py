@@ -33,7 +33,6 @@ ERROR_CODES = (
     "MALFORMED_JSON",          # not JSON, or an empty line
     "INVALID_UNICODE",         # not UTF-8, or a string with a lone surrogate escape ("\ud800")
     "TOO_DEEP",                # arrays and objects nested deeper than MAX_DEPTH
-    "UNREPRESENTABLE_NUMBER",  # a JSON number with an exponent beyond ±999999999999999999
     "EMPTY_BATCH",             # a CloudEvents batch (JSON array) with no event
     "NOT_AN_OBJECT",           # the payload or a batch element is not a JSON object
     "MISSING_ATTRIBUTE",       # a required attribute is absent or null

@@ -88,13 +88,26 @@ def _exact_int(text: str):
     return int(text) if len(text) <= _INT_DIGITS else Decimal(text)
 
 
-def _exact_decimal(text: str) -> Decimal:
+class UnrepresentableNumber:
+    """A JSON number with an exponent beyond ±999999999999999999, which no Decimal can
+    hold: kept as its text, so it is written back verbatim where an event only carries
+    it, and a meter reading it finds a value out of range (orjson, the fast path's
+    parser, reads it as infinity or 0.0, which the fast path leaves to the validator)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _exact_decimal(text: str) -> Decimal | UnrepresentableNumber:
     try:
         return Decimal(text)
-    except InvalidOperation:  # an exponent beyond ±999999999999999999 (libmpdec's limit)
-        raise ValueProblem("UNREPRESENTABLE_NUMBER",
-                           f"number {_clip(text)} has an exponent no exact decimal can hold"
-                           ) from None
+    except InvalidOperation:  # beyond libmpdec's exponent limit
+        return UnrepresentableNumber(text)
 
 
 _ZERO = Decimal(0)
@@ -127,7 +140,7 @@ def dumps_exact(obj, *, sort_keys: bool = False) -> str:
                               for k, v in items) + "}"
     if isinstance(obj, list):
         return "[" + ",".join(dumps_exact(v, sort_keys=sort_keys) for v in obj) + "]"
-    if isinstance(obj, Decimal):
+    if isinstance(obj, (Decimal, UnrepresentableNumber)):
         return str(obj)
     return json.dumps(obj, ensure_ascii=False)
 
@@ -149,6 +162,9 @@ def parse_decimal(value, *, precision: str = "NUMERIC", allow_negative: bool = F
         raise ValueProblem("VALUE_NOT_NUMERIC", f"value is a boolean ({str(value).lower()})")
     if isinstance(value, int):
         number = Decimal(value)
+    elif isinstance(value, UnrepresentableNumber):
+        raise ValueProblem("VALUE_OUT_OF_RANGE", f"value {_clip(str(value))} is beyond "
+                           f"{precision} range")
     elif isinstance(value, Decimal):
         number = value
     elif isinstance(value, str):

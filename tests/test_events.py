@@ -46,7 +46,7 @@ CASES = [
     (line([event(data={**CALL, "region": "\udfff"})]), "INVALID_UNICODE"),
     (line(event(data={**CALL, "deep": nested(MAX_DEPTH)})), "TOO_DEEP"),
     (b"[" * 5000 + b"]" * 5000, "TOO_DEEP"),
-    (line(event(data=CALL)).replace(b'"2.5"', b"1E99999999999999999999"), "UNREPRESENTABLE_NUMBER"),
+    (line(event(data=CALL)).replace(b'"2.5"', b"1E99999999999999999999"), "VALUE_OUT_OF_RANGE"),
     (b"[]", "EMPTY_BATCH"),
     (b'"just a string"', "NOT_AN_OBJECT"),
     (b"42", "NOT_AN_OBJECT"),
