@@ -21,6 +21,7 @@ from schemas.events import parse_payload
 from tests.adversarial import (CATALOG, LIMITS, check_compute_usage, check_payload,
                                check_rejection, check_stream_usage, payloads)
 from transforms import batch_usage
+from transforms.pubsub import dead_letter_message
 from transforms.rows import dead_letter_row, event_row
 
 # Shrinking a pipeline failure would rerun the pipeline for minutes; the report is enough.
@@ -119,6 +120,15 @@ def test_a_number_no_decimal_can_hold_is_carried_verbatim_where_no_meter_reads_i
     (as_region,) = parse(call(region=number))
     assert {r.meter: r.dimensions for r in as_region.readings}["amount"] == \
         '{"region":"%s"}' % number
+
+
+def test_a_pubsub_dead_letter_fits_pubsub_limits_and_keeps_the_bytes():
+    rejection = parse(b'{"id":"\xff", "note":"%s"}' % ("\u00e9" * 900).encode())[0]
+    rejection = rejection._replace(error_message="\u00e9" * 2000, position="\u00e9" * 600)
+    message = dead_letter_message(rejection)
+    assert message.data == rejection.payload_bytes
+    assert all(len(v.encode("utf-8")) <= 1024 for v in message.attributes.values())
+    assert message.attributes["error_message"] == "\u00e9" * 512
 
 
 def test_duplicate_member_names_take_the_last_in_both_paths():
