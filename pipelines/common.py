@@ -42,7 +42,8 @@ class UsageOptions(PipelineOptions):
     def _add_argparse_args(cls, parser):
         parser.add_argument("--meters", help="Meter catalog YAML file (local path or gs://).")
         parser.add_argument("--window", default="1h",
-                            help="Fixed event-time window size, aligned to UTC: 1m, 15m, 1h, 1d.")
+                            help="Fixed event-time window size, aligned to UTC days: whole "
+                                 "seconds that divide a day (1m, 5m, 15m, 1h, 6h, 1d ...).")
         parser.add_argument("--max_future_skew", "--max-future-skew", dest="max_future_skew",
                             default="5m",
                             help="Reject events whose time is further ahead of ingest than this.")

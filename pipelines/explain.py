@@ -48,7 +48,7 @@ from schemas.catalog import CatalogError, Meter, MeterCatalog, load_catalog
 from schemas.events import Limits, UsageEvent, parse_payload
 from schemas.tables import (DUPLICATE_EVENTS, EVENTS, LATE_EVENTS, RECOMPUTE_RUNS, USAGE_PANES,
                             USAGE_RECOMPUTED, USAGE_VIEW)
-from schemas.values import format_decimal, format_time, parse_rfc3339
+from schemas.values import format_decimal, format_time, parse_rfc3339, printable
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -479,7 +479,7 @@ def render(explanations: list[dict], max_events: int) -> str:
         out += [f"  check: the {check['event_count']} listed events give value {check['value']}, "
                 f"{check['event_count']} events, fingerprint {check['fingerprint']}: {verdict}",
                 ""]
-    return "\n".join(out)
+    return "\n".join(map(printable, out))  # per line: an event's newline is escaped too
 
 
 def _summarized(history: list[dict], panes_shown: int = 3) -> list[str]:
@@ -506,9 +506,11 @@ def _signed(text: str) -> str:
 
 
 def text_table(rows: list[tuple], indent: str = "    ") -> list[str]:
-    """Rows as left-aligned columns (the first row is the header)."""
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    return [indent + "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    """Rows as left-aligned columns (the first row is the header), cells escaped for a
+    terminal (they hold what events said)."""
+    rows = [[printable(str(c)) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return [indent + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
 
 
 # ---------------------------------------------------------------- command

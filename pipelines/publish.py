@@ -27,7 +27,7 @@ from pipelines.cli import name_option, run_command
 from pipelines.local_stack import StackError
 from pipelines.synthetic import KINDS, Message, SyntheticConfig, count_kinds, generate
 from schemas import names
-from schemas.values import format_time, parse_duration, parse_rfc3339
+from schemas.values import format_time, parse_duration, parse_rfc3339, parse_window
 
 DEFAULT_TIMESTAMP_ATTRIBUTE = "ce-time"
 NS = 1_000_000_000
@@ -248,7 +248,7 @@ def _synthetic_config(args) -> SyntheticConfig:
         start_ns=start_ns, batch_size=args.batch_size,
         duplicate_fraction=args.duplicate_fraction, conflict_fraction=args.conflict_fraction,
         late_fraction=args.late_fraction, too_late_fraction=args.too_late_fraction,
-        invalid_fraction=args.invalid_fraction, window_ns=parse_duration(args.window),
+        invalid_fraction=args.invalid_fraction, window_ns=parse_window(args.window),
         allowed_lateness_ns=parse_duration(args.allowed_lateness),
         event_types=tuple(args.event_types.split(",")))
 

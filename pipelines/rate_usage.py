@@ -32,7 +32,7 @@ from pipelines.common import (UsageOptions, bigquery_target, is_dataflow, load_c
 from pipelines.cli import quiet_beam, run_command
 from schemas.pricing import PriceBook, PriceBookError, parse_price_book_text
 from schemas.tables import INVOICE_LINES, INVOICES, USAGE_VIEW
-from schemas.values import format_time, parse_rfc3339
+from schemas.values import format_time, parse_rfc3339, printable
 from transforms.bigquery import WriteRows
 from transforms.files import WriteSortedLines
 from transforms.outcomes import WriteJson
@@ -183,13 +183,14 @@ def print_diff(summary: dict) -> None:
         print("  no line changes")
     for change in changes:
         cell = json.dumps(change["dimensions"], sort_keys=True)
-        print(f"  {change['line_type']:<6} {change['subject']} {change['plan']} "
-              f"v{change['plan_version']} {change['price_id'] or '(plan)'} {cell} "
-              f"{change['kind']}: {change['old_amount'] or '-'} -> {change['new_amount']} "
-              f"({_signed(change['difference'])} {change['currency']})")
+        print(printable(f"  {change['line_type']:<6} {change['subject']} {change['plan']} "
+                        f"v{change['plan_version']} {change['price_id'] or '(plan)'} {cell} "
+                        f"{change['kind']}: {change['old_amount'] or '-'} -> "
+                        f"{change['new_amount']} ({_signed(change['difference'])} "
+                        f"{change['currency']})"))
     for invoice in summary["invoices"]:
-        print(f"  invoice {invoice['subject']} {invoice['currency']}: "
-              f"{invoice['previous_total'] or '-'} -> {invoice['total']}")
+        print(printable(f"  invoice {invoice['subject']} {invoice['currency']}: "
+                        f"{invoice['previous_total'] or '-'} -> {invoice['total']}"))
 
 
 def _signed(text: str) -> str:

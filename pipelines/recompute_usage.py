@@ -42,7 +42,7 @@ from pipelines.common import (UsageOptions, bigquery_target, is_dataflow, load_c
 from pipelines.cli import DIFFERENCE, SUCCESS, CommandFailed, quiet_beam, run_command
 from schemas.events import Limits
 from schemas.tables import DEAD_LETTER, LATE_EVENTS, RECOMPUTE_RUNS
-from schemas.values import format_time, parse_duration, parse_rfc3339
+from schemas.values import format_time, parse_duration, parse_rfc3339, parse_window
 from transforms import rows
 from transforms.batch_usage import ComputeUsage
 from transforms.bigquery import WriteRows
@@ -130,7 +130,7 @@ def build(pipeline: beam.Pipeline, options: RecomputeOptions, limits: Limits,
     the period and the staging table to restate in BigQuery.
     """
     catalog = load_catalog_anywhere(options.meters)
-    window_ns = parse_duration(options.window)
+    window_ns = parse_window(options.window)
     if run is None:
         start, end = period_bounds(options, window_ns)
         batches = pipeline | "Read" >> ReadPayloadBatches(options.input)
@@ -201,7 +201,7 @@ def run(argv: list[str] | None = None) -> list[dict]:
     if recompute.input:
         return [run_files(options, recompute, limits)]
 
-    window_ns = parse_duration(recompute.window)
+    window_ns = parse_window(recompute.window)
     target = bigquery_target(recompute)
     client = target.client()
     if recompute.dirty:

@@ -19,7 +19,7 @@ import uuid
 from pipelines.cli import DIFFERENCE, SUCCESS, run_command
 from pipelines.common import add_table_arguments
 from schemas.tables import RECOMPUTE_RUNS, RECONCILIATION, USAGE_PANES, USAGE_RECOMPUTED
-from schemas.values import format_time, parse_rfc3339
+from schemas.values import format_time, parse_rfc3339, printable
 from transforms.bigquery import BigQueryTarget
 
 _SQL = """
@@ -164,10 +164,10 @@ def _reconcile_and_report(args) -> int:
     for status in STATUSES:
         print(f"  {status:<18} {counts.get(status, 0)}")
     for row in differences(client, target, run_id):
-        print(f"  {row['status']:<18} {row['window_start']:%Y-%m-%dT%H:%MZ} {row['subject']} "
-              f"{row['meter']} {row['dimensions']}: stream {row['stream_value']} "
-              f"({row['stream_event_count']} events) vs batch {row['batch_value']} "
-              f"({row['batch_event_count']} events)")
+        print(printable(f"  {row['status']:<18} {row['window_start']:%Y-%m-%dT%H:%MZ} "
+                        f"{row['subject']} {row['meter']} {row['dimensions']}: stream "
+                        f"{row['stream_value']} ({row['stream_event_count']} events) vs batch "
+                        f"{row['batch_value']} ({row['batch_event_count']} events)"))
     return SUCCESS if counts.keys() <= {"match"} else DIFFERENCE
 
 

@@ -54,7 +54,7 @@ from schemas.catalog import Meter, MeterCatalog
 from schemas.pricing import MINOR_UNITS
 from schemas.tables import (INVOICE_LINES, INVOICES, RECOMPUTE_RUNS, USAGE_PANES,
                             USAGE_RECOMPUTED, USAGE_VIEW)
-from schemas.values import EXACT, format_decimal, format_time, parse_rfc3339
+from schemas.values import EXACT, format_decimal, format_time, parse_rfc3339, printable
 
 DAY_NS = 86400 * 10 ** 9
 ADDITIVE = ("SUM", "COUNT")
@@ -407,7 +407,7 @@ def render_text(s: Statement) -> str:
             (c.meter, c.dimensions, format_time(c.window_start_ns), _figure(c.before),
              _figure(c.now), _signed(c.delta), f"{c.revision} ({c.run_id})", c.reason)
             for c in s.corrections], "  ")
-    return "\n".join(out) + "\n"
+    return "\n".join(map(printable, out)) + "\n"
 
 
 def _correction_text(bucket: Bucket) -> str:

@@ -42,7 +42,7 @@ from pipelines.restart_points import SNAPSHOT_SECONDS, RestartPoints
 from schemas import names
 from schemas.events import Limits
 from schemas.tables import DEAD_LETTER, DUPLICATE_EVENTS, EVENTS, LATE_EVENTS, USAGE_PANES
-from schemas.values import format_time, parse_duration, parse_rfc3339
+from schemas.values import format_time, parse_duration, parse_rfc3339, parse_window
 from transforms import rows
 from transforms.bigquery import (CLIENT_METHOD, WRITE_METHODS, BigQueryTarget,
                                  ExpansionServiceUnavailable, QueryRows, WriteRows)
@@ -117,7 +117,7 @@ def build(pipeline: beam.Pipeline, options: StreamingUsageOptions, job_id: str,
         if not getattr(options, flag):
             raise ValueError(f"--{flag} is required")
     catalog = load_catalog_anywhere(options.meters)
-    window_ns = parse_duration(options.window)
+    window_ns = parse_window(options.window)
     lateness_ns = parse_duration(options.allowed_lateness)
     horizon_ns = (parse_duration(options.dedup_horizon) if options.dedup_horizon
                   else window_ns + lateness_ns + 3600 * NS)

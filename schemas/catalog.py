@@ -14,7 +14,7 @@ from decimal import Decimal
 
 import yaml
 
-from schemas.values import ValueProblem, format_decimal, parse_decimal
+from schemas.values import ValueProblem, format_decimal, parse_decimal, plain_length
 
 AGGREGATIONS = ("SUM", "COUNT", "UNIQUE_COUNT", "MIN", "MAX", "LATEST")
 PRECISIONS = ("NUMERIC", "BIGNUMERIC")
@@ -26,6 +26,9 @@ _MEMBERS = {"key", "event_type", "aggregation", "value_property", "group_by", "u
             "description", "precision", "allow_negative"}
 
 MISSING = object()
+# The longest text a meter reads as a dimension or a UNIQUE_COUNT value. Bounds what
+# one event can add to a usage key, a row and the accumulator sets in memory.
+MAX_TEXT_LENGTH = 1024
 
 
 class CatalogError(ValueError):
@@ -108,7 +111,7 @@ class Meter:
             if self.numeric:
                 return parse_decimal(value, precision=self.precision,
                                      allow_negative=self.allow_negative)
-            return _unique_text(value)
+            return _scalar_text(value, "VALUE_TOO_LONG", "value")
         except ValueProblem as problem:
             raise ValueProblem(problem.code, f"meter {self.key}: {problem}") from None
 
@@ -124,24 +127,33 @@ class Meter:
                                    f"meter {self.key}: dimension {name} ({path.text}) is a JSON "
                                    "object or array")
             else:
-                dims[name] = _scalar_text(value)
+                try:
+                    dims[name] = _scalar_text(value, "DIMENSION_TOO_LONG", f"dimension {name}")
+                except ValueProblem as problem:
+                    raise ValueProblem(problem.code, f"meter {self.key}: {problem}") from None
         return dims
 
 
-def _scalar_text(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, Decimal)):
-        return format_decimal(Decimal(value)) if value == value else str(value)
-    return str(value)
-
-
-def _unique_text(value) -> str:
+def _scalar_text(value, too_long: str, what: str) -> str:
+    """Canonical text of a JSON scalar (7, 7.0 and "7" alike), at most MAX_TEXT_LENGTH
+    characters, else ValueProblem(too_long); a huge number is never written out to see."""
     if value is None:
         raise ValueProblem("VALUE_MISSING", "value is null")
     if isinstance(value, (dict, list)):
         raise ValueProblem("VALUE_NOT_SCALAR", "value is a JSON object or array")
-    return _scalar_text(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        value = Decimal(value)
+    if isinstance(value, Decimal) and value.is_finite():
+        if plain_length(value) > MAX_TEXT_LENGTH:
+            raise ValueProblem(too_long, f"{what} is a number of more than {MAX_TEXT_LENGTH} "
+                               "digits")
+        return format_decimal(value)
+    text = str(value)
+    if len(text) > MAX_TEXT_LENGTH:
+        raise ValueProblem(too_long, f"{what} is longer than {MAX_TEXT_LENGTH} characters")
+    return text
 
 
 @dataclass(frozen=True)

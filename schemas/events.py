@@ -11,23 +11,34 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import re
+
 from schemas.catalog import MeterCatalog
-from schemas.values import ValueProblem, dumps_exact, loads_exact, parse_rfc3339
+from schemas.values import (UNSAFE_CHARACTERS, ValueProblem, dumps_exact, loads_exact,
+                            parse_rfc3339)
 
 SPECVERSION = "1.0"
 REQUIRED_ATTRIBUTES = ("specversion", "id", "source", "type", "subject", "time")
 IDENTIFIER_ATTRIBUTES = ("id", "source", "type", "subject")
 DEFAULT_MAX_IDENTIFIER_LENGTH = 256
 DEFAULT_MAX_FUTURE_SKEW_NS = 5 * 60 * 1_000_000_000
+# Arrays and objects nested in one payload, a batch's array included. Real events
+# are a few levels deep; the bound keeps every re-serialiser and BigQuery's JSON
+# (500 levels) far from their limits.
+MAX_DEPTH = 64
 
 # Stable error codes, in the order a rejection names its first problem.
 ERROR_CODES = (
-    "MALFORMED_JSON",          # not JSON, not UTF-8, or an empty line
+    "UNEXPECTED_ERROR",        # judging the payload failed: a bug, the payload is kept whole
+    "MALFORMED_JSON",          # not JSON, or an empty line
+    "INVALID_UNICODE",         # not UTF-8, or a string with a lone surrogate escape ("\ud800")
+    "TOO_DEEP",                # arrays and objects nested deeper than MAX_DEPTH
     "EMPTY_BATCH",             # a CloudEvents batch (JSON array) with no event
     "NOT_AN_OBJECT",           # the payload or a batch element is not a JSON object
     "MISSING_ATTRIBUTE",       # a required attribute is absent or null
     "INVALID_ATTRIBUTE",       # not a string, or longer than the identifier limit
-    "EMPTY_ATTRIBUTE",         # a required attribute is ""
+    "INVALID_CHARACTER",       # an identifier holds a control or bidi formatting character
+    "EMPTY_ATTRIBUTE",         # a required attribute is "", or an identifier only whitespace
     "UNSUPPORTED_SPECVERSION",
     "BAD_TIME",                # not RFC 3339 with an offset, or outside years 1..9999
     "FUTURE_TIME",             # further ahead of processing time than max_future_skew
@@ -37,7 +48,9 @@ ERROR_CODES = (
     "VALUE_NOT_FINITE",
     "VALUE_NEGATIVE",
     "VALUE_OUT_OF_RANGE",
+    "VALUE_TOO_LONG",          # a UNIQUE_COUNT value longer than MAX_TEXT_LENGTH as text
     "DIMENSION_NOT_SCALAR",
+    "DIMENSION_TOO_LONG",      # a group-by value longer than MAX_TEXT_LENGTH as text
 )
 
 
@@ -78,6 +91,9 @@ class Rejection(NamedTuple):
     event_id: str | None = None
     attributes: dict | None = None  # Pub/Sub attributes of the message
     ingest_ns: int = 0
+    # The payload's bytes when `payload` is not them verbatim (not UTF-8: `payload`
+    # then shows each undecodable byte as U+FFFD, so it can be stored as text).
+    payload_bytes: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -93,16 +109,39 @@ class Limits:
 def parse_payload(payload: bytes, position: str, order: tuple, catalog: MeterCatalog,
                   limits: Limits, ingest_ns: int | None = None,
                   attributes: dict | None = None) -> list[UsageEvent | Rejection]:
-    """One payload -> its events and rejections (a JSON array is a CloudEvents batch)."""
+    """One payload -> its events and rejections (a JSON array is a CloudEvents batch).
+
+    Total: should judging a payload ever fail (a bug, not the payload's fault), the
+    payload is dead-lettered whole as UNEXPECTED_ERROR with the error, never raised,
+    so one message cannot stall a stream that would retry it forever."""
     context = _Context(catalog, limits, limits.now_ns if ingest_ns is None else ingest_ns,
                        attributes)
     text = _text(payload)
+    try:
+        return _parse(payload, text, position, order, context)
+    except Exception as e:  # the safety net itself
+        return [_whole(context, ("UNEXPECTED_ERROR", f"tallyflow could not judge this payload "
+                                 f"({type(e).__name__}: {_clip(str(e))}); please report it"),
+                       payload, text, position)]
+
+
+def _parse(payload: bytes, text: str, position: str, order: tuple,
+           context: _Context) -> list[UsageEvent | Rejection]:
     if not payload.strip():
         return [context.reject("MALFORMED_JSON", "empty payload", text, position)]
     try:
         document = loads_exact(payload, numbers_under="data")
-    except (ValueError, RecursionError) as e:
-        return [context.reject("MALFORMED_JSON", f"not valid JSON: {e}", text, position)]
+        problem = _payload_problem(payload, document)
+    except UnicodeDecodeError as e:
+        problem = ("INVALID_UNICODE", f"not UTF-8: {e}")
+    except RecursionError:
+        problem = ("TOO_DEEP", f"nested too deep to parse (the limit is {MAX_DEPTH} levels)")
+    except ValueProblem as e:
+        problem = (e.code, str(e))
+    except ValueError as e:
+        problem = ("MALFORMED_JSON", f"not valid JSON: {e}")
+    if problem:
+        return [_whole(context, problem, payload, text, position)]
     if isinstance(document, list):
         if not document:
             return [context.reject("EMPTY_BATCH", "CloudEvents batch contains no event", text,
@@ -110,6 +149,60 @@ def parse_payload(payload: bytes, position: str, order: tuple, catalog: MeterCat
         return [context.event(element, f"{position}#{i}", order + (i,))
                 for i, element in enumerate(document)]
     return [context.event(document, position, order, raw=text.strip())]
+
+
+def _whole(context: _Context, problem: tuple[str, str], payload: bytes, text: str,
+           position: str) -> Rejection:
+    """The payload rejected whole; its bytes kept too when `text` is not them verbatim."""
+    verbatim = None if text.encode("utf-8", "surrogatepass") == payload else bytes(payload)
+    return context.reject(*problem, text, position)._replace(payload_bytes=verbatim)
+
+
+def nesting_may_exceed(payload: bytes) -> bool:
+    """A cheap screen: a payload with at most MAX_DEPTH brackets cannot nest deeper."""
+    return payload.count(b"[") + payload.count(b"{") > MAX_DEPTH
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _payload_problem(payload: bytes, document) -> tuple[str, str] | None:
+    """TOO_DEEP or INVALID_UNICODE, each walked for only when a cheap screen of the
+    bytes says it may be (orjson, the usual parser, refuses lone surrogates itself)."""
+    if nesting_may_exceed(payload) and _depth(document) > MAX_DEPTH:
+        return "TOO_DEEP", f"arrays and objects are nested more than {MAX_DEPTH} levels deep"
+    if _SURROGATE_ESCAPE.search(payload) and _holds_lone_surrogate(document):
+        return ("INVALID_UNICODE", "a string holds a lone UTF-16 surrogate escape "
+                "(\\ud800-\\udfff without its pair), which is not Unicode text")
+    return None
+
+
+def _depth(document) -> int:
+    deepest, pending = 0, [(document, 1)]
+    while pending:
+        node, depth = pending.pop()
+        children = node.values() if type(node) is dict else node if type(node) is list else None
+        if children is not None:
+            deepest = max(deepest, depth)
+            pending.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _holds_lone_surrogate(document) -> bool:
+    pending = [document]
+    while pending:
+        node = pending.pop()
+        if type(node) is dict:
+            pending.extend(node)
+            pending.extend(node.values())
+        elif type(node) is list:
+            pending.extend(node)
+        elif type(node) is str and _LONE_SURROGATE.search(node):
+            return True
+    return False
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -150,13 +243,14 @@ def parse_event(obj, position: str, order: tuple, context: _Context,
                              f"attribute {name} must be a string, got {_kind(value)}"))
         elif not value:
             problems.append(("EMPTY_ATTRIBUTE", f"attribute {name} is empty"))
-        elif name in IDENTIFIER_ATTRIBUTES and len(value) > limits.max_identifier_length:
-            problems.append(("INVALID_ATTRIBUTE", f"attribute {name} is longer than "
-                             f"{limits.max_identifier_length} characters"))
+        elif name in IDENTIFIER_ATTRIBUTES:
+            problem = _identifier_problem(name, value, limits.max_identifier_length)
+            if problem:
+                problems.append(problem)
     specversion = obj.get("specversion")
     if isinstance(specversion, str) and specversion and specversion != SPECVERSION:
-        problems.append(("UNSUPPORTED_SPECVERSION",
-                         f"specversion {specversion!r} is not supported (only {SPECVERSION})"))
+        problems.append(("UNSUPPORTED_SPECVERSION", f"specversion {_clip(specversion)!r} is "
+                         f"not supported (only {SPECVERSION})"))
     time_ns = None
     if isinstance(obj.get("time"), str) and obj["time"]:
         try:
@@ -165,7 +259,7 @@ def parse_event(obj, position: str, order: tuple, context: _Context,
             problems.append(("BAD_TIME", str(e)))
         else:
             if time_ns > context.ingest_ns + limits.max_future_skew_ns:
-                problems.append(("FUTURE_TIME", f"time {obj['time']} is more than "
+                problems.append(("FUTURE_TIME", f"time {_clip(obj['time'])} is more than "
                                  f"{limits.max_future_skew_ns // 1_000_000_000} s ahead of "
                                  "processing time"))
     readings = _readings(obj, context.catalog, problems)
@@ -177,6 +271,23 @@ def parse_event(obj, position: str, order: tuple, context: _Context,
     return UsageEvent(source=source, id=event_id, type=obj["type"], subject=obj["subject"],
                       time_ns=time_ns, raw=raw, position=position, order=order,
                       readings=readings, ingest_ns=context.ingest_ns)
+
+
+def _identifier_problem(name: str, value: str, max_length: int) -> tuple[str, str] | None:
+    """What id, source, type and subject may hold (README "Identifiers"): any Unicode
+    text of 1..max_length characters except control and bidi formatting characters,
+    and not only whitespace. Compared exactly, as received (no trimming, no folding)."""
+    if len(value) > max_length:
+        return "INVALID_ATTRIBUTE", f"attribute {name} is longer than {max_length} characters"
+    if value.isprintable() and value[0] != " ":  # the common case, checked in C
+        return None
+    unsafe = UNSAFE_CHARACTERS.search(value)
+    if unsafe:
+        return ("INVALID_CHARACTER", f"attribute {name} holds the control or formatting "
+                f"character U+{ord(unsafe.group()):04X} at {unsafe.start()}")
+    if value.isspace():
+        return "EMPTY_ATTRIBUTE", f"attribute {name} is only whitespace"
+    return None
 
 
 def _readings(obj: dict, catalog: MeterCatalog, problems: list) -> tuple[Reading, ...]:
@@ -212,6 +323,10 @@ def dimensions_json(dimensions: dict) -> str:
 
 def _text(payload: bytes) -> str:
     return payload.decode("utf-8", errors="replace")
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _text_or_none(value) -> str | None:

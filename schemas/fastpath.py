@@ -3,9 +3,10 @@
 `parse_payload` explains every problem of an event and builds a `UsageEvent`;
 that costs about 30 µs an event, most of a batch recompute. `FastAccept`
 recognises the shape nearly every real event has (string attributes within
-limits, `specversion` 1.0, a plain RFC 3339 time, meters read by top-level
-`data` keys with int or decimal-string values, plain dimension values) and
-returns just what the recompute needs. On anything else it returns None and
+limits, printable and not starting with a space, `specversion` 1.0, a plain
+RFC 3339 time, meters read by top-level `data` keys with int or decimal-string
+values, plain dimension values, few enough brackets that nesting cannot exceed
+the limit) and returns just what the recompute needs. On anything else it returns None and
 the caller runs the full validator, so every rejection, and every unusual but
 valid event, still gets the full treatment. The tests check that it accepts
 only what `parse_payload` accepts, with the same readings, on messy and
@@ -15,8 +16,10 @@ from __future__ import annotations
 
 import re
 
-from schemas.catalog import Meter, MeterCatalog
-from schemas.events import SPECVERSION, Limits, dimensions_json
+import orjson
+
+from schemas.catalog import MAX_TEXT_LENGTH, Meter, MeterCatalog
+from schemas.events import MAX_DEPTH, SPECVERSION, Limits, dimensions_json
 from schemas.values import (MAX_TIME_NS, NUMERIC_MAX_INTEGER_DIGITS,
                             ValueProblem, format_decimal, parse_decimal, parse_rfc3339)
 
@@ -25,14 +28,16 @@ _TAIL = re.compile(r":(\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})\Z", re.ASCII
 # A decimal string whose canonical text can be had by trimming zeros: within NUMERIC
 # (and so BIGNUMERIC), non-negative, at most 9 fraction digits.
 _PLAIN_DECIMAL = re.compile(r"(\d{1,%d})(?:\.(\d{1,9}))?\Z" % NUMERIC_MAX_INTEGER_DIGITS, re.ASCII)
+_TAIL_LENGTH = len(":00.000000000+00:00")
 _NS_PER_MINUTE = 60 * 1_000_000_000
+_UNREMARKABLE = bytes(b for b in range(0x80) if b not in b"{[\\\x7f")
 _UNSEEN = object()
 _INT_LIMIT = 10 ** NUMERIC_MAX_INTEGER_DIGITS  # within NUMERIC and BIGNUMERIC alike
 _CACHE_SIZE = 100_000
 
 
 class FastAccept:
-    """`accept(obj, now_ns)` -> (source, id, type, subject, time_ns, readings) or None.
+    """`accept(payload, now_ns)` -> (source, id, type, subject, time_ns, readings) or None.
 
     Readings are (meter, dimensions JSON, value) with the value as canonical
     decimal text (numeric meters), text (UNIQUE_COUNT) or None (COUNT), as
@@ -47,7 +52,18 @@ class FastAccept:
         self._minutes: dict[tuple[str, str], int | None] = {}
         self._tails: dict[str, tuple[int, str] | None] = {}
 
-    def accept(self, obj, now_ns: int):
+    def accept(self, payload: bytes, now_ns: int):
+        # One pass in C keeps the bytes that matter: at most MAX_DEPTH brackets cannot
+        # nest deeper, and ASCII without escapes or DEL cannot spell a control or bidi
+        # character (JSON strings hold no raw C0 controls).
+        remarkable = payload.translate(None, _UNREMARKABLE)
+        if (len(remarkable) > MAX_DEPTH
+                and remarkable.count(b"{") + remarkable.count(b"[") > MAX_DEPTH):
+            return None
+        try:
+            obj = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return None
         if type(obj) is not dict or obj.get("specversion") != SPECVERSION:
             return None
         get, limit = obj.get, self._max_length
@@ -55,7 +71,10 @@ class FastAccept:
         if not (type(source) is str and type(event_id) is str and type(event_type) is str
                 and type(subject) is str and 0 < len(source) <= limit
                 and 0 < len(event_id) <= limit and 0 < len(event_type) <= limit
-                and 0 < len(subject) <= limit):
+                and 0 < len(subject) <= limit
+                and (not remarkable.strip(b"{[")
+                     or (source + event_id + event_type + subject).isprintable())
+                and " " not in (source[0], event_id[0], event_type[0], subject[0])):
             return None
         time_ns = self._time(get("time"))
         if time_ns is None or time_ns > now_ns + self._skew:
@@ -72,7 +91,7 @@ class FastAccept:
         """Nanoseconds of a plain RFC 3339 time, from two memos: the first 16 characters
         (date, hour, minute) with the offset, validated once per minute, and the rest
         (seconds, fraction, offset), validated once per spelling."""
-        if type(text) is not str:
+        if type(text) is not str or len(text) > 16 + _TAIL_LENGTH:
             return None
         tail = text[16:]
         rest = self._tails.get(tail, _UNSEEN)
@@ -141,7 +160,10 @@ def _type_reader(meters: tuple[Meter, ...]):
             key = ()
         dimensions = cache.get(key)
         if dimensions is None:
-            dimensions = _remember(cache, key, dimensions_of(key[len(key) // 2:]))
+            try:
+                dimensions = _remember(cache, key, dimensions_of(key[len(key) // 2:]))
+            except ValueProblem:  # a value too long to be a dimension
+                return None
         readings = []
         for meter, value_of, meter_dimensions in zip(keys, value_readers, dimensions):
             value = value_of(data)
@@ -165,7 +187,7 @@ def _value_reader(meter: Meter):
             value = data.get(prop)
             kind = type(value)
             if kind is str:
-                return value
+                return value if len(value) <= MAX_TEXT_LENGTH else _SLOW
             return str(value) if kind is int else _SLOW
         return unique_text
     precision, allow_negative = meter.precision, meter.allow_negative

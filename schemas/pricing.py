@@ -24,7 +24,7 @@ from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation, Overflow
 
 import yaml
 
-from schemas.values import EXACT, format_decimal, format_time, parse_rfc3339
+from schemas.values import DECIMAL_TEXT, EXACT, format_decimal, format_time, parse_rfc3339
 
 MODELS = ("per_unit", "package", "graduated", "volume", "percentage", "matrix")
 CELL_MODELS = MODELS[:-1]  # what a matrix cell or default can be
@@ -45,7 +45,6 @@ _MONEY = Context(prec=1000, Emax=999_999, Emin=-999_999, rounding=ROUND_HALF_UP,
                  traps=[InvalidOperation, Overflow])
 
 _ID = re.compile(r"[a-z][a-z0-9_]{0,63}\Z")
-_DECIMAL_TEXT = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?\Z")
 
 
 class PriceBookError(ValueError):
@@ -549,7 +548,7 @@ class _Loader(yaml.SafeLoader):
 
 def _construct_decimal(loader, node):
     text = loader.construct_scalar(node).replace("_", "")
-    return Decimal(text) if _DECIMAL_TEXT.match(text) else text
+    return Decimal(text) if DECIMAL_TEXT.match(text) else text
 
 
 _Loader.add_constructor("tag:yaml.org,2002:float", _construct_decimal)
@@ -821,7 +820,7 @@ def _decimal(where: str, value, *, positive: bool = False) -> Decimal:
                              "strings or YAML numbers")
     if isinstance(value, bool) or not isinstance(value, (int, Decimal, str)):
         raise PriceBookError(f"{where}: must be a decimal number, got {value!r}")
-    if isinstance(value, str) and not _DECIMAL_TEXT.match(value.strip()):
+    if isinstance(value, str) and not DECIMAL_TEXT.match(value.strip()):
         raise PriceBookError(f"{where}: {value!r} is not a decimal number")
     number = Decimal(value.strip() if isinstance(value, str) else value)
     if number < 0 or (positive and number == 0):

@@ -1,4 +1,5 @@
-"""Exact numbers and times: JSON without floats, decimal usage values, RFC 3339.
+"""Exact numbers and times: JSON without floats, decimal usage values, RFC 3339; and
+text made safe for a terminal.
 
 Usage values are `decimal.Decimal` from the byte they are parsed to the
 BigQuery NUMERIC they are written as. All arithmetic goes through `EXACT`, a
@@ -10,12 +11,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow, Rounded
+from decimal import (MAX_EMAX, MIN_EMIN, Context, Decimal, Inexact, InvalidOperation,
+                     Overflow, Rounded)
 
 import orjson
 
 EXACT = Context(prec=1000, Emax=999_999, Emin=-999_999,
                 traps=[Inexact, Rounded, InvalidOperation, Overflow])
+# Dropping trailing zeros signals Rounded (never Inexact): allowed only where that is all it does.
+_TRIM = Context(prec=1000, Emax=999_999, Emin=-999_999, traps=[Inexact, InvalidOperation, Overflow])
 
 NUMERIC_MAX_INTEGER_DIGITS = 29
 NUMERIC_SCALE = 9
@@ -25,10 +29,16 @@ BIGNUMERIC_SCALE = 38
 
 _NS_PER_SECOND = 1_000_000_000
 _EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
-MIN_TIME_NS = (dt.date(1, 1, 1).toordinal() - _EPOCH_ORDINAL) * 86400 * _NS_PER_SECOND
-MAX_TIME_NS = (dt.date(9999, 12, 31).toordinal() - _EPOCH_ORDINAL + 1) * 86400 * _NS_PER_SECOND - 1
+_NS_PER_DAY = 86400 * _NS_PER_SECOND
+# Event times: 0001-01-01 up to the end of 9999-12-30 UTC, so that every window (a
+# divisor of a day, see parse_window) starts and ends within what RFC 3339 and
+# BigQuery TIMESTAMP can spell (the last day's windows would end in year 10000).
+MIN_TIME_NS = (dt.date(1, 1, 1).toordinal() - _EPOCH_ORDINAL) * _NS_PER_DAY
+MAX_TIME_NS = (dt.date(9999, 12, 31).toordinal() - _EPOCH_ORDINAL) * _NS_PER_DAY - 1
 
-_DECIMAL_STRING = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?\Z", re.ASCII)
+# The one decimal grammar, for event values and price book amounts alike: ASCII
+# digits only (re.ASCII: \d would also match Arabic-Indic and other digits).
+DECIMAL_TEXT = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?\Z", re.ASCII)
 _NON_FINITE_STRING = re.compile(r"[+-]?(?:nan|snan|inf|infinity)\Z", re.IGNORECASE)
 _RFC3339 = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?"
@@ -55,7 +65,9 @@ def loads_exact(raw: bytes | str, numbers_under: str | None = None):
     object is only searched for floats under that key (a caller that rejects
     numbers everywhere else, like an event's attributes, saves the walk). NaN and Infinity literals (not
     JSON, but sent by some producers) parse to non-finite Decimals so the value
-    check can name them rather than calling the whole line malformed.
+    check can name them rather than calling the whole line malformed. Integers
+    too long for Python's int-to-text limit parse as Decimals, so they are
+    judged as values too.
     """
     try:
         obj = orjson.loads(raw)
@@ -67,8 +79,39 @@ def loads_exact(raw: bytes | str, numbers_under: str | None = None):
                                    and numbers_under in obj else obj)
     if fallback:
         text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray, memoryview)) else raw
-        obj = json.loads(text, parse_float=Decimal, parse_constant=Decimal)
+        obj = json.loads(text, parse_float=_exact_decimal, parse_constant=Decimal,
+                         parse_int=_exact_int)
     return obj
+
+
+def _exact_int(text: str):
+    return int(text) if len(text) <= _INT_DIGITS else Decimal(text)
+
+
+class UnrepresentableNumber:
+    """A JSON number with an exponent beyond ±999999999999999999, which no Decimal can
+    hold: kept as its text, so it is written back verbatim where an event only carries
+    it, and a meter reading it finds a value out of range (orjson, the fast path's
+    parser, reads it as infinity or 0.0, which the fast path leaves to the validator)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _exact_decimal(text: str) -> Decimal | UnrepresentableNumber:
+    try:
+        return Decimal(text)
+    except InvalidOperation:  # beyond libmpdec's exponent limit
+        return UnrepresentableNumber(text)
+
+
+_ZERO = Decimal(0)
+_INT_DIGITS = 4000  # below sys.get_int_max_str_digits() (4300 by default)
 
 
 def _holds_floats(obj) -> bool:
@@ -97,7 +140,7 @@ def dumps_exact(obj, *, sort_keys: bool = False) -> str:
                               for k, v in items) + "}"
     if isinstance(obj, list):
         return "[" + ",".join(dumps_exact(v, sort_keys=sort_keys) for v in obj) + "]"
-    if isinstance(obj, Decimal):
+    if isinstance(obj, (Decimal, UnrepresentableNumber)):
         return str(obj)
     return json.dumps(obj, ensure_ascii=False)
 
@@ -119,11 +162,18 @@ def parse_decimal(value, *, precision: str = "NUMERIC", allow_negative: bool = F
         raise ValueProblem("VALUE_NOT_NUMERIC", f"value is a boolean ({str(value).lower()})")
     if isinstance(value, int):
         number = Decimal(value)
+    elif isinstance(value, UnrepresentableNumber):
+        raise ValueProblem("VALUE_OUT_OF_RANGE", f"value {_clip(str(value))} is beyond "
+                           f"{precision} range")
     elif isinstance(value, Decimal):
         number = value
     elif isinstance(value, str):
-        if _DECIMAL_STRING.match(value):
-            number = Decimal(value)
+        if DECIMAL_TEXT.match(value):
+            try:
+                number = Decimal(value)
+            except InvalidOperation:  # an exponent beyond what any decimal holds
+                raise ValueProblem("VALUE_OUT_OF_RANGE",
+                                   f"value {_clip(value)} is beyond {precision} range") from None
         elif _NON_FINITE_STRING.match(value):
             raise ValueProblem("VALUE_NOT_FINITE", f"value {value!r} is not finite")
         else:
@@ -132,17 +182,22 @@ def parse_decimal(value, *, precision: str = "NUMERIC", allow_negative: bool = F
         raise ValueProblem("VALUE_NOT_NUMERIC", f"value of type {type(value).__name__} is not a number")
     if not number.is_finite():
         raise ValueProblem("VALUE_NOT_FINITE", f"value {value} is not finite")
-    check_range(number, precision)
+    number = check_range(number, precision)
     if number.is_signed() and not number.is_zero() and not allow_negative:
         raise ValueProblem("VALUE_NEGATIVE", f"value {format_decimal(number)} is negative")
     return number
 
 
-def check_range(number: Decimal, precision: str) -> None:
-    """Raises VALUE_OUT_OF_RANGE unless BigQuery can store `number` exactly."""
+def check_range(number: Decimal, precision: str) -> Decimal:
+    """`number` as BigQuery stores it, trailing fraction zeros beyond the scale dropped
+    (1.5000000000000 has 13 fraction digits, but means 1.5); raises VALUE_OUT_OF_RANGE
+    unless BigQuery can store it exactly.
+
+    Dropping the zeros keeps every accepted value within 38 + 38 digits, so exact
+    sums in `EXACT` never need more precision than it has, however a value was spelled.
+    """
     if number.is_zero():
-        return
-    scale = NUMERIC_SCALE if precision == "NUMERIC" else BIGNUMERIC_SCALE
+        return _ZERO  # 0E-1000 and 0E+999999999 too: a zero of any exponent adds as 0
     if precision == "NUMERIC":
         too_big = number.adjusted() >= NUMERIC_MAX_INTEGER_DIGITS
     else:
@@ -150,10 +205,14 @@ def check_range(number: Decimal, precision: str) -> None:
     if too_big:
         raise ValueProblem("VALUE_OUT_OF_RANGE",
                            f"value {_clip(str(number))} is beyond {precision} range")
-    if number.as_tuple().exponent < -scale and _fraction_digits(number) > scale:
-        raise ValueProblem("VALUE_OUT_OF_RANGE",
-                           f"value {_clip(str(number))} has more than {scale} "
-                           f"fraction digits ({precision})")
+    scale = NUMERIC_SCALE if precision == "NUMERIC" else BIGNUMERIC_SCALE
+    if number.as_tuple().exponent < -scale:
+        if _fraction_digits(number) > scale:
+            raise ValueProblem("VALUE_OUT_OF_RANGE",
+                               f"value {_clip(str(number))} has more than {scale} "
+                               f"fraction digits ({precision})")
+        number = number.quantize(Decimal(1).scaleb(-scale), context=_TRIM)
+    return number
 
 
 def _fraction_digits(number: Decimal) -> int:
@@ -164,11 +223,35 @@ def _fraction_digits(number: Decimal) -> int:
 
 
 def format_decimal(number: Decimal) -> str:
-    """Plain notation without exponent or trailing fraction zeros: 1E+3 -> '1000'."""
+    """Plain notation without exponent or trailing fraction zeros: 1E+3 -> '1000'.
+
+    Callers bound the length first (`plain_length`) where a value may be huge."""
     if number.is_zero():
         return "0"
-    text = format(number.normalize(EXACT), "f")
-    return text
+    return format(_normalized(number), "f")
+
+
+def plain_length(number: Decimal) -> int:
+    """len(format_decimal(number)) of a finite Decimal, without writing it out
+    (1E+999999999 would take a gigabyte)."""
+    if number.is_zero():
+        return 1
+    sign, digits, exponent = _normalized(number).as_tuple()
+    if exponent >= 0:
+        length = len(digits) + exponent
+    else:
+        length = len(digits) + 1 if len(digits) > -exponent else 2 - exponent
+    return length + sign
+
+
+def _normalized(number: Decimal) -> Decimal:
+    """Trailing zeros dropped, exactly, whatever the number of digits."""
+    try:
+        return number.normalize(EXACT)
+    except ArithmeticError:  # more digits, or an exponent further out, than EXACT holds
+        digits = len(number.as_tuple().digits)
+        return number.normalize(Context(prec=digits, Emax=MAX_EMAX, Emin=MIN_EMIN,
+                                        traps=[Inexact, InvalidOperation, Overflow]))
 
 
 def _json_kind(value) -> str:
@@ -186,7 +269,10 @@ def parse_rfc3339(text) -> int:
     """RFC 3339 date-time with offset -> nanoseconds since the epoch, UTC.
 
     Exact to the nanosecond (digits beyond the ninth are truncated), so two
-    spellings of the same instant in different offsets compare equal.
+    spellings of the same instant in different offsets compare equal. A leap
+    second (`23:59:60` UTC, in any offset) is read as the last nanosecond of its
+    minute, `23:59:59.999999999`: POSIX time, Beam and BigQuery have no 61st
+    second, and so the event stays in the minute, hour and day it was stamped in.
     Raises ValueError with a readable reason.
     """
     if not isinstance(text, str):
@@ -197,18 +283,24 @@ def parse_rfc3339(text) -> int:
                          "(e.g. 2026-01-01T00:00:00Z)")
     days = _epoch_days(m.group(1, 2, 3), text)
     hour, minute, second = int(m.group(4)), int(m.group(5)), int(m.group(6))
-    if hour > 23 or minute > 59 or second > 59:
-        raise ValueError(f"time {text!r}: clock time out of range")
+    if hour > 23 or minute > 59 or second > 60:
+        raise ValueError(f"time {_clip(text)!r}: clock time out of range")
     offset = 0
     if m.group(8):
         off_h, off_m = int(m.group(9)), int(m.group(10))
         if off_h > 23 or off_m > 59:
-            raise ValueError(f"time {text!r}: offset out of range")
+            raise ValueError(f"time {_clip(text)!r}: offset out of range")
         offset = (off_h * 3600 + off_m * 60) * (1 if m.group(8) == "+" else -1)
     seconds = days * 86400 + hour * 3600 + minute * 60 + second - offset
-    nanos = seconds * _NS_PER_SECOND + int((m.group(7) or "0")[:9].ljust(9, "0"))
+    fraction = int((m.group(7) or "0")[:9].ljust(9, "0"))
+    if second == 60:
+        if seconds % 86400:  # 23:59:60 UTC is 00:00:00 of the next day, less the leap
+            raise ValueError(f"time {_clip(text)!r}: a leap second is 23:59:60 UTC only")
+        seconds, fraction = seconds - 1, _NS_PER_SECOND - 1
+    nanos = seconds * _NS_PER_SECOND + fraction
     if not MIN_TIME_NS <= nanos <= MAX_TIME_NS:
-        raise ValueError(f"time {text!r} is outside 0001-01-01..9999-12-31 UTC")
+        raise ValueError(f"time {_clip(text)!r} is outside {format_time(MIN_TIME_NS)} .. "
+                         f"{format_time(MAX_TIME_NS)}")
     return nanos
 
 
@@ -229,9 +321,12 @@ def _epoch_days(ymd: tuple[str, str, str], text: str) -> int:
 
 
 def format_time(nanos: int) -> str:
-    """Nanoseconds since the epoch -> RFC 3339 UTC with Z, fraction only when non-zero."""
+    """Nanoseconds since the epoch -> RFC 3339 UTC with Z, fraction only when non-zero;
+    years zero-padded to four digits (0001-01-01T00:00:00Z)."""
     seconds, frac = divmod(nanos, _NS_PER_SECOND)
-    stamp = (dt.datetime(1970, 1, 1) + dt.timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S")
+    t = dt.datetime(1970, 1, 1) + dt.timedelta(seconds=seconds)
+    stamp = (f"{t.year:04d}-{t.month:02d}-{t.day:02d}"
+             f"T{t.hour:02d}:{t.minute:02d}:{t.second:02d}")
     if frac:
         stamp += "." + f"{frac:09d}".rstrip("0")
     return stamp + "Z"
@@ -249,3 +344,38 @@ def parse_duration(text: str) -> int:
         raise ValueError(f"duration {text!r} must be a positive number with ms, s, m, h or d "
                          "(e.g. 1h, 15m)")
     return int(m.group(1)) * _DURATION_NS[m.group(2)]
+
+
+def parse_window(text: str) -> int:
+    """A window size -> nanoseconds: whole seconds that divide a day (1s .. 1d: 1m, 15m,
+    1h, 6h, 1d ...). Windows are aligned to UTC days so every event time in range has a
+    window that starts and ends within 0001-01-01 .. 9999-12-31 (an odd size, aligned to
+    the epoch, would reach before year 1), and Beam's FixedWindows takes whole seconds."""
+    window_ns = parse_duration(text)
+    if window_ns % _NS_PER_SECOND or _NS_PER_DAY % window_ns:
+        raise ValueError(f"window {text!r} must be a whole number of seconds that divides "
+                         "a day (e.g. 1m, 5m, 15m, 1h, 6h, 1d)")
+    return window_ns
+
+
+# ----------------------------------------------------------------- text
+
+# Characters no identifier may hold and no terminal may be sent raw: C0 controls,
+# DEL, C1 controls (ESC and CSI start escape sequences), the bidirectional
+# formatting characters (they make text display as other text) and lone UTF-16
+# surrogates (not Unicode text at all).
+UNSAFE_CHARACTERS = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def printable(text: str) -> str:
+    """`text` with every unsafe character spelled as an escape (ESC -> \\x1b,
+    U+202E -> \\u202e), for a terminal: nothing an event says can move the cursor,
+    recolour, retitle or reorder what an operator reads. Newlines are escaped too,
+    so apply it to one line at a time."""
+    return UNSAFE_CHARACTERS.sub(_escape, text)
+
+
+def _escape(match) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"

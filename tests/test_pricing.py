@@ -442,3 +442,11 @@ def test_adjustment_differences_keep_their_types():
     (kind, line, before), = adjustments([], list(rate(book, []).lines))
     assert (kind, before) == ("debit", None)
     assert type(line.event_count) is int and type(line.quantity) is D
+
+
+@pytest.mark.parametrize("amount", ["\u0661\u0662", "\u0661.5", "\uff11", "1\u0660"])
+def test_amounts_read_ascii_digits_only_like_event_values(amount):
+    """One decimal grammar: Python's Decimal reads Arabic-Indic and fullwidth digits,
+    the event parser rejects them, and so does the price book."""
+    with pytest.raises(PriceBookError, match="is not a decimal number"):
+        parse_price_book(price_book(price(model="per_unit", unit_amount=amount)))

@@ -3,8 +3,9 @@ from decimal import Decimal
 
 import pytest
 
-from schemas.values import (EXACT, MAX_TIME_NS, ValueProblem, dumps_exact, format_decimal,
-                            format_time, loads_exact, parse_decimal, parse_duration,
+from schemas.values import (DECIMAL_TEXT, EXACT, MAX_TIME_NS, MIN_TIME_NS, ValueProblem, dumps_exact, format_decimal,
+                            format_time, loads_exact, parse_decimal, parse_duration, parse_window,
+                            plain_length, printable,
                             parse_rfc3339)
 
 
@@ -109,9 +110,9 @@ def test_fractions_are_kept_to_the_nanosecond():
     assert t - parse_rfc3339("2026-11-02T09:59:59.999999998Z") == 1
     assert format_time(t) == "2026-11-02T09:59:59.999999999Z"
     assert format_time(parse_rfc3339("2026-11-02T09:00:00.5000Z")) == "2026-11-02T09:00:00.5Z"
-    assert format_time(parse_rfc3339("9999-12-31T23:59:59.9999999999Z")) == \
-        "9999-12-31T23:59:59.999999999Z"
-    assert parse_rfc3339("9999-12-31T23:59:59.999999999Z") == MAX_TIME_NS
+    assert format_time(parse_rfc3339("9999-12-30T23:59:59.9999999999Z")) == \
+        "9999-12-30T23:59:59.999999999Z"
+    assert parse_rfc3339("9999-12-30T23:59:59.999999999Z") == MAX_TIME_NS
 
 
 @pytest.mark.parametrize("text", [
@@ -145,3 +146,71 @@ def test_dumps_exact_keeps_the_spelling_of_numbers():
     assert dumps_exact(doc) == '{"b":1.50,"a":[1E+3,7,"x"]}'
     assert dumps_exact(doc, sort_keys=True) == '{"a":[1E+3,7,"x"],"b":1.50}'
     assert loads_exact(dumps_exact(doc)) == doc
+
+
+def test_years_before_1000_are_zero_padded():
+    assert format_time(MIN_TIME_NS) == "0001-01-01T00:00:00Z"
+    assert format_time(parse_rfc3339("0999-12-31T23:59:59.5Z")) == "0999-12-31T23:59:59.5Z"
+    assert format_time(parse_rfc3339("0042-06-01T12:00:00+02:00")) == "0042-06-01T10:00:00Z"
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("2016-12-31T23:59:60Z", "2016-12-31T23:59:59.999999999Z"),
+    ("2016-12-31T23:59:60.25Z", "2016-12-31T23:59:59.999999999Z"),
+    ("2017-01-01T05:29:60+05:30", "2016-12-31T23:59:59.999999999Z"),
+    ("2016-12-31T18:59:60-05:00", "2016-12-31T23:59:59.999999999Z"),
+])
+def test_a_leap_second_is_the_last_nanosecond_of_its_utc_day(text, expected):
+    assert format_time(parse_rfc3339(text)) == expected
+
+
+@pytest.mark.parametrize("text", ["2016-12-31T12:59:60Z", "2016-12-31T23:58:60Z",
+                                  "2016-12-31T23:59:60+01:00", "2016-12-31T23:59:61Z"])
+def test_a_sixtieth_second_elsewhere_is_a_bad_time(text):
+    with pytest.raises(ValueError):
+        parse_rfc3339(text)
+
+
+def test_windows_are_whole_seconds_that_divide_a_day():
+    assert parse_window("1m") == 60 * 10 ** 9
+    assert parse_window("1d") == 86400 * 10 ** 9
+    for bad in ("7m", "7s", "2d", "500ms", "25h", "0s", "1x"):
+        with pytest.raises(ValueError):
+            parse_window(bad)
+
+
+@pytest.mark.parametrize("seconds", [s for s in range(1, 86401) if 86400 % s == 0])
+def test_every_window_of_every_event_time_can_be_written(seconds):
+    """The first and last window of the accepted time range start and end within
+    years 1..9999 for every size --window accepts (an odd size reached before year 1)."""
+    window_ns = seconds * 10 ** 9
+    first = MIN_TIME_NS - MIN_TIME_NS % window_ns
+    last = MAX_TIME_NS - MAX_TIME_NS % window_ns + window_ns
+    assert format_time(first) == "0001-01-01T00:00:00Z"
+    assert format_time(last) <= "9999-12-31T00:00:00Z"
+
+
+def test_the_decimal_grammar_is_ascii():
+    assert DECIMAL_TEXT.match("12.5E-3") and not DECIMAL_TEXT.match("\u0661\u0662")
+
+
+def test_huge_decimals_format_exactly_and_are_measured_without_writing():
+    assert format_decimal(Decimal("1." + "0" * 1200)) == "1"
+    assert format_decimal(Decimal("12" + "0" * 1200 + "E-1200")) == "12"
+    assert plain_length(Decimal("1E999999999")) == 1_000_000_000
+    assert plain_length(Decimal("-1E-999999999")) == 1_000_000_002
+    for text in ("1E+3", "0.001", "-12.5", "120.500", "1" * 1500 + ".5"):
+        assert plain_length(Decimal(text)) == len(format_decimal(Decimal(text)))
+
+
+@pytest.mark.parametrize("spelling", ["1." + "0" * 1200, "0E-1000", "0E+999999999",
+                                      "7.000000000000000000000"])
+def test_values_are_trimmed_to_the_scale_so_exact_sums_never_round(spelling):
+    value = parse_decimal(spelling)
+    assert value == Decimal(spelling)
+    assert EXACT.add(EXACT.add(Decimal("5"), value), value) == 5 + 2 * Decimal(spelling)
+
+
+def test_printable_escapes_what_could_drive_a_terminal():
+    assert printable("acme\x1b[2J\x9b\u202e\ud800\n ok é 😀") == \
+        "acme\\x1b[2J\\x9b\\u202e\\ud800\\x0a ok é 😀"

@@ -5,6 +5,7 @@ its conservation check means the same on every runner.
 """
 from __future__ import annotations
 
+import base64
 import json
 from collections import Counter
 
@@ -20,14 +21,18 @@ def usage_line(row: dict) -> str:
 
 
 def dead_letter_line(rejection) -> str:
-    return json.dumps({
+    """A rejection as a JSONL line; a payload that is not UTF-8 also as `payload_base64`."""
+    line = {
         "error_code": rejection.error_code,
         "error_message": rejection.error_message,
         "payload": rejection.payload,
         "position": rejection.position,
         "event_source": rejection.event_source,
         "event_id": rejection.event_id,
-    }, sort_keys=True, ensure_ascii=False)
+    }
+    if rejection.payload_bytes is not None:
+        line["payload_base64"] = base64.b64encode(rejection.payload_bytes).decode("ascii")
+    return json.dumps(line, sort_keys=True, ensure_ascii=False)
 
 
 class _Summarize(beam.DoFn):

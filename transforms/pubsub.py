@@ -6,6 +6,8 @@ import time
 import apache_beam as beam
 from apache_beam.io.gcp.pubsub import PubsubMessage, ReadFromPubSub, WriteToPubSub
 
+from transforms.rows import payload_bytes
+
 
 def runner_supports_pubsub_extras(runner: str | None) -> bool:
     """`id_label` and `timestamp_attribute` are honoured by Dataflow's native source.
@@ -45,6 +47,23 @@ class ReadUsageMessages(beam.PTransform):
                                                   time.time_ns(), dict(m.attributes or {}))))
 
 
+_ATTRIBUTE_VALUE_BYTES = 1024  # Pub/Sub's limit on an attribute value
+
+
+def dead_letter_message(rejection) -> PubsubMessage:
+    """A rejection as a Pub/Sub message: the payload's bytes as received, its attributes,
+    and the reason, each attribute value cut to Pub/Sub's 1024 bytes on a character
+    boundary (an over-long value would make the publish fail, again and again)."""
+    attributes = {**(rejection.attributes or {}), "error_code": rejection.error_code,
+                  "error_message": rejection.error_message, "position": rejection.position}
+    return PubsubMessage(payload_bytes(rejection),
+                         {k: _clip_bytes(str(v)) for k, v in attributes.items()})
+
+
+def _clip_bytes(text: str) -> str:
+    return text.encode("utf-8")[:_ATTRIBUTE_VALUE_BYTES].decode("utf-8", "ignore")
+
+
 class PublishDeadLetters(beam.PTransform):
     """Rejections -> a Pub/Sub topic, original payload as data, reason as attributes,
     so a producer's consumer can fix and re-send them."""
@@ -54,13 +73,7 @@ class PublishDeadLetters(beam.PTransform):
         self._topic = topic
 
     def expand(self, rejections):
-        def to_message(r):
-            attributes = {**(r.attributes or {}), "error_code": r.error_code,
-                          "error_message": r.error_message[:1024], "position": r.position}
-            return PubsubMessage(r.payload.encode("utf-8", "surrogatepass"),
-                                 {k: str(v) for k, v in attributes.items()})
-
         return (rejections
-                | "ToMessage" >> beam.Map(to_message)
+                | "ToMessage" >> beam.Map(dead_letter_message)
                 | "Publish" >> WriteToPubSub(self._topic, with_attributes=True))
 

@@ -56,14 +56,15 @@ def event_row(event, job_id: str) -> tuple[str, dict]:
 
 
 def dead_letter_row(rejection, pipeline: str, job_id: str) -> tuple[str, dict]:
-    payload = rejection.payload.encode("utf-8", "surrogatepass")
+    """`payload` as text (U+FFFD for bytes that are not UTF-8; clipped, as `payload_bytes`
+    holds it whole), `payload_bytes` exactly as received."""
     text = rejection.payload
     if len(text) > PAYLOAD_TEXT_CHARS:
         text = (text[:PAYLOAD_TEXT_CHARS] + f"... [clipped at {PAYLOAD_TEXT_CHARS} of "
                 f"{len(text)} characters; payload_bytes holds the whole payload]")
     return row_id("dead", rejection.position), {
         "payload": text,
-        "payload_bytes": base64.b64encode(payload).decode("ascii"),
+        "payload_bytes": base64.b64encode(payload_bytes(rejection)).decode("ascii"),
         "attributes": json.dumps(rejection.attributes or {}, sort_keys=True),
         "error_code": rejection.error_code,
         "error_message": rejection.error_message,
@@ -74,6 +75,13 @@ def dead_letter_row(rejection, pipeline: str, job_id: str) -> tuple[str, dict]:
         "job_id": job_id,
         "failed_at": timestamp(rejection.ingest_ns),
     }
+
+
+def payload_bytes(rejection) -> bytes:
+    """The rejected payload's bytes as received (a batch element: its exact re-serialisation)."""
+    if rejection.payload_bytes is not None:
+        return rejection.payload_bytes
+    return rejection.payload.encode("utf-8")
 
 
 def late_event_row(event, lateness_ns: int, window_ns: int, job_id: str) -> tuple[str, dict]:
