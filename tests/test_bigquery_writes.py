@@ -13,6 +13,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from google.api_core import exceptions as api
 
+from schemas.events import Rejection
 from schemas.tables import FAILED_WRITES, USAGE_PANES
 from schemas.values import format_decimal, parse_rfc3339
 from transforms import bigquery
@@ -208,9 +209,7 @@ def test_a_request_rejected_for_one_row_is_split_until_the_row_is_alone(fake):
 def test_a_row_over_the_size_limit_is_recorded_in_parts(fake):
     target, table = fake
     payload = ("\u00e9\"" * (3 << 20))  # 6 M characters, far more once escaped
-    rejection = type("R", (), dict(payload=payload, attributes={}, error_code="JSON_INVALID",
-                                   error_message="broken", event_source=None, event_id=None,
-                                   position="m-1", ingest_ns=0))()
+    rejection = Rejection("MALFORMED_JSON", "broken", payload, "m-1", attributes={})
     big_id, big = dead_letter_row(rejection, "streaming_usage", "job")
     assert big["payload"].startswith(payload[:PAYLOAD_TEXT_CHARS]) and "clipped" in big["payload"]
     written, failed = insert_batch(target, [pane(), (big_id, big)])
