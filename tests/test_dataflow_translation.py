@@ -163,7 +163,7 @@ def test_recompute_from_files_translates():
     assert {"Read", "WriteUsage", "WriteDeadLetters", "WriteSummary"} <= transform_names(job)
 
 
-def test_recompute_from_bigquery_translates():
+def translate_recompute_from_bigquery():
     """The BigQuery mode's pipeline (`run()` creates the staging table first: not offline)."""
     options = PipelineOptions(DATAFLOW + ["--meters", str(EXAMPLE_METERS),
                                           "--bigquery_project", PROJECT])
@@ -172,7 +172,11 @@ def test_recompute_from_bigquery_translates():
     pipeline = beam.Pipeline(options=options)
     recompute_usage.build(pipeline, options.view_as(recompute_usage.RecomputeOptions),
                           Limits(now_ns=None, max_future_skew_ns=300 * NS), restatement)
-    job = translate(pipeline)
+    return translate(pipeline)
+
+
+def test_recompute_from_bigquery_translates():
+    job = translate_recompute_from_bigquery()
     assert job.proto.type == JobType.JOB_TYPE_BATCH
     assert {"ReadEvents", "Stage", "WriteDeadLetters", "CommitRun"} <= transform_names(job)
 
@@ -180,14 +184,7 @@ def test_recompute_from_bigquery_translates():
 def test_recompute_reads_its_period_in_parallel_streams():
     """The period's events are read by stream, each stream after a reshuffle: the read
     of one stream is a bundle of its own, on whichever worker gets it."""
-    options = PipelineOptions(DATAFLOW + ["--meters", str(EXAMPLE_METERS),
-                                          "--bigquery_project", PROJECT])
-    restatement = RecomputeRun("recompute-dry-run", 1_793_491_200 * NS, 1_793_577_600 * NS,
-                               3600 * NS, "translation test", time.time_ns())
-    pipeline = beam.Pipeline(options=options)
-    recompute_usage.build(pipeline, options.view_as(recompute_usage.RecomputeOptions),
-                          Limits(now_ns=None, max_future_skew_ns=300 * NS), restatement)
-    transforms = translate(pipeline).proto_pipeline.components.transforms
+    transforms = translate_recompute_from_bigquery().proto_pipeline.components.transforms
     producers = {}  # a composite and its last part produce the same PCollection
     for t in transforms.values():
         for output in t.outputs.values():

@@ -415,16 +415,21 @@ class WriteRows(beam.PTransform):
                 f"STREAMING_INSERTS or {CLIENT_METHOD}") from error
 
 
+def query_config(params):
+    """A query's job configuration from (name, type, value) parameters."""
+    from google.cloud import bigquery
+
+    return bigquery.QueryJobConfig(query_parameters=[
+        bigquery.ScalarQueryParameter(name, kind, value) for name, kind, value in params])
+
+
 class _RunQuery(beam.DoFn):
     def __init__(self, target: BigQueryTarget):
         self._target = target
 
     def process(self, query):
         sql, params = query
-        from google.cloud import bigquery
-
-        config = bigquery.QueryJobConfig(query_parameters=[
-            bigquery.ScalarQueryParameter(name, kind, value) for name, kind, value in params])
+        config = query_config(params)
         client = self._target.client()
         for row in client.query(sql, job_config=config).result():
             yield dict(row.items())

@@ -22,6 +22,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from schemas.tables import Table
+from transforms.bigquery import query_config
 
 # Streams asked for when the caller sets no maximum: enough to keep a few
 # hundred worker cores busy; BigQuery returns fewer for small reads (the
@@ -67,12 +68,8 @@ class _OpenSession(beam.DoFn):
         if self._query is None:
             target = self._target
             return f"projects/{target.project}/datasets/{target.dataset}/tables/{self._table}"
-        from google.cloud import bigquery
-
         sql, params = self._query
-        job = self._target.client().query(sql, job_config=bigquery.QueryJobConfig(
-            query_parameters=[bigquery.ScalarQueryParameter(name, kind, value)
-                              for name, kind, value in params]))
+        job = self._target.client().query(sql, job_config=query_config(params))
         job.result()
         result = job.destination
         return f"projects/{result.project}/datasets/{result.dataset_id}/tables/{result.table_id}"
@@ -163,10 +160,7 @@ def query_frame(target, sql: str, params: list[tuple] = ()):
     """A query's result as a pandas DataFrame read over the Storage Read API, exactly:
     NUMERIC and BIGNUMERIC columns stay Arrow decimals (`pd.ArrowDtype`), never float64."""
     import pandas as pd
-    from google.cloud import bigquery
 
-    config = bigquery.QueryJobConfig(query_parameters=[
-        bigquery.ScalarQueryParameter(name, kind, value) for name, kind, value in params])
-    table = (target.client().query(sql, job_config=config).result()
+    table = (target.client().query(sql, job_config=query_config(params)).result()
              .to_arrow(bqstorage_client=target.read_client()))
     return table.to_pandas(types_mapper=pd.ArrowDtype)
