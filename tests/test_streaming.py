@@ -17,7 +17,8 @@ from schemas.catalog import parse_catalog
 from schemas.events import Limits
 from schemas.values import parse_rfc3339
 from transforms.aggregate import event_timestamp
-from transforms.streaming import StreamUsage
+from transforms.streaming import REPLAYED, StreamUsage
+from transforms.windowing import closing_ns
 
 NS = 10 ** 9
 GAME = parse_catalog({"meters": [
@@ -40,13 +41,15 @@ class Feed:
         self.stream = TestStream().advance_watermark_to(event_timestamp(at(watermark or start)))
         self.messages = 0
 
-    def send(self, event_id: str, points, event_time: str, *, raw: bytes | None = None):
+    def send(self, event_id: str, points, event_time: str, *, raw: bytes | None = None,
+             position: str | None = None):
         self.messages += 1
         doc = {"specversion": "1.0", "id": event_id, "source": "//game", "type": "game.score",
                "subject": "team-a", "time": f"2026-11-02T{event_time}Z",
                "data": {"points": points}}
         payload = raw if raw is not None else json.dumps(doc).encode()
-        self.stream.add_elements([(f"msg-{self.messages}", (), payload, self.now, {})],
+        position = position or f"msg-{self.messages}"
+        self.stream.add_elements([(position, (), payload, self.now, {})],
                                  event_timestamp=event_timestamp(self.now))
         return self
 
@@ -55,6 +58,11 @@ class Feed:
         if seconds:
             self.now += seconds * NS
             self.stream.advance_processing_time(seconds)
+        return self
+
+    def nanoseconds(self, n: int):
+        """The ingest clock moves on by n ns (no timer fires)."""
+        self.now += n
         return self
 
     def watermark(self, clock: str):
@@ -172,3 +180,68 @@ def test_streaming_systems_chapter_2_nine_scores():
             # 3 (12:07:06) + 3 (12:07:39): early at 12:08:19 (6); the 1 makes on time 7
             ("12:06", 0, "6", "EARLY"), ("12:06", 1, "7", "ON_TIME"),
         ]))
+
+
+def test_a_window_closes_at_its_end_plus_allowed_lateness():
+    window, lateness = 120 * NS, 600 * NS
+    for time_ns in (at("12:00:00"), at("12:01:00"), at("12:02:00") - 1):
+        assert closing_ns(time_ns, window, lateness) == at("12:12:00")
+    assert closing_ns(at("12:02:00"), window, lateness) == at("12:14:00")
+    assert closing_ns(at("12:02:00"), window, 0) == at("12:04:00")
+
+
+def test_window_edges_and_the_last_nanosecond_of_allowed_lateness():
+    """[12:00, 12:02) with 10 min of lateness closes at 12:12:00 exactly: an event ingested
+    then is in time (a late pane), one ingested 1 ns later is too late."""
+    feed = (Feed("12:00:00")
+            .send("first", 1, "12:00:00")                # the window's first instant
+            .send("last", 2, "12:01:59.999999999")       # its last nanosecond
+            .send("next", 4, "12:02:00")                 # the next window's first instant
+            .watermark("12:02:00")                       # on time: 3 for 12:00
+            .wait(720)                                   # early: 4 for 12:02; ingest clock:
+                                                         # 12:12:00.000000000
+            .watermark("12:12:00")                       # Beam still takes 12:00's data
+            .send("closing", 8, "12:01:00")              # in time, at the closing instant
+            .nanoseconds(1)
+            .send("after", 16, "12:01:30")               # 1 ns past closing: too late
+            .watermark("12:30:00"))
+    pipeline, out = run(feed, window_s=120, lateness_s=600)
+    with pipeline:
+        assert_that(panes(out["usage"]), equal_to([
+            ("12:00:00", "3", 2, "ON_TIME", 0, False),
+            ("12:00:00", "11", 3, "LATE", 1, False),
+            ("12:02:00", "4", 1, "EARLY", 0, False),
+            ("12:02:00", "4", 1, "ON_TIME", 1, False),
+        ]), label="panes")
+        assert_that(out["too_late"] | beam.Map(lambda late: (late[0].id, late[1])),
+                    equal_to([("after", 1)]), label="too late")
+        assert_that(out["accepted"] | beam.Map(lambda e: e.id),
+                    equal_to(["first", "last", "next", "closing", "after"]), label="accepted")
+
+
+def test_replayed_events_feed_dedup_and_usage_but_are_not_recorded_again():
+    """A restored job replays accepted events of open windows (positions `replay:`): they
+    were recorded by the job before, so they count in panes and deduplicate later copies,
+    but appear in none of accepted, duplicates or too_late."""
+    replayed = lambda n: f"{REPLAYED}m{n}"  # noqa: E731
+    feed = (Feed("12:00:00")
+            .send("r1", 5, "12:00:10", position=replayed(1))
+            .send("r2", 7, "12:00:20", position=replayed(2))
+            .send("r1", 5, "12:00:10")                   # live redelivery: a duplicate
+            .send("live", 1, "12:00:30")
+            .send("live", 1, "12:00:30", position=replayed(3))  # replayed after its live copy
+            .watermark("12:02:00")                       # on time: 5 + 7 + 1
+            .watermark("12:13:00").wait(800)             # 12:00's window has closed
+            .send("old", 3, "12:00:40", position=replayed(4))   # was too late before too
+            .send("tardy", 9, "12:00:50")                # live and too late
+            .watermark("12:30:00"))
+    pipeline, out = run(feed, window_s=120, lateness_s=600)
+    with pipeline:
+        assert_that(panes(out["usage"]), equal_to([("12:00:00", "13", 3, "ON_TIME", 0, False)]),
+                    label="panes")
+        assert_that(out["accepted"] | beam.Map(lambda e: e.id), equal_to(["live", "tardy"]),
+                    label="accepted")
+        assert_that(out["duplicates"] | beam.Map(lambda d: (d.id, d.position, d.kept_position)),
+                    equal_to([("r1", "msg-3", replayed(1))]), label="duplicates")
+        assert_that(out["too_late"] | beam.Map(lambda late: late[0].id), equal_to(["tardy"]),
+                    label="too late")
