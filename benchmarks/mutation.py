@@ -1,0 +1,121 @@
+"""Mutation score of the modules that decide a bill (docs/testing.md).
+
+For each module, mutmut (the `mutation` extra of setup.py) makes small wrong
+changes to it one at a time (`>` to `>=`, `+` to `-`, a dropped argument,
+...) and runs the module's fast tests against each; a mutant no test fails
+on "survived". Each module runs in a scratch copy of the working tree of its
+own, so results never touch the checkout and modules can be measured one at
+a time. Slow (minutes per module, mostly Beam pipeline start-up); not in CI.
+
+    .venv/bin/python benchmarks/mutation.py                      # every module
+    .venv/bin/python benchmarks/mutation.py transforms/windowing.py
+    .venv/bin/python benchmarks/mutation.py --show-survivors schemas/values.py
+
+Prints, per module, killed / tested and the score, and (with
+--show-survivors) the diff of every surviving mutant, to be killed by a new
+test or listed as equivalent in docs/testing.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MUTMUT = [sys.executable, "-m", "mutmut"]
+
+# module -> the fast test files that cover it (no emulators, no subprocess pipelines)
+FAST_TESTS = {
+    "schemas/values.py": ["tests/test_values.py", "tests/test_events.py",
+                          "tests/test_fastpath.py"],
+    "schemas/events.py": ["tests/test_events.py", "tests/test_fastpath.py"],
+    "schemas/aggregation.py": ["tests/test_aggregation.py", "tests/test_property.py"],
+    "transforms/dedup.py": ["tests/test_transforms.py", "tests/test_streaming.py"],
+    "transforms/windowing.py": ["tests/test_streaming.py"],
+    "transforms/batch_usage.py": ["tests/test_transforms.py", "tests/test_property.py"],
+    "schemas/pricing.py": ["tests/test_pricing.py"],
+    "transforms/restate.py": ["tests/test_restate_unit.py"],
+}
+
+KILLED = {"killed", "timeout", "caught by type check"}
+
+
+def _status(exit_code) -> str:
+    from mutmut.stats import status_by_exit_code
+    return status_by_exit_code[exit_code]
+
+
+def scratch_copy(module: str, tests: list[str]) -> Path:
+    """The tracked and untracked (not ignored) files of the worktree, with a mutmut config."""
+    work = Path(tempfile.mkdtemp(prefix="tallyflow-mutation-"))
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = ROOT / name
+        if source.is_file():
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, work / name)
+    package = module.split("/")[0]
+    lines = ["[mutmut]", f"source_paths = {package}", f"only_mutate = {module}",
+             "also_copy =", *(f"    {p}" for p in ("schemas", "transforms", "pipelines",
+                                                     "examples", "templates", "pytest.ini")
+                              if p != package),
+             "pytest_add_cli_args_test_selection =", *(f"    {t}" for t in tests),
+             "pytest_add_cli_args =", "    -p", "    no:cacheprovider", "    -q",
+             "use_git_change_detection = false", ""]
+    (work / "setup.cfg").write_text("\n".join(lines))
+    return work
+
+
+def measure(module: str, tests: list[str], jobs: int, show: bool) -> dict:
+    work = scratch_copy(module, tests)
+    run = subprocess.run([*MUTMUT, "run", "--max-children", str(jobs)], cwd=work,
+                         capture_output=True, text=True)
+    meta = work / "mutants" / f"{module}.meta"
+    if not meta.exists():
+        sys.stderr.write(run.stdout[-3000:] + run.stderr[-3000:])
+        raise SystemExit(f"mutmut produced no results for {module} (scratch copy: {work})")
+    by_mutant = {name: _status(code)
+                 for name, code in json.loads(meta.read_text())["exit_code_by_key"].items()}
+    survivors = sorted(name for name, status in by_mutant.items() if status not in KILLED)
+    result = {"module": module, "mutants": len(by_mutant),
+              "killed": len(by_mutant) - len(survivors),
+              "survivors": {name: by_mutant[name] for name in survivors}}
+    if show:
+        for name in survivors:
+            diff = subprocess.run([*MUTMUT, "show", name], cwd=work, capture_output=True,
+                                  text=True).stdout
+            print(f"--- {name} ({by_mutant[name]})\n{diff}")
+    shutil.rmtree(work)
+    return result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("modules", nargs="*", default=list(FAST_TESTS),
+                        help="modules to mutate (default: every bill-deciding module)")
+    parser.add_argument("--jobs", type=int, default=1, help="mutants run in parallel")
+    parser.add_argument("--show-survivors", action="store_true")
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args(argv)
+    results = []
+    for module in args.modules:
+        result = measure(module, FAST_TESTS[module], args.jobs, args.show_survivors)
+        results.append(result)
+        score = result["killed"] / result["mutants"] if result["mutants"] else 1
+        print(f"{module:28} {result['killed']:4} / {result['mutants']:<4} killed  "
+              f"{score:6.1%}", flush=True)
+    killed, total = sum(r["killed"] for r in results), sum(r["mutants"] for r in results)
+    if total:
+        print(f"{'all':28} {killed:4} / {total:<4} killed  {killed / total:6.1%}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
