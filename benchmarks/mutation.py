@@ -38,7 +38,8 @@ FAST_TESTS = {
     "transforms/windowing.py": ["tests/test_streaming.py"],
     "transforms/batch_usage.py": ["tests/test_transforms.py", "tests/test_property.py"],
     "schemas/pricing.py": ["tests/test_pricing.py"],
-    "transforms/restate.py": ["tests/test_restate_unit.py"],
+    # restating is only tested end to end, on the local stack: slow (emulators per run)
+    "transforms/restate.py": ["tests/e2e/test_restate.py"],
 }
 
 KILLED = {"killed", "timeout", "caught by type check"}
@@ -65,7 +66,8 @@ def scratch_copy(module: str, tests: list[str]) -> Path:
                                                      "examples", "templates", "pytest.ini")
                               if p != package),
              "pytest_add_cli_args_test_selection =", *(f"    {t}" for t in tests),
-             "pytest_add_cli_args =", "    -p", "    no:cacheprovider", "    -q",
+             "pytest_add_cli_args =", "    -p", "    no:cacheprovider",
+             "    --hypothesis-profile=mutation",
              "use_git_change_detection = false", ""]
     (work / "setup.cfg").write_text("\n".join(lines))
     return work

@@ -10,13 +10,13 @@
 import os
 import subprocess
 import sys
-import textwrap
 import time
 
 import pytest
 
 from pipelines import reconcile
 from tests.conftest import ROOT
+from tests.e2e.test_rate import write_prices
 from transforms.bigquery import BigQueryTarget
 from schemas.tables import INVOICES
 from schemas.values import parse_rfc3339
@@ -144,24 +144,12 @@ def test_a_stale_rating_is_refused_and_leaves_nothing(stack, client):
 
 
 def test_a_rating_with_nothing_to_bill_commits_no_revision(stack, client, tmp_path):
-    prices = tmp_path / "prices.yaml"
-    prices.write_text(textwrap.dedent("""
-        plans:
-          - id: std
-            currency: USD
-            versions:
-              - version: 1
-                starting_at: 2026-01-01T00:00:00Z
-                prices:
-                  - {id: requests, meter: api_requests, model: per_unit, unit_amount: 0.10}
-        assignments:
-          - {subject: later-co, plan: std, starting_at: 2027-01-01T00:00:00Z}
-        """))
+    """Before every assignment of the price book: no usage, no subject, no line."""
     env = {**os.environ, **stack.env()}
     result = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "rate", "--prices", str(prices),
-         "--bigquery_dataset", DATASET, "--period-start", "2026-08-01T00:00:00Z",
-         "--period-end", "2026-09-01T00:00:00Z"],
+        [sys.executable, "-m", "pipelines.cli", "rate",
+         "--prices", write_prices(tmp_path, retroactive=False), "--bigquery_dataset", DATASET,
+         "--period-start", "2025-08-01T00:00:00Z", "--period-end", "2025-09-01T00:00:00Z"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert '"committed": false' in result.stdout
