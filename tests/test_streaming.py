@@ -245,3 +245,16 @@ def test_replayed_events_feed_dedup_and_usage_but_are_not_recorded_again():
                     equal_to([("r1", "msg-3", replayed(1))]), label="duplicates")
         assert_that(out["too_late"] | beam.Map(lambda late: late[0].id), equal_to(["tardy"]),
                     label="too late")
+
+
+def test_step_names_are_stable_for_updating_a_running_job():
+    """Dataflow's `--update` carries state (deduplication, open windows) over to the new
+    job by step name: renaming one of these steps drops its state, unless mapped."""
+    pipeline = beam.Pipeline(options=StandardOptions(streaming=True))
+    _ = (pipeline | beam.Create([]) | "StreamUsage" >> StreamUsage(
+        GAME, Limits(now_ns=None), 60 * NS, 600 * NS, 60, 3600 * NS))
+    names = {t.unique_name for t in pipeline.to_runner_api().components.transforms.values()}
+    assert {f"StreamUsage/{step}" for step in (
+        "AssignEventTime/EventTime", "Deduplicate/KeyByIdentity",
+        "Deduplicate/FirstCopyWithinHorizon", "RouteTooLate/ByIngestTime",
+        "WindowUsage/FixedWindows")} <= names

@@ -145,3 +145,12 @@ def test_dumps_exact_keeps_the_spelling_of_numbers():
     assert dumps_exact(doc) == '{"b":1.50,"a":[1E+3,7,"x"]}'
     assert dumps_exact(doc, sort_keys=True) == '{"a":[1E+3,7,"x"],"b":1.50}'
     assert loads_exact(dumps_exact(doc)) == doc
+
+
+def test_messages_say_what_was_wrong():
+    """The error message is what an operator reads in dead_letter or on the command line."""
+    for value, kind in (({"n": 1}, "object"), ([1], "array")):
+        with pytest.raises(ValueProblem, match=f"is a JSON {kind}, not a number"):
+            parse_decimal(value)
+    with pytest.raises(ValueError, match=r"ms, s, m, h or d \(e\.g\. 1h, 15m\)"):
+        parse_duration("2x")
