@@ -145,4 +145,3 @@ def test_dumps_exact_keeps_the_spelling_of_numbers():
     assert dumps_exact(doc) == '{"b":1.50,"a":[1E+3,7,"x"]}'
     assert dumps_exact(doc, sort_keys=True) == '{"a":[1E+3,7,"x"],"b":1.50}'
     assert loads_exact(dumps_exact(doc)) == doc
-
