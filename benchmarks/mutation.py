@@ -36,7 +36,7 @@ FASTPATH_AGREES = "tests/test_fastpath.py::test_agrees_on_the_messy_file"
 FAST_TESTS = {
     "schemas/values.py": ["tests/test_values.py", "tests/test_values_edges.py",
                           "tests/test_events.py", FASTPATH_AGREES],
-    "schemas/events.py": ["tests/test_events.py", FASTPATH_AGREES],
+    "schemas/events.py": ["tests/test_events.py", "tests/test_rejections.py", FASTPATH_AGREES],
     "schemas/aggregation.py": ["tests/test_aggregation.py", "tests/test_property.py"],
     "transforms/dedup.py": ["tests/test_transforms.py", "tests/test_streaming.py"],
     "transforms/windowing.py": ["tests/test_streaming.py"],
