@@ -1,11 +1,13 @@
-"""What a dead letter carries (SPEC §4 `dead_letter`): the payload as received (a batch
-element's own JSON), where it came from, the event's identity when it has one, the
-Pub/Sub attributes and the ingest time, and a message naming what was wrong."""
+"""What parsing records: an accepted event keeps what the `events` table stores (the event
+as received, where and when it was received); a dead letter (SPEC §4 `dead_letter`) the
+payload as received (a batch element's own JSON), where it came from, the event's
+identity when it has one, the Pub/Sub attributes and the ingest time, and a message
+naming what was wrong."""
 import json
 
 import pytest
 
-from schemas.events import Limits, Rejection, parse_payload
+from schemas.events import Limits, Rejection, UsageEvent, parse_payload
 from schemas.values import parse_rfc3339
 from tests.conftest import event
 
@@ -45,3 +47,35 @@ def test_a_batch_element_that_is_no_object_says_what_it_is(rejected, element, ki
     [r] = rejected(json.dumps([element]).encode())
     assert (r.error_code, r.error_message) == ("NOT_AN_OBJECT",
                                                f"event is a JSON {kind}, not an object")
+
+
+def test_an_accepted_event_keeps_what_the_events_table_stores(catalog):
+    doc = event(id="ok", data={"amount": "1.50", "user": "ü"})
+    payload = json.dumps(doc).encode()
+    single = parse_payload(payload, "m-1", (1,), catalog, Limits(now_ns=None), INGEST)
+    batch = parse_payload(json.dumps([doc]).encode(), "m-2", (2,), catalog,
+                          Limits(now_ns=None), INGEST)
+    assert all(isinstance(e, UsageEvent) for e in single + batch)
+    assert [(e.raw, e.position, e.order, e.ingest_ns) for e in single + batch] == [
+        (payload.decode(), "m-1", (1,), INGEST),
+        (json.dumps(doc, separators=(",", ":"), ensure_ascii=False), "m-2#0", (2, 0), INGEST)]
+
+
+def test_identifier_length_limit_is_inclusive(catalog):
+    limits = Limits(now_ns=None, max_identifier_length=8)
+    ok, too_long = (parse_payload(json.dumps(event(id=i, data={"amount": 1, "user": "u"}))
+                                  .encode(), "m", (1,), catalog, limits, INGEST)[0]
+                    for i in ("x" * 8, "x" * 9))
+    assert isinstance(ok, UsageEvent) and isinstance(too_long, Rejection)
+
+
+def test_every_problem_of_an_event_is_in_its_message(rejected):
+    future = event(time="2026-11-21T00:10:00Z", data={"amount": 1, "user": "u"})
+    [skew] = rejected(json.dumps(future).encode())
+    assert skew.error_code == "FUTURE_TIME"
+    assert skew.error_message.endswith(" s ahead of processing time")
+    assert f" {Limits(now_ns=None).max_future_skew_ns // 10 ** 9} s " in skew.error_message
+    negative = event(data={"amount": -1, "user": "u"})
+    [value] = rejected(json.dumps(negative).encode())
+    [both] = rejected(json.dumps({**future, "data": negative["data"]}).encode())
+    assert both.error_message == f"{skew.error_message}; {value.error_message}"
