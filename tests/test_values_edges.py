@@ -94,3 +94,7 @@ def test_the_first_and_last_representable_instants():
     for text in ("0001-01-01T00:00:00+00:01", "9999-12-31T23:59:59-00:01"):
         with pytest.raises(ValueError, match="is outside"):
             parse_rfc3339(text)
+
+
+def test_a_value_of_no_json_type_is_not_numeric():
+    assert code_of(1.5) == code_of(object()) == "VALUE_NOT_NUMERIC"
