@@ -45,8 +45,8 @@ def test_a_batch_element_is_dead_lettered_as_its_own_json(rejected):
     (True, "boolean"), (None, "null"), ([], "array"), ("text", "string"), (7, "number")])
 def test_a_batch_element_that_is_no_object_says_what_it_is(rejected, element, kind):
     [r] = rejected(json.dumps([element]).encode())
-    assert (r.error_code, r.error_message) == ("NOT_AN_OBJECT",
-                                               f"event is a JSON {kind}, not an object")
+    assert (r.error_code, r.error_message, r.payload) == (
+        "NOT_AN_OBJECT", f"event is a JSON {kind}, not an object", json.dumps(element))
 
 
 def test_an_accepted_event_keeps_what_the_events_table_stores(catalog):
@@ -79,3 +79,26 @@ def test_every_problem_of_an_event_is_in_its_message(rejected):
     [value] = rejected(json.dumps(negative).encode())
     [both] = rejected(json.dumps({**future, "data": negative["data"]}).encode())
     assert both.error_message == f"{skew.error_message}; {value.error_message}"
+
+
+@pytest.mark.parametrize("payload,code,message", [
+    (b" ", "MALFORMED_JSON", "empty payload"),
+    (b"[]", "EMPTY_BATCH", "CloudEvents batch contains no event"),
+    (b"{oops", "MALFORMED_JSON", None),
+])
+def test_a_payload_that_holds_no_event_is_one_dead_letter(rejected, payload, code, message):
+    [r] = rejected(payload)
+    assert (r.error_code, r.payload, r.position) == (code, payload.decode(), "m-1")
+    if message:
+        assert r.error_message == message
+    else:
+        assert r.error_message.startswith("not valid JSON: ")
+
+
+def test_attribute_messages_name_the_kind_and_a_missing_time_is_rejected(rejected):
+    [r] = rejected(json.dumps(event(id={"n": 1}, data={"amount": 1, "user": "u"})).encode())
+    assert "attribute id must be a string, got object" in r.error_message
+    doc = event(data={"amount": 1, "user": "u"})
+    del doc["time"]
+    [r] = rejected(json.dumps(doc).encode())
+    assert r.error_code == "MISSING_ATTRIBUTE" and "time" in r.error_message
