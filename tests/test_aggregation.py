@@ -90,3 +90,10 @@ def test_empty_accumulators_merge_on_either_side(kind):
     for accs in ([agg.new_accumulator(kind), fold(kind, READINGS)],
                  [fold(kind, READINGS), agg.new_accumulator(kind)]):
         assert agg.extract(agg.merge_accumulators(accs)) == full
+
+
+def test_identity_hash_matches_its_definition_even_for_lone_surrogates():
+    """JSON can spell an id no UTF-8 can hold ("\\ud800"); it is still an identity."""
+    from tests.reference import fingerprint
+    identities = [("//s", "a"), ("//ü", "\ud800"), ("", "")]
+    assert agg.fingerprint_of(identities) == fingerprint(identities)
