@@ -28,6 +28,8 @@ setup(
         ],
         # profiling the benchmarks (BENCHMARKS.md): py-spy record -- python ...
         "bench": ["py-spy>=0.4"],
+        # mutation score of the bill-deciding modules: benchmarks/mutation.py, docs/testing.md
+        "mutation": ["mutmut>=3.8,<4"],
     },
     entry_points={"console_scripts": ["tallyflow=pipelines.cli:main"]},
 )

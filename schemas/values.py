@@ -201,7 +201,8 @@ def check_range(number: Decimal, precision: str) -> Decimal:
     if precision == "NUMERIC":
         too_big = number.adjusted() >= NUMERIC_MAX_INTEGER_DIGITS
     else:
-        too_big = number.adjusted() > 38 or abs(number) > BIGNUMERIC_MAX
+        # copy_abs, not abs(): abs() rounds to the context's 28 digits
+        too_big = number.adjusted() > 38 or number.copy_abs() > BIGNUMERIC_MAX
     if too_big:
         raise ValueProblem("VALUE_OUT_OF_RANGE",
                            f"value {_clip(str(number))} is beyond {precision} range")

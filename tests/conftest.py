@@ -3,8 +3,13 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import Phase, settings
 
 from schemas.catalog import load_catalog, parse_catalog
+
+# benchmarks/mutation.py runs the property test against every mutant: a failing
+# example is enough there, shrinking it would cost minutes per mutant.
+settings.register_profile("mutation", phases=(Phase.explicit, Phase.reuse, Phase.generate))
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_METERS = ROOT / "examples" / "meters.yaml"

@@ -81,3 +81,19 @@ def test_accumulate_refuses_to_round():
     huge = str(10 ** 999)
     with pytest.raises(ArithmeticError):
         agg.accumulate("SUM", [(huge, 0, "a", 1), ("0.000000001", 0, "b", 2)])
+
+
+@pytest.mark.parametrize("kind", ["SUM", "MIN", "MAX", "LATEST", "COUNT", "UNIQUE_COUNT"])
+def test_empty_accumulators_merge_on_either_side(kind):
+    """A combiner merges the accumulators it created and never fed, first or last."""
+    full = agg.extract(fold(kind, READINGS))
+    for accs in ([agg.new_accumulator(kind), fold(kind, READINGS)],
+                 [fold(kind, READINGS), agg.new_accumulator(kind)]):
+        assert agg.extract(agg.merge_accumulators(accs)) == full
+
+
+def test_identity_hash_matches_its_definition_even_for_lone_surrogates():
+    """JSON can spell an id no UTF-8 can hold ("\\ud800"); it is still an identity."""
+    from tests.reference import fingerprint
+    identities = [("//s", "a"), ("//ü", "\ud800"), ("", "")]
+    assert agg.fingerprint_of(identities) == fingerprint(identities)

@@ -1,4 +1,5 @@
-"""`tallyflow recompute` end to end on a generated messy file: every row exact."""
+"""`tallyflow recompute` end to end on a generated messy file: every row exact, value,
+count and fingerprint."""
 import gzip
 import json
 import os
@@ -12,7 +13,7 @@ import yaml
 from schemas.values import parse_rfc3339
 from tests.conftest import EXAMPLE_METERS, ROOT
 from tests.messy import generate
-from tests.reference import expected_usage
+from tests.reference import expected_fingerprints, expected_usage, fingerprint
 
 HOUR_NS = 3600 * 10 ** 9
 
@@ -49,7 +50,9 @@ def recomputed(messy, tmp_path_factory):
 def test_every_usage_row_is_exact(messy, recomputed):
     _, out, _ = recomputed
     meters = yaml.safe_load(EXAMPLE_METERS.read_text())["meters"]
-    expected = expected_usage(messy.accepted, meters, HOUR_NS)
+    fingerprints = expected_fingerprints(messy.accepted, meters, HOUR_NS)
+    expected = {key: (value, count, fingerprints[key]) for key, (value, count)
+                in expected_usage(messy.accepted, meters, HOUR_NS).items()}
     got = {}
     for row in read_jsonl(out / "usage.jsonl"):
         key = (row["subject"], row["meter"],
@@ -58,7 +61,7 @@ def test_every_usage_row_is_exact(messy, recomputed):
         assert key not in got, f"duplicate usage row {key}"
         assert parse_rfc3339(row["window_end"]) - key[3] == HOUR_NS
         assert "e" not in row["value"].lower(), row["value"]
-        got[key] = (Decimal(row["value"]), row["event_count"])
+        got[key] = (Decimal(row["value"]), row["event_count"], row["fingerprint"])
     assert len(expected) > 500
     assert got == expected
 
@@ -232,3 +235,33 @@ def test_bad_arguments_leave_the_previous_results_alone(tmp_path):
     refused = run_recompute(*args, "--window", "2x")
     assert refused.returncode == 2
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_a_bignumeric_meter_end_to_end(tmp_path):
+    """38 fraction digits and 36 integer digits, beyond NUMERIC, summed exactly into
+    usage.jsonl; 39 fraction digits are dead-lettered, not rounded."""
+    (tmp_path / "meters.yaml").write_text(yaml.safe_dump({"meters": [
+        {"key": "stake", "event_type": "bet", "aggregation": "SUM", "value_property": "$.stake",
+         "precision": "BIGNUMERIC", "allow_negative": True}]}))
+    stakes = ["123456789012345678901234567890123456.12345678901234567890123456789012345678",
+              "0.00000000000000000000000000000000000001",
+              "-0.5", "876543210987654321098765432109876543.5"]
+    lines = [json.dumps({"specversion": "1.0", "id": f"b{n}", "source": "//bets", "type": "bet",
+                         "subject": "acme", "time": "2026-11-02T10:30:00Z",
+                         "data": {"stake": stake}}) for n, stake in enumerate(stakes)]
+    lines.append(lines[0].replace('"b0"', '"b9"').replace("345678\"", "3456789\""))
+    (tmp_path / "bets.jsonl").write_text("\n".join(lines) + "\n")
+    result = run_recompute("--meters", str(tmp_path / "meters.yaml"),
+                           "--input", str(tmp_path / "bets.jsonl"),
+                           "--output-dir", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    [row] = read_jsonl(tmp_path / "out" / "usage.jsonl")
+    # by hand: 123456789012345678901234567890123456 + 876543210987654321098765432109876543
+    # = 999999999999999999999999999999999999; fractions .12345678901234567890123456789012345678
+    # + .00000000000000000000000000000000000001 - .5 + .5
+    assert row["value"] == ("999999999999999999999999999999999999."
+                            "12345678901234567890123456789012345679")
+    assert (row["event_count"], row["window_start"]) == (4, "2026-11-02T10:00:00Z")
+    assert row["fingerprint"] == fingerprint(("//bets", f"b{n}") for n in range(4))
+    [dead] = read_jsonl(tmp_path / "out" / "dead_letter.jsonl")
+    assert (dead["event_id"], dead["error_code"]) == ("b9", "VALUE_OUT_OF_RANGE")

@@ -17,7 +17,8 @@ from schemas.catalog import parse_catalog
 from schemas.events import Limits
 from schemas.values import parse_rfc3339
 from transforms.aggregate import event_timestamp
-from transforms.streaming import StreamUsage
+from transforms.streaming import REPLAYED, StreamUsage
+from transforms.windowing import closing_ns
 
 NS = 10 ** 9
 GAME = parse_catalog({"meters": [
@@ -58,6 +59,11 @@ class Feed:
         if seconds:
             self.now += seconds * NS
             self.stream.advance_processing_time(seconds)
+        return self
+
+    def nanoseconds(self, n: int):
+        """The ingest clock moves on by n ns (no timer fires)."""
+        self.now += n
         return self
 
     def watermark(self, clock: str):
@@ -224,3 +230,81 @@ def test_what_an_earlier_job_recorded_is_not_recorded_again():
         assert_that(out["too_late"] | beam.Map(lambda late: late[0].id), equal_to(["older"]),
                     label="too late")
         assert_that(out["accepted"], equal_to([]), label="accepted")
+
+
+def test_a_window_closes_at_its_end_plus_allowed_lateness():
+    window, lateness = 120 * NS, 600 * NS
+    for time_ns in (at("12:00:00"), at("12:01:00"), at("12:02:00") - 1):
+        assert closing_ns(time_ns, window, lateness) == at("12:12:00")
+    assert closing_ns(at("12:02:00"), window, lateness) == at("12:14:00")
+    assert closing_ns(at("12:02:00"), window, 0) == at("12:04:00")
+
+
+def test_window_edges_and_the_last_nanosecond_of_allowed_lateness():
+    """[12:00, 12:02) with 10 min of lateness closes at 12:12:00 exactly: an event ingested
+    then is in time (a late pane), one ingested 1 ns later is too late."""
+    feed = (Feed("12:00:00")
+            .send("first", 1, "12:00:00")                # the window's first instant
+            .send("last", 2, "12:01:59.999999999")       # its last nanosecond
+            .send("next", 4, "12:02:00")                 # the next window's first instant
+            .watermark("12:02:00")                       # on time: 3 for 12:00
+            .wait(720)                                   # early: 4 for 12:02; ingest clock:
+                                                         # 12:12:00.000000000
+            .watermark("12:12:00")                       # Beam still takes 12:00's data
+            .send("closing", 8, "12:01:00")              # in time, at the closing instant
+            .nanoseconds(1)
+            .send("after", 16, "12:01:30")               # 1 ns past closing: too late
+            .watermark("12:30:00"))
+    pipeline, out = run(feed, window_s=120, lateness_s=600)
+    with pipeline:
+        assert_that(panes(out["usage"]), equal_to([
+            ("12:00:00", "3", 2, "ON_TIME", 0, False),
+            ("12:00:00", "11", 3, "LATE", 1, False),
+            ("12:02:00", "4", 1, "EARLY", 0, False),
+            ("12:02:00", "4", 1, "ON_TIME", 1, False),
+        ]), label="panes")
+        assert_that(out["too_late"] | beam.Map(lambda late: (late[0].id, late[1])),
+                    equal_to([("after", 1)]), label="too late")
+        assert_that(out["accepted"] | beam.Map(lambda e: e.id),
+                    equal_to(["first", "last", "next", "closing", "after"]), label="accepted")
+
+
+def test_replayed_events_feed_dedup_and_usage_but_are_not_recorded_again():
+    """A restored job replays accepted events of open windows (positions `replay:`): they
+    were recorded by the job before, so they count in panes and deduplicate later copies,
+    but appear in none of accepted, duplicates or too_late."""
+    replayed = lambda n: f"{REPLAYED}m{n}"  # noqa: E731
+    feed = (Feed("12:00:00")
+            .send("r1", 5, "12:00:10", message_id=replayed(1))
+            .send("r2", 7, "12:00:20", message_id=replayed(2))
+            .send("r1", 5, "12:00:10")                   # live redelivery: a duplicate
+            .send("live", 1, "12:00:30")
+            .send("live", 1, "12:00:30", message_id=replayed(3))  # replayed after its live copy
+            .watermark("12:02:00")                       # on time: 5 + 7 + 1
+            .watermark("12:13:00").wait(800)             # 12:00's window has closed
+            .send("old", 3, "12:00:40", message_id=replayed(4))   # was too late before too
+            .send("tardy", 9, "12:00:50")                # live and too late
+            .watermark("12:30:00"))
+    pipeline, out = run(feed, window_s=120, lateness_s=600)
+    with pipeline:
+        assert_that(panes(out["usage"]), equal_to([("12:00:00", "13", 3, "ON_TIME", 0, False)]),
+                    label="panes")
+        assert_that(out["accepted"] | beam.Map(lambda e: e.id), equal_to(["live", "tardy"]),
+                    label="accepted")
+        assert_that(out["duplicates"] | beam.Map(lambda d: (d.id, d.position, d.kept_position)),
+                    equal_to([("r1", "msg-3", replayed(1))]), label="duplicates")
+        assert_that(out["too_late"] | beam.Map(lambda late: late[0].id), equal_to(["tardy"]),
+                    label="too late")
+
+
+def test_step_names_are_stable_for_updating_a_running_job():
+    """Dataflow's `--update` carries state (deduplication, open windows) over to the new
+    job by step name: renaming one of these steps drops its state, unless mapped."""
+    pipeline = beam.Pipeline(options=StandardOptions(streaming=True))
+    _ = (pipeline | beam.Create([]) | "StreamUsage" >> StreamUsage(
+        GAME, Limits(now_ns=None), 60 * NS, 600 * NS, 60, 3600 * NS))
+    names = {t.unique_name for t in pipeline.to_runner_api().components.transforms.values()}
+    assert {f"StreamUsage/{step}" for step in (
+        "AssignEventTime/EventTime", "Deduplicate/KeyByIdentity",
+        "Deduplicate/FirstCopyWithinHorizon", "RouteTooLate/ByIngestTime",
+        "WindowUsage/FixedWindows")} <= names

@@ -97,8 +97,9 @@ def test_streaming_dedup_across_panes_with_test_stream(catalog):
         assert_that(out.unique | "kept" >> beam.Map(lambda e: (e.id, e.position)),
                     equal_to([("a", "f:1"), ("b", "f:4")]), label="unique")
         assert_that(out.duplicates | "dups" >> beam.Map(
-            lambda d: (d.position, d.kept_position, d.conflict)),
-            equal_to([("f:2", "f:1", False), ("f:3", "f:1", True)]), label="duplicates")
+            lambda d: (d.source, d.id, d.position, d.kept_position, d.conflict)),
+            equal_to([("//test", "a", "f:2", "f:1", False), ("//test", "a", "f:3", "f:1", True)]),
+            label="duplicates")
 
 
 def test_streaming_dedup_forgets_identities_after_the_horizon(catalog):

@@ -1,0 +1,138 @@
+"""Mutation score of the modules that decide a bill (docs/testing.md).
+
+For each module, mutmut (the `mutation` extra of setup.py) makes small wrong
+changes to it one at a time (`>` to `>=`, `+` to `-`, a dropped argument,
+...) and runs the module's fast tests against each; a mutant no test fails
+on "survived". Each module runs in a scratch copy of the working tree of its
+own, so results never touch the checkout and modules can be measured one at
+a time. Slow (minutes per module, mostly Beam pipeline start-up); not in CI.
+
+    .venv/bin/python benchmarks/mutation.py                      # every module
+    .venv/bin/python benchmarks/mutation.py transforms/windowing.py
+    .venv/bin/python benchmarks/mutation.py --show-survivors schemas/values.py
+    .venv/bin/python benchmarks/mutation.py --json before.json ...   # then, after new tests:
+    .venv/bin/python benchmarks/mutation.py --recheck before.json ...
+
+Prints, per module, killed / tested and the score, and (with
+--show-survivors) the diff of every surviving mutant, to be killed by a new
+test or listed as equivalent in docs/testing.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MUTMUT = [sys.executable, "-m", "mutmut"]
+
+# module -> the fast tests that cover it (no emulators, no subprocess pipelines; the
+# fast path's property test is left out: a minute per surviving mutant)
+FASTPATH_AGREES = "tests/test_fastpath.py::test_agrees_on_the_messy_file"
+FAST_TESTS = {
+    "schemas/values.py": ["tests/test_values.py", "tests/test_values_edges.py",
+                          "tests/test_events.py", FASTPATH_AGREES],
+    "schemas/events.py": ["tests/test_events.py", "tests/test_rejections.py", FASTPATH_AGREES],
+    "schemas/aggregation.py": ["tests/test_aggregation.py", "tests/test_property.py"],
+    "transforms/dedup.py": ["tests/test_transforms.py", "tests/test_streaming.py"],
+    "transforms/windowing.py": ["tests/test_streaming.py"],
+    "transforms/batch_usage.py": ["tests/test_transforms.py", "tests/test_property.py"],
+    "schemas/pricing.py": ["tests/test_pricing.py"],
+    # restating is only tested end to end, on the local stack: slow (emulators per run)
+    "transforms/restate.py": ["tests/e2e/test_restate.py"],
+}
+
+KILLED = {"killed", "timeout", "caught by type check"}
+
+
+def _status(exit_code) -> str:
+    from mutmut.stats import status_by_exit_code
+    return status_by_exit_code[exit_code]
+
+
+def scratch_copy(module: str, tests: list[str]) -> Path:
+    """The tracked and untracked (not ignored) files of the worktree, with a mutmut config."""
+    work = Path(tempfile.mkdtemp(prefix="tallyflow-mutation-"))
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = ROOT / name
+        if source.is_file():
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, work / name)
+    package = module.split("/")[0]
+    lines = ["[mutmut]", f"source_paths = {package}", f"only_mutate = {module}",
+             "also_copy =", *(f"    {p}" for p in ("schemas", "transforms", "pipelines",
+                                                     "examples", "templates", "pytest.ini")
+                              if p != package),
+             "pytest_add_cli_args_test_selection =", *(f"    {t}" for t in tests),
+             "pytest_add_cli_args =", "    -p", "    no:cacheprovider",
+             "    --hypothesis-profile=mutation",
+             "use_git_change_detection = false", ""]
+    (work / "setup.cfg").write_text("\n".join(lines))
+    return work
+
+
+def measure(module: str, tests: list[str], jobs: int, show: bool,
+            earlier: dict | None = None) -> dict:
+    """Runs every mutant of `module`; with `earlier` (this module's result of a previous
+    run), only the mutants that survived it, the others counting as killed again."""
+    work = scratch_copy(module, tests)
+    only = sorted(earlier["survivors"]) if earlier else []
+    run = subprocess.run([*MUTMUT, "run", "--max-children", str(jobs), *only], cwd=work,
+                         capture_output=True, text=True)
+    meta = work / "mutants" / f"{module}.meta"
+    if not meta.exists():
+        sys.stderr.write(run.stdout[-3000:] + run.stderr[-3000:])
+        raise SystemExit(f"mutmut produced no results for {module} (scratch copy: {work})")
+    by_mutant = {name: _status(code)
+                 for name, code in json.loads(meta.read_text())["exit_code_by_key"].items()}
+    if earlier:
+        by_mutant = {name: by_mutant[name] if name in only else "killed" for name in by_mutant}
+    survivors = sorted(name for name, status in by_mutant.items() if status not in KILLED)
+    result = {"module": module, "mutants": len(by_mutant),
+              "killed": len(by_mutant) - len(survivors),
+              "survivors": {name: by_mutant[name] for name in survivors}}
+    if show:
+        for name in survivors:
+            diff = subprocess.run([*MUTMUT, "show", name], cwd=work, capture_output=True,
+                                  text=True).stdout
+            print(f"--- {name} ({by_mutant[name]})\n{diff}")
+    shutil.rmtree(work)
+    return result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("modules", nargs="*", default=list(FAST_TESTS),
+                        help="modules to mutate (default: every bill-deciding module)")
+    parser.add_argument("--jobs", type=int, default=1, help="mutants run in parallel")
+    parser.add_argument("--show-survivors", action="store_true")
+    parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--recheck", help="results (--json) of an earlier run: rerun only "
+                                          "its survivors, after new tests")
+    args = parser.parse_args(argv)
+    earlier = ({r["module"]: r for r in json.loads(Path(args.recheck).read_text())}
+               if args.recheck else {})
+    results = []
+    for module in args.modules:
+        result = measure(module, FAST_TESTS[module], args.jobs, args.show_survivors,
+                         earlier.get(module))
+        results.append(result)
+        score = result["killed"] / result["mutants"] if result["mutants"] else 1
+        print(f"{module:28} {result['killed']:4} / {result['mutants']:<4} killed  "
+              f"{score:6.1%}", flush=True)
+        if args.json:  # after every module: a long run stopped halfway keeps its results
+            Path(args.json).write_text(json.dumps(results, indent=2, sort_keys=True))
+    killed, total = sum(r["killed"] for r in results), sum(r["mutants"] for r in results)
+    if total:
+        print(f"{'all':28} {killed:4} / {total:<4} killed  {killed / total:6.1%}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

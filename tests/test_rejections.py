@@ -1,0 +1,104 @@
+"""What parsing records: an accepted event keeps what the `events` table stores (the event
+as received, where and when it was received); a dead letter (SPEC §4 `dead_letter`) the
+payload as received (a batch element's own JSON), where it came from, the event's
+identity when it has one, the Pub/Sub attributes and the ingest time, and a message
+naming what was wrong."""
+import json
+
+import pytest
+
+from schemas.events import Limits, Rejection, UsageEvent, parse_payload
+from schemas.values import parse_rfc3339
+from tests.conftest import event
+
+INGEST = parse_rfc3339("2026-11-21T00:00:00.123456789Z")
+ATTRIBUTES = {"ce-type": "call"}
+
+
+@pytest.fixture
+def rejected(catalog):
+    def parse(payload: bytes) -> list[Rejection]:
+        results = parse_payload(payload, "m-1", (1,), catalog, Limits(now_ns=None), INGEST,
+                                ATTRIBUTES)
+        assert all(isinstance(r, Rejection) for r in results)
+        return results
+    return parse
+
+
+def test_a_rejected_event_keeps_its_payload_identity_attributes_and_ingest_time(rejected):
+    doc = event(id="neg", source="//s", data={"amount": "-1", "user": "u"})
+    payload = json.dumps(doc).encode()
+    [r] = rejected(payload)
+    assert r == Rejection("VALUE_NEGATIVE", r.error_message, payload.decode(), "m-1", "//s",
+                          "neg", ATTRIBUTES, INGEST)
+
+
+def test_a_batch_element_is_dead_lettered_as_its_own_json(rejected):
+    bad = event(id="neg", source="//s", data={"amount": "-1", "user": "ü"})
+    [r] = rejected(json.dumps([bad]).encode())
+    assert (r.payload, r.position, r.event_source, r.event_id, r.attributes, r.ingest_ns) == (
+        json.dumps(bad, separators=(",", ":"), ensure_ascii=False), "m-1#0", "//s", "neg",
+        ATTRIBUTES, INGEST)
+
+
+@pytest.mark.parametrize("element,kind", [
+    (True, "boolean"), (None, "null"), ([], "array"), ("text", "string"), (7, "number")])
+def test_a_batch_element_that_is_no_object_says_what_it_is(rejected, element, kind):
+    [r] = rejected(json.dumps([element]).encode())
+    assert (r.error_code, r.error_message, r.payload) == (
+        "NOT_AN_OBJECT", f"event is a JSON {kind}, not an object", json.dumps(element))
+
+
+def test_an_accepted_event_keeps_what_the_events_table_stores(catalog):
+    doc = event(id="ok", data={"amount": "1.50", "user": "ü"})
+    payload = json.dumps(doc).encode()
+    single = parse_payload(payload, "m-1", (1,), catalog, Limits(now_ns=None), INGEST)
+    batch = parse_payload(json.dumps([doc]).encode(), "m-2", (2,), catalog,
+                          Limits(now_ns=None), INGEST)
+    assert all(isinstance(e, UsageEvent) for e in single + batch)
+    assert [(e.raw, e.position, e.order, e.ingest_ns) for e in single + batch] == [
+        (payload.decode(), "m-1", (1,), INGEST),
+        (json.dumps(doc, separators=(",", ":"), ensure_ascii=False), "m-2#0", (2, 0), INGEST)]
+
+
+def test_identifier_length_limit_is_inclusive(catalog):
+    limits = Limits(now_ns=None, max_identifier_length=8)
+    ok, too_long = (parse_payload(json.dumps(event(id=i, data={"amount": 1, "user": "u"}))
+                                  .encode(), "m", (1,), catalog, limits, INGEST)[0]
+                    for i in ("x" * 8, "x" * 9))
+    assert isinstance(ok, UsageEvent) and isinstance(too_long, Rejection)
+
+
+def test_every_problem_of_an_event_is_in_its_message(rejected):
+    future = event(time="2026-11-21T00:10:00Z", data={"amount": 1, "user": "u"})
+    [skew] = rejected(json.dumps(future).encode())
+    assert skew.error_code == "FUTURE_TIME"
+    assert skew.error_message.endswith(" s ahead of processing time")
+    assert f" {Limits(now_ns=None).max_future_skew_ns // 10 ** 9} s " in skew.error_message
+    negative = event(data={"amount": -1, "user": "u"})
+    [value] = rejected(json.dumps(negative).encode())
+    [both] = rejected(json.dumps({**future, "data": negative["data"]}).encode())
+    assert both.error_message == f"{skew.error_message}; {value.error_message}"
+
+
+@pytest.mark.parametrize("payload,code,message", [
+    (b" ", "MALFORMED_JSON", "empty payload"),
+    (b"[]", "EMPTY_BATCH", "CloudEvents batch contains no event"),
+    (b"{oops", "MALFORMED_JSON", None),
+])
+def test_a_payload_that_holds_no_event_is_one_dead_letter(rejected, payload, code, message):
+    [r] = rejected(payload)
+    assert (r.error_code, r.payload, r.position) == (code, payload.decode(), "m-1")
+    if message:
+        assert r.error_message == message
+    else:
+        assert r.error_message.startswith("not valid JSON: ")
+
+
+def test_attribute_messages_name_the_kind_and_a_missing_time_is_rejected(rejected):
+    [r] = rejected(json.dumps(event(id={"n": 1}, data={"amount": 1, "user": "u"})).encode())
+    assert "attribute id must be a string, got object" in r.error_message
+    doc = event(data={"amount": 1, "user": "u"})
+    del doc["time"]
+    [r] = rejected(json.dumps(doc).encode())
+    assert r.error_code == "MISSING_ATTRIBUTE" and "time" in r.error_message
