@@ -56,7 +56,7 @@ def clock(monkeypatch):
 
 
 def insert(client, retry_seconds, batch):
-    target = Target("p", "d", retry_seconds=retry_seconds)
+    target = Target("fake-project", "fake_dataset", retry_seconds=retry_seconds)
     object.__setattr__(target, "fake", client)
     fn = _InsertBatch(target, USAGE_PANES)
     fn.setup()
