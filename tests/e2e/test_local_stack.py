@@ -241,6 +241,7 @@ def test_command_line_up_status_env_down_leaves_nothing_behind(tmp_path):
     exports = tallyflow("local", "env", "--run-dir", str(run_dir)).stdout.split()
     assert exports == ["export", f"PUBSUB_EMULATOR_HOST=127.0.0.1:{stack['pubsub_port']}",
                        f"BIGQUERY_EMULATOR_HOST=http://127.0.0.1:{stack['bigquery_port']}",
+                       f"BIGQUERY_STORAGE_EMULATOR_HOST=127.0.0.1:{stack['bigquery_grpc_port']}",
                        "GOOGLE_CLOUD_PROJECT=tallyflow-local"]
 
     stopped = tallyflow("local", "down", "--run-dir", str(run_dir))
