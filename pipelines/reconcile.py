@@ -18,7 +18,8 @@ import uuid
 
 from pipelines.cli import DIFFERENCE, SUCCESS, run_command
 from pipelines.common import add_table_arguments
-from schemas.tables import RECOMPUTE_RUNS, RECONCILIATION, USAGE_PANES, USAGE_RECOMPUTED
+from schemas.tables import (NEWER_RUN_COVERS, RECOMPUTE_RUNS, RECONCILIATION, USAGE_PANES,
+                            USAGE_RECOMPUTED)
 from schemas.values import format_time, parse_rfc3339, printable
 from transforms.bigquery import BigQueryTarget
 
@@ -40,10 +41,7 @@ batch AS (
          u.value_bignumeric, u.event_count, u.fingerprint
   FROM `{recomputed}` u JOIN `{runs}` r ON u.run_id = r.run_id
   WHERE u.window_start >= @period_start AND u.window_start < @period_end
-    AND NOT EXISTS (
-      SELECT 1 FROM `{runs}` newer
-      WHERE newer.period_start <= u.window_start AND u.window_start < newer.period_end
-        AND newer.committed_at > r.committed_at)
+    AND NOT EXISTS (SELECT 1 FROM `{runs}` newer WHERE {newer_run_covers})
 )
 SELECT COALESCE(s.subject, b.subject), COALESCE(s.meter, b.meter),
        COALESCE(s.dimensions, b.dimensions), COALESCE(s.window_start, b.window_start),
@@ -107,7 +105,7 @@ def reconcile(client, target: BigQueryTarget, start_ns: int, end_ns: int,
     sql = _SQL.format(reconciliation=target.table_id(RECONCILIATION),
                       panes=target.table_id(USAGE_PANES),
                       recomputed=target.table_id(USAGE_RECOMPUTED),
-                      runs=target.table_id(RECOMPUTE_RUNS))
+                      runs=target.table_id(RECOMPUTE_RUNS), newer_run_covers=NEWER_RUN_COVERS)
     client.query(sql, job_config=bigquery.QueryJobConfig(query_parameters=params)).result()
     counts = client.query(
         f"SELECT status, COUNT(*) AS n FROM `{target.table_id(RECONCILIATION)}` "

@@ -383,6 +383,13 @@ TABLES: tuple[Table, ...] = (EVENTS, USAGE_PANES, USAGE_RECOMPUTED, RECOMPUTE_RU
                              LATE_EVENTS, DUPLICATE_EVENTS, RECONCILIATION, INVOICE_LINES,
                              INVOICES, FAILED_WRITES)
 
+# Which committed recompute run `r` is current for a row `u`: none committed later
+# (equal commit times: the greater run id) covers its window. One rule, used by the
+# `usage` view and by reconcile.
+NEWER_RUN_COVERS = """newer.period_start <= u.window_start AND u.window_start < newer.period_end
+      AND (newer.committed_at > r.committed_at
+           OR (newer.committed_at = r.committed_at AND newer.run_id > r.run_id))"""
+
 USAGE_VIEW = View(
     name="usage",
     description="Exact current usage per subject x meter x dimensions x window: for a window "
@@ -408,11 +415,7 @@ recomputed AS (
          r.revision AS revision, r.committed_at AS as_of
   FROM `{project}.{dataset}.usage_recomputed` u
   JOIN runs r ON u.run_id = r.run_id
-  WHERE NOT EXISTS (
-    SELECT 1 FROM runs newer
-    WHERE newer.period_start <= u.window_start AND u.window_start < newer.period_end
-      AND (newer.committed_at > r.committed_at
-           OR (newer.committed_at = r.committed_at AND newer.run_id > r.run_id)))
+  WHERE NOT EXISTS (SELECT 1 FROM runs newer WHERE """ + NEWER_RUN_COVERS + """)
 )
 SELECT * FROM recomputed
 UNION ALL
