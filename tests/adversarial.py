@@ -39,8 +39,8 @@ from transforms.batch_usage import ComputeUsage, _text, usage_row
 from transforms.dedup import Duplicate, metering_signature
 from transforms.outcomes import dead_letter_line
 from transforms.pubsub import dead_letter_message
-from transforms.rows import dead_letter_row, duplicate_row, event_row, late_event_row, \
-    usage_pane_row
+from transforms.rows import (UnwritableRow, dead_letter_row, duplicate_row, event_row,
+                            failed_write_rows, late_event_row, usage_pane_row)
 from transforms.streaming import StreamUsage
 
 NS = 10 ** 9
@@ -251,7 +251,20 @@ def check_event(event: UsageEvent) -> None:
         value = aggregation.extract(streaming)[0]
         assert format_decimal(value) == row["value"], (reading, row)
         pane = {**row, "pane_timing": "ON_TIME", "pane_index": 0, "is_final": True}
-        stored(usage_pane_row(pane, False, event.ingest_ns, "job")[1])
+        stored_or_failed(lambda: usage_pane_row(pane, False, event.ingest_ns, "job"),
+                         "usage_panes")
+
+
+def stored_or_failed(build, table: str) -> None:
+    """A row is stored, or (a value beyond its column) its `failed_writes` rows are,
+    as `WriteRows` routes it."""
+    try:
+        stored(build()[1])
+    except UnwritableRow as unwritable:
+        assert unwritable.code and unwritable.reason
+        for _, failed in failed_write_rows(table, unwritable.row_id, unwritable.row,
+                                           unwritable.code, unwritable.reason, NOW):
+            stored(failed)
 
 
 def check_payload(payload: bytes, now_ns: int = NOW) -> list[str]:

@@ -9,6 +9,7 @@ every output must be storable. Seeded (derandomized) and short; a run of
 minutes is benchmarks/fuzz.py.
 """
 import base64
+import json
 from collections import Counter
 from decimal import Decimal
 
@@ -135,6 +136,16 @@ def test_duplicate_member_names_take_the_last_in_both_paths():
     payload = call(amount="1").replace(b'"amount":1', b'"amount":1,"amount":5')
     assert check_payload(payload) == ["accepted"]
     assert {r.meter: r.value for r in parse(payload)[0].readings}["amount"] == 5
+
+
+def test_a_window_sum_beyond_numeric_is_routed_to_failed_writes_not_raised():
+    """Found by the long fuzz run: two valid NUMERIC values whose sum no NUMERIC holds;
+    the pane row is then a `failed_writes` row, as WriteRows routes it."""
+    payload = json.dumps({"specversion": "1.0", "id": "e1", "source": "//b", "type": "ledger",
+                          "subject": "acme", "time": "2026-11-20T09:00:00Z",
+                          "data": {"delta": "99999999999999999999999999999.999999999",
+                                   "level": {"value": 1}}})
+    assert check_payload(payload.encode()) == ["accepted"]
 
 
 def test_a_time_with_a_huge_fraction_is_read_to_the_nanosecond():
