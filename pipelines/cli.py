@@ -18,7 +18,9 @@ import importlib
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import Callable
@@ -59,8 +61,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\ntallyflow: unknown command {argv[0]!r}", file=sys.stderr)
             return BAD_ARGUMENTS
         return SUCCESS if argv else BAD_ARGUMENTS
+    if argv[0] == "stream":
+        stop_on_sigterm()  # before the slow imports: a stop is clean from the first moment
     module = importlib.import_module(COMMANDS[argv[0]][0])
     return module.main(argv[1:]) or 0
+
+
+# Set by SIGTERM once `stop_on_sigterm` is called: a long-running command then stops
+# cleanly when it next looks, instead of dying wherever the signal found it.
+STOP_REQUESTED = threading.Event()
+
+
+def stop_on_sigterm() -> threading.Event:
+    signal.signal(signal.SIGTERM, lambda *_: STOP_REQUESTED.set())
+    return STOP_REQUESTED
 
 
 class CommandFailed(RuntimeError):

@@ -26,7 +26,6 @@ Run with `tallyflow stream` (DirectRunner, until interrupted or
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import threading
 import time
@@ -37,7 +36,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from pipelines.common import (UsageOptions, add_switch, bigquery_target, load_catalog_anywhere,
                               print_help)
-from pipelines.cli import RUNTIME_FAILURE, CommandFailed, name_option, quiet_beam, run_command
+from pipelines.cli import (RUNTIME_FAILURE, CommandFailed, name_option, quiet_beam, run_command,
+                           stop_on_sigterm)
 from pipelines.restart_points import SNAPSHOT_SECONDS, RestartPoints
 from schemas import names
 from schemas.events import Limits
@@ -239,7 +239,8 @@ class StreamFailed(CommandFailed):
 
 
 def run(argv: list[str] | None = None):
-    """Builds and starts the pipeline; returns the PipelineResult.
+    """Builds and starts the pipeline; returns the PipelineResult (None: stopped by
+    SIGTERM before it started).
 
     On Dataflow (a Flex Template launch included) it returns at once: the
     launcher must not wait for a streaming job. On the DirectRunner the job
@@ -253,6 +254,7 @@ def run(argv: list[str] | None = None):
     job_id = options.view_as(beam.options.pipeline_options.GoogleCloudOptions).job_name \
         or new_job_id()
     since_ns = parse_rfc3339(streaming.replay_since) if streaming.replay_since else None
+    stopping = stop_on_sigterm() if block else threading.Event()
     points = None
     if block and streaming.subscription:
         points = RestartPoints(streaming.subscription,
@@ -264,10 +266,13 @@ def run(argv: list[str] | None = None):
     build(pipeline, streaming, job_id, since_ns)
     if not block:
         return pipeline.run()
+    if stopping.is_set():
+        print("tallyflow stream: stopped before the job started", file=sys.stderr)
+        return None
     start_ms = time.time_ns() // 1_000_000
     points.take(start_ms, start_ms)  # before the first pull: a crash from here on is replayed
     result = pipeline.run()
-    _wait(result, streaming.run_seconds or None, points, start_ms)
+    _wait(result, streaming.run_seconds or None, points, start_ms, stopping)
     return result
 
 
@@ -283,7 +288,8 @@ def _seek_back(points: RestartPoints) -> int | None:
     return point.taken_ms * 1_000_000 - REPLAY_SLACK_NS
 
 
-def _wait(result, seconds: int | None, points: RestartPoints, start_ms: int) -> None:
+def _wait(result, seconds: int | None, points: RestartPoints, start_ms: int,
+          stopping: threading.Event) -> None:
     """Takes restart points until `seconds` pass, SIGTERM, Ctrl-C or a failure; then
     cancels (the DirectRunner cannot drain), bounded by STOP_SECONDS."""
     failure = []
@@ -291,10 +297,8 @@ def _wait(result, seconds: int | None, points: RestartPoints, start_ms: int) -> 
     watcher.start()
     stop = time.monotonic() + seconds if seconds else None
     next_point = time.monotonic() + SNAPSHOT_SECONDS
-    interrupted = []
-    signal.signal(signal.SIGTERM, lambda *_: interrupted.append(True))
     try:
-        while not interrupted and watcher.is_alive() and (
+        while not stopping.is_set() and watcher.is_alive() and (
                 stop is None or time.monotonic() < stop):
             if time.monotonic() >= next_point:
                 next_point += SNAPSHOT_SECONDS
