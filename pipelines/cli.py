@@ -134,7 +134,7 @@ def classify(error: BaseException, usage_errors=()) -> tuple[int, str]:
     if step:  # a pipeline step raised: Beam re-raised it with the step's name appended
         return _runtime(error, f" in pipeline step '{step.group(1)}'")
     if isinstance(error, usage_errors + (ValueError,)) and not _service_error(error):
-        return BAD_ARGUMENTS, _first_line(error)
+        return BAD_ARGUMENTS, first_line(error)
     return _runtime(error, "")
 
 
@@ -143,15 +143,15 @@ def _runtime(error: BaseException, where: str) -> tuple[int, str]:
     from transforms.restate import ConcurrentCommit, IncompleteWrite
 
     if isinstance(error, (UnreadableInput, CommandFailed, ConcurrentCommit, IncompleteWrite)):
-        return RUNTIME_FAILURE, _first_line(error)
+        return RUNTIME_FAILURE, first_line(error)
     if _service_error(error):
         service, call = _service_call(error)
         return RUNTIME_FAILURE, (f"{service} call {call} failed{where}: "
-                                 f"{type(error).__name__}: {_first_line(error)}")
+                                 f"{type(error).__name__}: {first_line(error)}")
     if isinstance(error, OSError):
-        return RUNTIME_FAILURE, f"{type(error).__name__}{where}: {_first_line(error)}"
+        return RUNTIME_FAILURE, f"{type(error).__name__}{where}: {first_line(error)}"
     return RUNTIME_FAILURE, (f"unexpected {type(error).__name__}{where} at {_origin(error)}: "
-                             f"{_first_line(error)}")
+                             f"{first_line(error)}")
 
 
 def _service_error(error: BaseException) -> bool:
@@ -193,7 +193,8 @@ def _origin(error: BaseException) -> str:
     return f"{where}:{frame.lineno} in {frame.name}"
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
+    """An error's message as one line (Beam's step suffix dropped, whitespace folded)."""
     lines = _STEP.sub("", str(error)).strip().splitlines()
     return " ".join(lines[0].split())[:500] if lines else type(error).__name__
 

@@ -36,8 +36,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from pipelines.common import (UsageOptions, add_switch, bigquery_target, load_catalog_anywhere,
                               print_help)
-from pipelines.cli import (RUNTIME_FAILURE, CommandFailed, name_option, quiet_beam, run_command,
-                           stop_on_sigterm)
+from pipelines.cli import (RUNTIME_FAILURE, CommandFailed, first_line, name_option, quiet_beam,
+                           run_command, stop_on_sigterm)
 from pipelines.restart_points import SNAPSHOT_SECONDS, RestartPoints
 from schemas import names
 from schemas.events import Limits
@@ -254,7 +254,7 @@ def run(argv: list[str] | None = None):
     job_id = options.view_as(beam.options.pipeline_options.GoogleCloudOptions).job_name \
         or new_job_id()
     since_ns = parse_rfc3339(streaming.replay_since) if streaming.replay_since else None
-    stopping = stop_on_sigterm() if block else threading.Event()
+    stopping = stop_on_sigterm() if block else None  # a stop during the start is clean too
     points = None
     if block and streaming.subscription:
         points = RestartPoints(streaming.subscription,
@@ -311,7 +311,8 @@ def _wait(result, seconds: int | None, points: RestartPoints, start_ms: int,
     cancelled.start()
     cancelled.join(STOP_SECONDS)
     if failure:
-        raise StreamFailed(f"the job failed: {_one_line(failure[0])}")
+        raise StreamFailed(f"the job failed: {type(failure[0]).__name__}: "
+                           f"{first_line(failure[0])}")
     if cancelled.is_alive():
         raise StreamFailed(f"the job did not stop within {STOP_SECONDS} s (is Pub/Sub "
                            f"reachable?); a start with --restore_open_windows replays what "
@@ -332,12 +333,8 @@ def _take_point(points: RestartPoints, start_ms: int) -> None:
     try:
         points.take(start_ms, time.time_ns() // 1_000_000)
     except Exception as e:  # noqa: BLE001 - Pub/Sub unreachable: keep running, retry later
-        print(f"tallyflow stream: could not take a restart point: {_one_line(e)}",
-              file=sys.stderr)
-
-
-def _one_line(error: BaseException) -> str:
-    return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        print(f"tallyflow stream: could not take a restart point: {type(e).__name__}: "
+              f"{first_line(e)}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

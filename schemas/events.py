@@ -8,13 +8,12 @@ re-send a corrected event under the same identity.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import NamedTuple
 
-import re
-
 from schemas.catalog import MeterCatalog
-from schemas.values import (UNSAFE_CHARACTERS, ValueProblem, dumps_exact, loads_exact,
+from schemas.values import (UNSAFE_CHARACTERS, ValueProblem, clip, dumps_exact, loads_exact,
                             parse_rfc3339)
 
 SPECVERSION = "1.0"
@@ -121,7 +120,7 @@ def parse_payload(payload: bytes, position: str, order: tuple, catalog: MeterCat
         return _parse(payload, text, position, order, context)
     except Exception as e:  # the safety net itself
         return [_whole(context, ("UNEXPECTED_ERROR", f"tallyflow could not judge this payload "
-                                 f"({type(e).__name__}: {_clip(str(e))}); please report it"),
+                                 f"({type(e).__name__}: {clip(str(e))}); please report it"),
                        payload, text, position)]
 
 
@@ -249,7 +248,7 @@ def parse_event(obj, position: str, order: tuple, context: _Context,
                 problems.append(problem)
     specversion = obj.get("specversion")
     if isinstance(specversion, str) and specversion and specversion != SPECVERSION:
-        problems.append(("UNSUPPORTED_SPECVERSION", f"specversion {_clip(specversion)!r} is "
+        problems.append(("UNSUPPORTED_SPECVERSION", f"specversion {clip(specversion)!r} is "
                          f"not supported (only {SPECVERSION})"))
     time_ns = None
     if isinstance(obj.get("time"), str) and obj["time"]:
@@ -259,7 +258,7 @@ def parse_event(obj, position: str, order: tuple, context: _Context,
             problems.append(("BAD_TIME", str(e)))
         else:
             if time_ns > context.ingest_ns + limits.max_future_skew_ns:
-                problems.append(("FUTURE_TIME", f"time {_clip(obj['time'])} is more than "
+                problems.append(("FUTURE_TIME", f"time {clip(obj['time'])} is more than "
                                  f"{limits.max_future_skew_ns // 1_000_000_000} s ahead of "
                                  "processing time"))
     readings = _readings(obj, context.catalog, problems)
@@ -323,10 +322,6 @@ def dimensions_json(dimensions: dict) -> str:
 
 def _text(payload: bytes) -> str:
     return payload.decode("utf-8", errors="replace")
-
-
-def _clip(text: str, limit: int = 80) -> str:
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _text_or_none(value) -> str | None:

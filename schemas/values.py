@@ -163,7 +163,7 @@ def parse_decimal(value, *, precision: str = "NUMERIC", allow_negative: bool = F
     if isinstance(value, int):
         number = Decimal(value)
     elif isinstance(value, UnrepresentableNumber):
-        raise ValueProblem("VALUE_OUT_OF_RANGE", f"value {_clip(str(value))} is beyond "
+        raise ValueProblem("VALUE_OUT_OF_RANGE", f"value {clip(str(value))} is beyond "
                            f"{precision} range")
     elif isinstance(value, Decimal):
         number = value
@@ -173,11 +173,11 @@ def parse_decimal(value, *, precision: str = "NUMERIC", allow_negative: bool = F
                 number = Decimal(value)
             except InvalidOperation:  # an exponent beyond what any decimal holds
                 raise ValueProblem("VALUE_OUT_OF_RANGE",
-                                   f"value {_clip(value)} is beyond {precision} range") from None
+                                   f"value {clip(value)} is beyond {precision} range") from None
         elif _NON_FINITE_STRING.match(value):
             raise ValueProblem("VALUE_NOT_FINITE", f"value {value!r} is not finite")
         else:
-            raise ValueProblem("VALUE_NOT_NUMERIC", f"value {_clip(value)!r} is not a decimal number")
+            raise ValueProblem("VALUE_NOT_NUMERIC", f"value {clip(value)!r} is not a decimal number")
     else:
         raise ValueProblem("VALUE_NOT_NUMERIC", f"value of type {type(value).__name__} is not a number")
     if not number.is_finite():
@@ -205,12 +205,12 @@ def check_range(number: Decimal, precision: str) -> Decimal:
         too_big = number.adjusted() > 38 or number.copy_abs() > BIGNUMERIC_MAX
     if too_big:
         raise ValueProblem("VALUE_OUT_OF_RANGE",
-                           f"value {_clip(str(number))} is beyond {precision} range")
+                           f"value {clip(str(number))} is beyond {precision} range")
     scale = NUMERIC_SCALE if precision == "NUMERIC" else BIGNUMERIC_SCALE
     if number.as_tuple().exponent < -scale:
         if _fraction_digits(number) > scale:
             raise ValueProblem("VALUE_OUT_OF_RANGE",
-                               f"value {_clip(str(number))} has more than {scale} "
+                               f"value {clip(str(number))} has more than {scale} "
                                f"fraction digits ({precision})")
         number = number.quantize(Decimal(1).scaleb(-scale), context=_TRIM)
     return number
@@ -259,7 +259,8 @@ def _json_kind(value) -> str:
     return "object" if isinstance(value, dict) else "array"
 
 
-def _clip(text: str, limit: int = 80) -> str:
+def clip(text: str, limit: int = 80) -> str:
+    """`text` cut to `limit` characters with an ellipsis, for a message that quotes input."""
     return text if len(text) <= limit else text[:limit] + "..."
 
 
@@ -280,27 +281,27 @@ def parse_rfc3339(text) -> int:
         raise ValueError(f"time must be a string, got {type(text).__name__}")
     m = _RFC3339.match(text)
     if not m:
-        raise ValueError(f"time {_clip(text)!r} is not RFC 3339 with an offset "
+        raise ValueError(f"time {clip(text)!r} is not RFC 3339 with an offset "
                          "(e.g. 2026-01-01T00:00:00Z)")
     days = _epoch_days(m.group(1, 2, 3), text)
     hour, minute, second = int(m.group(4)), int(m.group(5)), int(m.group(6))
     if hour > 23 or minute > 59 or second > 60:
-        raise ValueError(f"time {_clip(text)!r}: clock time out of range")
+        raise ValueError(f"time {clip(text)!r}: clock time out of range")
     offset = 0
     if m.group(8):
         off_h, off_m = int(m.group(9)), int(m.group(10))
         if off_h > 23 or off_m > 59:
-            raise ValueError(f"time {_clip(text)!r}: offset out of range")
+            raise ValueError(f"time {clip(text)!r}: offset out of range")
         offset = (off_h * 3600 + off_m * 60) * (1 if m.group(8) == "+" else -1)
     seconds = days * 86400 + hour * 3600 + minute * 60 + second - offset
     fraction = int((m.group(7) or "0")[:9].ljust(9, "0"))
     if second == 60:
         if seconds % 86400:  # 23:59:60 UTC is 00:00:00 of the next day, less the leap
-            raise ValueError(f"time {_clip(text)!r}: a leap second is 23:59:60 UTC only")
+            raise ValueError(f"time {clip(text)!r}: a leap second is 23:59:60 UTC only")
         seconds, fraction = seconds - 1, _NS_PER_SECOND - 1
     nanos = seconds * _NS_PER_SECOND + fraction
     if not MIN_TIME_NS <= nanos <= MAX_TIME_NS:
-        raise ValueError(f"time {_clip(text)!r} is outside {format_time(MIN_TIME_NS)} .. "
+        raise ValueError(f"time {clip(text)!r} is outside {format_time(MIN_TIME_NS)} .. "
                          f"{format_time(MAX_TIME_NS)}")
     return nanos
 

@@ -240,15 +240,17 @@ class _InsertBatch(beam.DoFn):
                                f"{self._table.name}: {failed[0][3][:500]}")
         now = time.time_ns()
         for row_id, row, code, reason in failed:
-            count_failure(self._table.name)
-            yield beam.pvalue.TaggedOutput(FAILED, (reason, failed_write_rows(
-                self._table.name, row_id, row, code, reason, now)))
+            yield given_up(self._table.name, row_id, row, code, reason, now)
 
 
-def count_failure(table_name: str) -> None:
-    """Counters `failed_writes` and `failed_writes.<table>` (namespace tallyflow.bigquery)."""
+def given_up(table_name: str, row_id: str, row: dict, code: str, reason: str,
+             failed_ns: int) -> beam.pvalue.TaggedOutput:
+    """A row given up, on the FAILED output as (reason, its `failed_writes` rows), counted
+    by `failed_writes` and `failed_writes.<table>` (namespace tallyflow.bigquery)."""
     Metrics.counter("tallyflow.bigquery", "failed_writes").inc()
     Metrics.counter("tallyflow.bigquery", f"failed_writes.{table_name}").inc()
+    return beam.pvalue.TaggedOutput(FAILED, (reason, failed_write_rows(
+        table_name, row_id, row, code, reason, failed_ns)))
 
 
 def row_outcomes(errors: list, count: int) -> tuple[dict[int, str], list[int]]:
@@ -298,10 +300,8 @@ class _BuildRows(beam.DoFn):
         try:
             yield self._to_row(element)
         except UnwritableRow as unwritable:
-            count_failure(self._table.name)
-            yield beam.pvalue.TaggedOutput(FAILED, (unwritable.reason, failed_write_rows(
-                self._table.name, unwritable.row_id, unwritable.row, unwritable.code,
-                unwritable.reason, time.time_ns())))
+            yield given_up(self._table.name, unwritable.row_id, unwritable.row,
+                           unwritable.code, unwritable.reason, time.time_ns())
 
 
 class _Recorded(beam.DoFn):

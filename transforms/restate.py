@@ -19,7 +19,7 @@ import apache_beam as beam
 
 from schemas.tables import EVENTS, RECOMPUTE_RUNS, USAGE_RECOMPUTED, Table
 from schemas.values import format_time
-from transforms.bigquery import BigQueryTarget, Written, total_written
+from transforms.bigquery import BigQueryTarget, Written, query_config, total_written
 from transforms.rows import checked_usage, usage_value_columns
 from transforms.storage_read import ReadTableStreams
 
@@ -168,7 +168,7 @@ def commit_run(client, target: BigQueryTarget, run: RecomputeRun, summary: dict)
     tables = {"runs": target.table_id(RECOMPUTE_RUNS), "usage": target.table_id(USAGE_RECOMPUTED)}
 
     def withdraw():
-        _query(client, _WITHDRAW_SQL.format(**tables), [_scalar("run_id", "STRING", run.run_id)])
+        _query(client, _WITHDRAW_SQL.format(**tables), [("run_id", "STRING", run.run_id)])
 
     for _ in range(COMMIT_ATTEMPTS):
         revision = committed_revision(client, target, run.run_id)
@@ -184,7 +184,7 @@ def commit_run(client, target: BigQueryTarget, run: RecomputeRun, summary: dict)
             if revision is None:
                 raise RuntimeError(f"the commit of run {run.run_id} did not land")
         holders = {r["run_id"] for r in _query(client, _SAME_REVISION_SQL.format(**tables),
-                                               [_scalar("run_id", "STRING", run.run_id)])}
+                                               [("run_id", "STRING", run.run_id)])}
         rivals = holders - {run.run_id}
         if not rivals:
             client.delete_table(target.table_id(run.staging_table), not_found_ok=True)
@@ -214,34 +214,26 @@ def _staged(client, target: BigQueryTarget, run_id: str) -> bool:
 
 def committed_revision(client, target: BigQueryTarget, run_id: str) -> int | None:
     found = _query(client, f"SELECT revision FROM `{target.table_id(RECOMPUTE_RUNS)}` "
-                           f"WHERE run_id = @run_id", [_scalar("run_id", "STRING", run_id)])
+                           f"WHERE run_id = @run_id", [("run_id", "STRING", run_id)])
     return found[0]["revision"] if found else None
 
 
 def _commit_parameters(run: RecomputeRun, summary: dict) -> list:
     committed_at = time.time_ns()
     return [
-        _scalar("period_start", "TIMESTAMP", format_time(run.period_start_ns)),
-        _scalar("period_end", "TIMESTAMP", format_time(run.period_end_ns)),
-        _scalar("run_id", "STRING", run.run_id),
-        _scalar("window_seconds", "INT64", run.window_ns // 10 ** 9),
-        _scalar("reason", "STRING", run.reason),
-        _scalar("started_at", "TIMESTAMP", format_time(run.started_ns - run.started_ns % 1000)),
-        _scalar("committed_at", "TIMESTAMP", format_time(committed_at - committed_at % 1000)),
-        _scalar("summary", "STRING", json.dumps(summary, sort_keys=True)),
+        ("period_start", "TIMESTAMP", format_time(run.period_start_ns)),
+        ("period_end", "TIMESTAMP", format_time(run.period_end_ns)),
+        ("run_id", "STRING", run.run_id),
+        ("window_seconds", "INT64", run.window_ns // 10 ** 9),
+        ("reason", "STRING", run.reason),
+        ("started_at", "TIMESTAMP", format_time(run.started_ns - run.started_ns % 1000)),
+        ("committed_at", "TIMESTAMP", format_time(committed_at - committed_at % 1000)),
+        ("summary", "STRING", json.dumps(summary, sort_keys=True)),
     ]
 
 
-def _scalar(name: str, kind: str, value):
-    from google.cloud import bigquery
-
-    return bigquery.ScalarQueryParameter(name, kind, value)
-
-
-def _query(client, sql: str, params: list) -> list:
-    from google.cloud import bigquery
-
-    job = client.query(sql, job_config=bigquery.QueryJobConfig(query_parameters=params))
+def _query(client, sql: str, params: list[tuple]) -> list:
+    job = client.query(sql, job_config=query_config(params))
     return [dict(row.items()) for row in job.result()]
 
 
