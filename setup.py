@@ -10,9 +10,11 @@ setup(
     version="0.1.0",
     description="Exact usage metering: CloudEvents from Pub/Sub to BigQuery with Apache Beam",
     python_requires=">=3.11,<3.14",
+    # The worker image copies schemas/, transforms/ and pipelines/ only (templates/*/Dockerfile);
+    # tallyflow/ is the command-line product around them, with its example files.
     packages=find_packages(include=["schemas", "schemas.*", "transforms", "transforms.*",
-                                    "pipelines", "pipelines.*"]),
-    package_data={"schemas": ["*.yaml"]},
+                                    "pipelines", "pipelines.*", "tallyflow", "tallyflow.*"]),
+    package_data={"tallyflow.examples": ["*.yaml", "*.jsonl"]},
     install_requires=[
         "apache-beam[gcp]==2.77.*",
         "orjson>=3.8",
@@ -25,11 +27,13 @@ setup(
             "hypothesis>=6.100",
             "duckdb>=1.1",
             "pandas>=2.0",
+            # tests/test_architecture.py installs tallyflow with pip, without build isolation
+            "wheel",
         ],
         # profiling the benchmarks (BENCHMARKS.md): py-spy record -- python ...
         "bench": ["py-spy>=0.4"],
         # mutation score of the bill-deciding modules: benchmarks/mutation.py, docs/testing.md
         "mutation": ["mutmut>=3.8,<4"],
     },
-    entry_points={"console_scripts": ["tallyflow=pipelines.cli:main"]},
+    entry_points={"console_scripts": ["tallyflow=tallyflow.cli:main"]},
 )

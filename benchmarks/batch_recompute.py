@@ -120,7 +120,7 @@ def synthetic_file(directory: Path, events: int, customers: int = 500,
     if not path.exists():
         types = f", event_types={event_types!r}" if event_types else ""
         subprocess.run([PYTHON, "-c", f"""
-from pipelines.synthetic import SyntheticConfig, generate
+from tallyflow.local.synthetic import SyntheticConfig, generate
 messages = generate(SyntheticConfig(seed=1, events={events}, customers={customers}, rate=50,
                                     duplicate_fraction=0.05, conflict_fraction=0.1,
                                     invalid_fraction=0.01, max_users={max_users}{types}))
@@ -174,8 +174,8 @@ def compare(data: Path, label: str, runs: dict[str, list[str]], path: Path) -> d
     expected = duckdb_rows(reference)
     for name, extra in runs.items():
         out = data / f"out-{label}-{name.split()[-1]}"
-        results[name] = measure([PYTHON, "-m", "pipelines.cli", "recompute", "--meters",
-                                 "examples/meters.yaml", "--input", str(path),
+        results[name] = measure([PYTHON, "-m", "tallyflow.cli", "recompute", "--meters",
+                                 "tallyflow/examples/meters.yaml", "--input", str(path),
                                  "--output-dir", str(out), *extra])
         if tallyflow_rows(out) != expected:
             raise RuntimeError(f"{name} on {path.name} differs from DuckDB's result")

@@ -67,7 +67,7 @@ def scratch_copy(module: str, tests: list[str]) -> Path:
     package = module.split("/")[0]
     lines = ["[mutmut]", f"source_paths = {package}", f"only_mutate = {module}",
              "also_copy =", *(f"    {p}" for p in ("schemas", "transforms", "pipelines",
-                                                     "examples", "templates", "pytest.ini")
+                                                     "tallyflow", "templates", "pytest.ini")
                               if p != package),
              "pytest_add_cli_args_test_selection =", *(f"    {t}" for t in tests),
              "pytest_add_cli_args =", "    -p", "    no:cacheprovider",

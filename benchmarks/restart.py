@@ -38,9 +38,9 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 sys.path.insert(0, str(ROOT))
 
-from pipelines.local_stack import down, up  # noqa: E402
-from pipelines.publish import Outgoing, Progress, publish  # noqa: E402
-from pipelines.synthetic import SyntheticConfig, generate  # noqa: E402
+from tallyflow.local.stack import down, up  # noqa: E402
+from tallyflow.local.publish import Outgoing, Progress, publish  # noqa: E402
+from tallyflow.local.synthetic import SyntheticConfig, generate  # noqa: E402
 from streaming import METERS, Stack  # noqa: E402
 
 NS = 1_000_000_000
@@ -49,7 +49,7 @@ NS = 1_000_000_000
 def stream(stack: Stack, log: Path, *extra: str) -> subprocess.Popen:
     lane = stack.lane
     return subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "stream",
+        [sys.executable, "-m", "tallyflow.cli", "stream",
          "--subscription", lane.subscription_path(), "--meters", str(METERS),
          "--bigquery_project", lane.project, "--bigquery_dataset", lane.dataset,
          "--bigquery_endpoint", lane.bigquery_endpoint, "--window", "1m",
@@ -82,7 +82,7 @@ def usage_rows(stack: Stack) -> dict:
 
 def recomputed_rows(lines: Path, out: Path) -> dict:
     """The same lines through `tallyflow recompute` in files mode."""
-    subprocess.run([sys.executable, "-m", "pipelines.cli", "recompute", "--input", str(lines),
+    subprocess.run([sys.executable, "-m", "tallyflow.cli", "recompute", "--input", str(lines),
                     "--output-dir", str(out), "--meters", str(METERS), "--window", "1m"],
                    cwd=ROOT.parent, check=True, capture_output=True)
     rows = {}

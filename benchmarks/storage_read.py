@@ -35,7 +35,7 @@ from google.cloud import bigquery
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from batch_recompute import PYTHON, ROOT, measure, synthetic_file  # noqa: E402
-from pipelines.local_stack import down, up  # noqa: E402
+from tallyflow.local.stack import down, up  # noqa: E402
 from schemas.catalog import parse_catalog_text  # noqa: E402
 from schemas.events import Limits, UsageEvent, parse_payload  # noqa: E402
 from schemas.tables import EVENTS, USAGE_RECOMPUTED  # noqa: E402
@@ -44,7 +44,7 @@ from transforms.restate import RecomputeRun  # noqa: E402
 from transforms.rows import event_row  # noqa: E402
 
 HOUR = 3600 * 10 ** 9
-METERS = ROOT / "examples" / "meters.yaml"
+METERS = ROOT / "tallyflow" / "examples" / "meters.yaml"
 
 
 def load_events(stack, source: Path, out: Path) -> tuple[int, int, int]:
@@ -128,7 +128,7 @@ def main() -> int:
         print(f"{rows} stored events, period {format_time(start)} .. {format_time(end)}")
         print(f"{'run':<34} {'seconds':>8} {'events/s':>9} {'peak MiB':>9}", flush=True)
         out = data / "storage-read-files"
-        seconds, mib = measure([PYTHON, "-m", "pipelines.cli", "recompute", "--meters",
+        seconds, mib = measure([PYTHON, "-m", "tallyflow.cli", "recompute", "--meters",
                                 str(METERS), "--input", str(events_file), "--output-dir",
                                 str(out), *period])
         print(f"{'files, in memory':<34} {seconds:>8.1f} {rows / seconds:>9.0f} {mib:>9.0f}",

@@ -35,11 +35,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipelines.local_stack import down, provision, up  # noqa: E402
-from pipelines.publish import Outgoing  # noqa: E402
+from tallyflow.local.stack import down, provision, up  # noqa: E402
+from tallyflow.local.publish import Outgoing  # noqa: E402
 from schemas.values import format_time  # noqa: E402
 
-METERS = ROOT / "examples" / "meters.yaml"
+METERS = ROOT / "tallyflow" / "examples" / "meters.yaml"
 MODELS = ("gpt-4o", "llama-3.1-70b", "claude-3-5-sonnet")
 
 

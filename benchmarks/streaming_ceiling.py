@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 sys.path.insert(0, str(ROOT))
 
-from pipelines.local_stack import bigquery_client, down, up  # noqa: E402
+from tallyflow.local.stack import bigquery_client, down, up  # noqa: E402
 from streaming import Stack, follow, messages  # noqa: E402
 
 

@@ -37,9 +37,9 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.common import (UsageOptions, bigquery_target, is_dataflow, load_catalog_anywhere,
+from pipelines.options import (UsageOptions, bigquery_target, is_dataflow, load_catalog_anywhere,
                               print_help)
-from pipelines.cli import DIFFERENCE, SUCCESS, CommandFailed, quiet_beam, run_command
+from pipelines.policy import DIFFERENCE, SUCCESS, CommandFailed, quiet_beam, run_command
 from schemas.events import Limits
 from schemas.tables import DEAD_LETTER, LATE_EVENTS, RECOMPUTE_RUNS
 from schemas.values import format_time, parse_duration, parse_rfc3339, parse_window

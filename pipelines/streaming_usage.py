@@ -34,9 +34,9 @@ import uuid
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines.common import (UsageOptions, add_switch, bigquery_target, load_catalog_anywhere,
+from pipelines.options import (UsageOptions, add_switch, bigquery_target, load_catalog_anywhere,
                               print_help)
-from pipelines.cli import (RUNTIME_FAILURE, CommandFailed, first_line, name_option, quiet_beam,
+from pipelines.policy import (RUNTIME_FAILURE, CommandFailed, first_line, name_option, quiet_beam,
                            run_command, stop_on_sigterm)
 from pipelines.restart_points import SNAPSHOT_SECONDS, RestartPoints
 from schemas import names

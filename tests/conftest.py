@@ -12,7 +12,7 @@ from schemas.catalog import load_catalog, parse_catalog
 settings.register_profile("mutation", phases=(Phase.explicit, Phase.reuse, Phase.generate))
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE_METERS = ROOT / "examples" / "meters.yaml"
+EXAMPLE_METERS = ROOT / "tallyflow" / "examples" / "meters.yaml"
 
 # A catalog with one meter per aggregation, used by transform and property tests.
 ALL_AGGREGATIONS = {

@@ -3,15 +3,15 @@ import apache_beam as beam
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 
-from pipelines import cli
-from pipelines.local_stack import StackError
+from pipelines import policy
+from tallyflow.local.stack import StackError
 from schemas.catalog import CatalogError
 from transforms.bigquery import BigQueryTarget
 from transforms.files import UnreadableInput
 
 
 def exit_of(capsys, work, **kwargs):
-    code = cli.run_command("tallyflow test", work, **kwargs)
+    code = policy.run_command("tallyflow test", work, **kwargs)
     return code, capsys.readouterr().err.strip().splitlines()
 
 
@@ -23,7 +23,7 @@ def raising(error):
 
 def test_success_and_a_difference_keep_their_codes(capsys):
     assert exit_of(capsys, lambda: None) == (0, [])
-    assert exit_of(capsys, lambda: cli.DIFFERENCE) == (1, [])
+    assert exit_of(capsys, lambda: policy.DIFFERENCE) == (1, [])
 
 
 @pytest.mark.parametrize("error", [ValueError("--meters is required"),
@@ -64,7 +64,7 @@ def broken_step(element):
 
 
 def test_a_failing_pipeline_step_is_named_with_where_it_failed(capsys, monkeypatch):
-    monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
+    monkeypatch.delenv(policy.DEBUG_ENV, raising=False)
 
     def work():
         with TestPipeline() as p:
@@ -75,7 +75,7 @@ def test_a_failing_pipeline_step_is_named_with_where_it_failed(capsys, monkeypat
     assert lines[-1] == ("tallyflow test: unexpected ZeroDivisionError in pipeline step "
                          f"'Broken' at tests/test_cli.py:{broken_step.__code__.co_firstlineno + 1}"
                          " in broken_step: integer division or modulo by zero "
-                         f"(set {cli.DEBUG_ENV}=1 for the traceback)")
+                         f"(set {policy.DEBUG_ENV}=1 for the traceback)")
 
 
 def test_a_value_error_inside_a_step_is_not_a_bad_argument(capsys):
@@ -95,17 +95,17 @@ def test_an_unexpected_error_says_its_type_and_place_and_debug_shows_the_traceba
         return [][1]
 
     line = work.__code__.co_firstlineno + 1
-    monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
+    monkeypatch.delenv(policy.DEBUG_ENV, raising=False)
     assert exit_of(capsys, work) == (3, [
         f"tallyflow test: unexpected IndexError at tests/test_cli.py:{line} in work: "
-        f"list index out of range (set {cli.DEBUG_ENV}=1 for the traceback)"])
-    monkeypatch.setenv(cli.DEBUG_ENV, "1")
+        f"list index out of range (set {policy.DEBUG_ENV}=1 for the traceback)"])
+    monkeypatch.setenv(policy.DEBUG_ENV, "1")
     code, lines = exit_of(capsys, work)
     assert code == 3 and lines[0] == "Traceback (most recent call last):"
     assert lines[-1].startswith("tallyflow test: unexpected IndexError at ")
 
 
 def test_status_of_a_stack_that_is_not_there_is_a_runtime_failure(tmp_path, capsys):
-    from pipelines import local_stack
+    from tallyflow.local import stack as local_stack
 
-    assert local_stack.main(["status", "--run-dir", str(tmp_path)]) == cli.RUNTIME_FAILURE
+    assert local_stack.main(["status", "--run-dir", str(tmp_path)]) == policy.RUNTIME_FAILURE

@@ -128,7 +128,7 @@ def test_storage_write_api_needs_the_java_expansion_service():
         translate_streaming("--bigquery_write_method", "STORAGE_WRITE_API")
     assert "~/.apache_beam/cache/jars/" in str(failure.value)
     # and the command says so in one line, exit status 2
-    done = subprocess.run([sys.executable, "-m", "pipelines.cli", "stream", *STREAMING,
+    done = subprocess.run([sys.executable, "-m", "tallyflow.cli", "stream", *STREAMING,
                            "--bigquery_write_method", "STORAGE_WRITE_API"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
@@ -150,7 +150,7 @@ def _resolves(host: str) -> bool:
 
 def test_recompute_from_files_translates():
     options = PipelineOptions(DATAFLOW + ["--meters", str(EXAMPLE_METERS),
-                                          "--input", str(ROOT / "examples" / "events.jsonl"),
+                                          "--input", str(ROOT / "tallyflow" / "examples" / "events.jsonl"),
                                           "--output_dir", "gs://tallyflow-test/out"])
     pipeline = beam.Pipeline(options=options)
     recompute_usage.build(pipeline, options.view_as(recompute_usage.RecomputeOptions),
@@ -212,7 +212,7 @@ def test_rate_translates():
     from pipelines import rate_usage
     from transforms.rating import RatingRun
 
-    prices = ROOT / "examples" / "prices.yaml"
+    prices = ROOT / "tallyflow" / "examples" / "prices.yaml"
     options = PipelineOptions(DATAFLOW + ["--prices", str(prices), "--bigquery_project", PROJECT,
                                           "--period_start", "2026-11-01T00:00:00Z",
                                           "--period_end", "2026-12-01T00:00:00Z"])

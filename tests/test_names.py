@@ -2,7 +2,11 @@
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines import explain, local_stack, publish, reconcile, statement
+from tallyflow.reports import explain
+from tallyflow.local import stack as local_stack
+from tallyflow.local import publish
+from tallyflow.reports import reconcile
+from tallyflow.reports import statement
 from pipelines.recompute_usage import RecomputeOptions
 from pipelines.streaming_usage import StreamingUsageOptions
 from schemas import names
@@ -88,7 +92,7 @@ def test_every_command_refuses_bad_names_before_doing_anything(parser, argv, cap
 
 
 def test_the_template_metadata_uses_the_same_rules():
-    from pipelines import template
+    from tallyflow import template
 
     assert template.OPTION_KINDS["bigquery_dataset"].regex == names.DATASET
     assert template.OPTION_KINDS["bigquery_project"].regex == names.PROJECT

@@ -318,7 +318,7 @@ plans:
 
 
 def test_the_example_price_book_is_valid_for_the_example_catalog():
-    book = load_price_book(str(ROOT / "examples" / "prices.yaml"))
+    book = load_price_book(str(ROOT / "tallyflow" / "examples" / "prices.yaml"))
     book.check_meters(load_catalog(str(EXAMPLE_METERS)))
     assert book.subjects_in(NOV, DEC) == ["cust-000", "cust-001", "cust-002", "cust-003"]
 

@@ -19,7 +19,7 @@ HOUR_NS = 3600 * 10 ** 9
 
 
 def run_recompute(*args, cwd=ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", "recompute", *args],
+    return subprocess.run([sys.executable, "-m", "tallyflow.cli", "recompute", *args],
                           cwd=cwd, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
 

@@ -26,8 +26,8 @@ from google.cloud import dataflow_v1beta3
 from google.protobuf import json_format
 
 from pipelines import streaming_usage
-from pipelines.common import parse_bool
-from pipelines import template as templates
+from pipelines.options import parse_bool
+from tallyflow import template as templates
 from schemas.values import parse_duration, parse_rfc3339
 from tests.conftest import EXAMPLE_METERS, ROOT
 

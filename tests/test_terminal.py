@@ -6,9 +6,9 @@ anything; every printer escapes them per line with `printable`.
 """
 from decimal import Decimal
 
-from pipelines.explain import render, text_table
+from tallyflow.reports.explain import render, text_table
 from pipelines.rate_usage import print_diff
-from pipelines.statement import Bucket, Correction, MeterStatement, Statement, render_text
+from tallyflow.reports.statement import Bucket, Correction, MeterStatement, Statement, render_text
 from schemas.catalog import parse_catalog
 from schemas.values import UNSAFE_CHARACTERS, parse_rfc3339
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from pipelines.local_stack import down, provision, up
+from tallyflow.local.stack import down, provision, up
 
 
 @pytest.fixture(scope="session")

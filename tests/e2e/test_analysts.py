@@ -74,7 +74,7 @@ def month(local_stack, example_catalog):
                                    [dead_letter_row(rejected, "test", "an-job")[1]]) == []
     env = {**os.environ, **local_stack.env()}
     result = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "recompute", "--meters", str(EXAMPLE_METERS),
+        [sys.executable, "-m", "tallyflow.cli", "recompute", "--meters", str(EXAMPLE_METERS),
          "--period-start", "2025-06-01T00:00:00Z", "--period-end", "2025-07-01T00:00:00Z",
          "--reason", "june close"], cwd=ROOT, env=env, capture_output=True, text=True,
         timeout=600)

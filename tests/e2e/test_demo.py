@@ -3,13 +3,11 @@ import re
 import subprocess
 import sys
 
-from tests.conftest import ROOT
-
 
 def test_demo_runs_end_to_end(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "pipelines.cli", "demo", "--events", "1500",
+    result = subprocess.run([sys.executable, "-m", "tallyflow.cli", "demo", "--events", "1500",
                              "--run-dir", str(tmp_path / "stack")],
-                            cwd=ROOT, capture_output=True, text=True, timeout=900)
+                            cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
     out = result.stdout
     published = int(re.search(r"published (\d+) = (\d+) accounted for: conservation holds",

@@ -28,7 +28,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from pipelines.explain import LINEAGE_SQL, Dataset, explain, ns_of
+from tallyflow.reports.explain import LINEAGE_SQL, Dataset, explain, ns_of
 from schemas import aggregation
 from schemas.events import Limits, UsageEvent, parse_payload
 from schemas.values import format_decimal, format_time, parse_rfc3339
@@ -52,7 +52,7 @@ EXTRA = {"source": "//api.example.com/eu", "id": "evt-upload-1", "subject": SUBJ
 
 def tallyflow(stack, *args):
     env = {**os.environ, **stack.env()}
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "tallyflow.cli", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
 
 

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from pipelines import reconcile
+from tallyflow.reports import reconcile
 from tests.conftest import ROOT
 from tests.e2e.test_rate import write_prices
 from transforms.bigquery import BigQueryTarget
@@ -147,7 +147,7 @@ def test_a_rating_with_nothing_to_bill_commits_no_revision(stack, client, tmp_pa
     """Before every assignment of the price book: no usage, no subject, no line."""
     env = {**os.environ, **stack.env()}
     result = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "rate",
+        [sys.executable, "-m", "tallyflow.cli", "rate",
          "--prices", write_prices(tmp_path, retroactive=False), "--bigquery_dataset", DATASET,
          "--period-start", "2025-08-01T00:00:00Z", "--period-end", "2025-09-01T00:00:00Z"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from google.cloud import bigquery
 
-from pipelines import local_stack as stack_module
-from pipelines import publish
-from pipelines.local_stack import MAX_DELIVERY_ATTEMPTS, StackError, up
+from tallyflow.local import stack as stack_module
+from tallyflow.local import publish
+from tallyflow.local.stack import MAX_DELIVERY_ATTEMPTS, StackError, up
 from schemas.tables import TABLES, VIEWS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,7 +82,7 @@ def live_processes() -> dict[int, str]:
 
 
 def tallyflow(*args, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "tallyflow.cli", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
 
 

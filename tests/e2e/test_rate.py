@@ -125,7 +125,7 @@ def write_prices(tmp_path, retroactive: bool) -> str:
 def rate(stack, prices: str, *extra) -> subprocess.CompletedProcess:
     env = {**os.environ, **stack.env()}
     return subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "rate", "--prices", prices,
+        [sys.executable, "-m", "tallyflow.cli", "rate", "--prices", prices,
          "--meters", str(EXAMPLE_METERS), "--bigquery_dataset", DATASET,
          "--period-start", PERIOD[0], "--period-end", PERIOD[1], *extra],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -227,7 +227,7 @@ def test_rate_refuses_bad_arguments_in_one_line(stack, tmp_path):
 def statement(stack, subject: str, period=PERIOD, *extra) -> subprocess.CompletedProcess:
     env = {**os.environ, **stack.env()}
     return subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "statement", "--meters", str(EXAMPLE_METERS),
+        [sys.executable, "-m", "tallyflow.cli", "statement", "--meters", str(EXAMPLE_METERS),
          "--bigquery_dataset", DATASET, "--subject", subject, "--period-start", period[0],
          "--period-end", period[1], *extra],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

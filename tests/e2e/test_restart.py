@@ -30,8 +30,8 @@ from collections import Counter
 
 import pytest
 
-from pipelines.local_stack import _alive, _free_port, _pubsub_launcher, _spawn, provision
-from pipelines.synthetic import DUPLICATE, INVALID, LATE, ON_TIME
+from tallyflow.local.stack import _alive, _free_port, _pubsub_launcher, _spawn, provision
+from tallyflow.local.synthetic import DUPLICATE, INVALID, LATE, ON_TIME
 from tests.conftest import EXAMPLE_METERS, ROOT
 from tests.e2e.test_streaming_e2e import (HEARTBEAT_SOURCE, MINUTE_NS, WAIT_SECONDS,
                                           as_payload, assert_usage_equals, event, expected_rows,
@@ -46,7 +46,7 @@ class Stream:
 
     def __init__(self, stack, log, job_name: str, *extra: str):
         self.log = log
-        argv = [sys.executable, "-m", "pipelines.cli", "stream",
+        argv = [sys.executable, "-m", "tallyflow.cli", "stream",
                 "--subscription", stack.subscription_path(), "--meters", str(EXAMPLE_METERS),
                 "--bigquery_project", stack.project, "--bigquery_dataset", stack.dataset,
                 "--bigquery_endpoint", stack.bigquery_endpoint, "--window", "1m",

@@ -65,7 +65,7 @@ def loaded(stack, client, messy, example_catalog):
 
 def tallyflow(stack, *args, env_extra=None, wait=True):
     env = {**os.environ, **stack.env(), **(env_extra or {})}
-    command = [sys.executable, "-m", "pipelines.cli", *args]
+    command = [sys.executable, "-m", "tallyflow.cli", *args]
     if not wait:
         return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)

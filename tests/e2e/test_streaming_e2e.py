@@ -43,9 +43,9 @@ import yaml
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import streaming_usage
-from pipelines.local_stack import provision
-from pipelines.publish import Outgoing, Progress, publish
-from pipelines.synthetic import (CONFLICT, DUPLICATE, INVALID, LATE, ON_TIME, TOO_LATE,
+from tallyflow.local.stack import provision
+from tallyflow.local.publish import Outgoing, Progress, publish
+from tallyflow.local.synthetic import (CONFLICT, DUPLICATE, INVALID, LATE, ON_TIME, TOO_LATE,
                                  SyntheticConfig, generate)
 from tests.conftest import EXAMPLE_METERS
 from tests.reference import expected_usage, fingerprint

@@ -27,17 +27,15 @@ import time
 import uuid
 from collections import Counter
 from decimal import Decimal
-from pathlib import Path
 
-from pipelines import local_stack
-from pipelines.cli import CommandFailed, run_command
-from pipelines.publish import Outgoing, Progress, publish
-from pipelines.reconcile import STATUSES, reconcile
-from pipelines.synthetic import SyntheticConfig, count_kinds, generate
+from tallyflow.local import stack as local_stack
+from pipelines.policy import CommandFailed, run_command
+from tallyflow.local.publish import Outgoing, Progress, publish
+from tallyflow.reports.reconcile import STATUSES, reconcile
+from tallyflow.local.synthetic import SyntheticConfig, count_kinds, generate
+from tallyflow.examples import METERS
 from schemas.values import format_decimal, format_time
 
-ROOT = Path(__file__).resolve().parent.parent
-METERS = ROOT / "examples" / "meters.yaml"
 NS = 1_000_000_000
 WINDOW_NS = 60 * NS
 LATENESS_NS = 5 * 60 * NS
@@ -142,12 +140,12 @@ class Demo:
     def _start_stream(self) -> subprocess.Popen:
         say("   starting tallyflow stream (DirectRunner) ...")
         return subprocess.Popen(
-            [sys.executable, "-m", "pipelines.cli", "stream",
+            [sys.executable, "-m", "tallyflow.cli", "stream",
              "--subscription", self.stack.subscription_path(), "--meters", str(METERS),
              "--bigquery_dataset", self.stack.dataset, "--window", "1m",
              "--allowed_lateness", f"{LATENESS_NS // NS}s", "--early_firing_seconds", "5",
              "--job_name", f"{self.run_id}-stream", "--run_seconds", "900"],
-            cwd=ROOT, env=self._env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            env=self._env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def _wait_until_landed(self, records: int, timeout: float = 300) -> Counter:
         deadline = time.monotonic() + timeout
@@ -233,9 +231,9 @@ class Demo:
             f"dataset {self.stack.dataset} (docs/analysts.md)")
 
     def _tallyflow(self, *args: str) -> None:
-        result = subprocess.run([sys.executable, "-m", "pipelines.cli", *args,
+        result = subprocess.run([sys.executable, "-m", "tallyflow.cli", *args,
                                  "--bigquery_dataset", self.stack.dataset],
-                                cwd=ROOT, env=self._env(), capture_output=True, text=True)
+                                env=self._env(), capture_output=True, text=True)
         if result.returncode:
             raise CommandFailed(f"tallyflow {args[0]} failed: {result.stderr.strip()[-500:]}")
 

@@ -41,8 +41,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
-from pipelines.cli import run_command
-from pipelines.common import add_table_arguments
+from pipelines.policy import run_command
+from pipelines.options import add_table_arguments
 from schemas import aggregation
 from schemas.catalog import CatalogError, Meter, MeterCatalog, load_catalog
 from schemas.events import Limits, UsageEvent, parse_payload
@@ -116,7 +116,7 @@ class Dataset:
         self.project, self.dataset = project, dataset
         if client is None:
             if endpoint:  # an emulator: short retries, so a dead one fails in seconds
-                from pipelines.local_stack import bigquery_client
+                from tallyflow.local.stack import bigquery_client
                 client = bigquery_client(endpoint, project)
             else:
                 from google.cloud import bigquery

@@ -1,9 +1,10 @@
-"""The `tallyflow` command: one subcommand per pipeline or tool, and its exit codes.
+"""How every tallyflow command ends: the one error policy, its exit codes, clean stops.
 
-Each subcommand's module owns its arguments (`main(argv)`), so `tallyflow X
---help` and `python -m pipelines.X --help` document the same options.
+It lives with the pipelines because their own entry points (a Flex Template
+launch runs `python -m pipelines.X`) end by it too; the `tallyflow` command
+(`tallyflow.cli`) runs every subcommand's `main` through it as well.
 
-Every `main` runs its work through `run_command`, the one error policy:
+Every `main` runs its work through `run_command`:
   0  success
   1  a conservation or reconciliation difference (the command returns it)
   2  bad arguments or configuration: a one-line reason
@@ -34,38 +35,6 @@ _STEP = re.compile(r" \[while running '([^']*)'\]")
 # google/cloud/<package>/... -> the service a failing call belongs to
 _SERVICES = {"bigquery": "BigQuery", "bigquery_storage_v1": "BigQuery Storage",
              "pubsub_v1": "Pub/Sub", "pubsub": "Pub/Sub", "storage": "Cloud Storage"}
-
-# subcommand -> (module, one-line help)
-COMMANDS = {
-    "demo": ("pipelines.demo", "The whole story on the local stack, with a report."),
-    "stream": ("pipelines.streaming_usage", "Stream usage from Pub/Sub to BigQuery."),
-    "recompute": ("pipelines.recompute_usage", "Recompute exact usage for a period (batch)."),
-    "rate": ("pipelines.rate_usage", "Rate a period's usage into invoice lines (batch)."),
-    "reconcile": ("pipelines.reconcile", "Compare streaming and recomputed usage for a period."),
-    "local": ("pipelines.local_stack", "Start, stop or inspect the local emulator stack."),
-    "publish": ("pipelines.publish", "Publish usage events (JSONL or synthetic) to Pub/Sub."),
-    "template": ("pipelines.template", "Build the Dataflow Flex Templates offline."),
-    "explain": ("pipelines.explain", "Explain a usage number: its events, duplicates, revisions."),
-    "statement": ("pipelines.statement", "A customer's usage statement (terminal and HTML)."),
-}
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        width = max(len(name) for name in COMMANDS)
-        print("usage: tallyflow COMMAND [options]   (tallyflow COMMAND --help for its options)\n")
-        for name, (_, text) in COMMANDS.items():
-            print(f"  {name.ljust(width)}  {text}")
-        if argv and argv[0] not in ("-h", "--help"):
-            print(f"\ntallyflow: unknown command {argv[0]!r}", file=sys.stderr)
-            return BAD_ARGUMENTS
-        return SUCCESS if argv else BAD_ARGUMENTS
-    if argv[0] == "stream":
-        stop_on_sigterm()  # before the slow imports: a stop is clean from the first moment
-    module = importlib.import_module(COMMANDS[argv[0]][0])
-    return module.main(argv[1:]) or 0
-
 
 # Set by SIGTERM once `stop_on_sigterm` is called: a long-running command then stops
 # cleanly when it next looks, instead of dying wherever the signal found it.
@@ -198,6 +167,3 @@ def first_line(error: BaseException) -> str:
     lines = _STEP.sub("", str(error)).strip().splitlines()
     return " ".join(lines[0].split())[:500] if lines else type(error).__name__
 
-
-if __name__ == "__main__":
-    sys.exit(main())

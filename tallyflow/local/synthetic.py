@@ -1,6 +1,6 @@
 """A seeded stream of synthetic usage events, with the truth about every one.
 
-The stream imitates the product in `examples/meters.yaml`: API requests, LLM
+The stream imitates the product in `tallyflow/examples/meters.yaml`: API requests, LLM
 completions, active users, connection gauges and storage snapshots from
 customers of very different sizes (Zipf-weighted), some of whom stamp times in
 their local offset. A configurable share of the stream is what billing must

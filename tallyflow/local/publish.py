@@ -2,7 +2,7 @@
 
 Input is a JSONL file (each line one message: an event, or a JSON array of
 events, the CloudEvents batch format), or a seeded synthetic stream
-(`pipelines/synthetic.py`). Every message gets the timestamp attribute the
+(`tallyflow/local/synthetic.py`). Every message gets the timestamp attribute the
 pipeline reads (`--timestamp-attribute`, default `ce-time`): the earliest
 `time` in the message, floored to the millisecond, so the watermark never
 overtakes an event of the message. A message whose time cannot be read is sent
@@ -22,10 +22,10 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from pipelines import local_stack
-from pipelines.cli import name_option, run_command
-from pipelines.local_stack import StackError
-from pipelines.synthetic import KINDS, Message, SyntheticConfig, count_kinds, generate
+from tallyflow.local import stack as local_stack
+from pipelines.policy import name_option, run_command
+from tallyflow.local.stack import StackError
+from tallyflow.local.synthetic import KINDS, Message, SyntheticConfig, count_kinds, generate
 from schemas import names
 from schemas.values import format_time, parse_duration, parse_rfc3339, parse_window
 
@@ -304,7 +304,7 @@ def _parser() -> argparse.ArgumentParser:
     synthetic.add_argument("--allowed-lateness", default="48h", help="default %(default)s")
     synthetic.add_argument("--event-types", default=",".join(SyntheticConfig().event_types),
                            help="comma-separated CloudEvents types (default: all of "
-                                "examples/meters.yaml)")
+                                "tallyflow/examples/meters.yaml)")
     synthetic.add_argument("--labels", metavar="FILE",
                            help="write the ground truth per event (JSONL, with message ids)")
     return parser

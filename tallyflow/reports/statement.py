@@ -47,8 +47,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
-from pipelines.cli import run_command
-from pipelines.explain import (Dataset, ExplainError, Instant, add_dataset_arguments, load_meters,
+from pipelines.policy import run_command
+from tallyflow.reports.explain import (Dataset, ExplainError, Instant, add_dataset_arguments, load_meters,
                                meter_of, ns_of, row_value, text_table)
 from schemas.catalog import Meter, MeterCatalog
 from schemas.pricing import MINOR_UNITS

@@ -35,7 +35,7 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pipelines.cli import RUNTIME_FAILURE, SUCCESS, CommandFailed, name_option, run_command
+from pipelines.policy import RUNTIME_FAILURE, SUCCESS, CommandFailed, name_option, run_command
 from schemas import names
 
 HOST = "127.0.0.1"

@@ -8,7 +8,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOptions,
                                                   StandardOptions)
 
-from pipelines.cli import name_option
+from pipelines.policy import name_option
 from schemas import names
 from schemas.catalog import CatalogError, MeterCatalog, parse_catalog_text
 from transforms.bigquery import BigQueryTarget

@@ -16,8 +16,8 @@ import sys
 import time
 import uuid
 
-from pipelines.cli import DIFFERENCE, SUCCESS, run_command
-from pipelines.common import add_table_arguments
+from pipelines.policy import DIFFERENCE, SUCCESS, run_command
+from pipelines.options import add_table_arguments
 from schemas.tables import (NEWER_RUN_COVERS, RECOMPUTE_RUNS, RECONCILIATION, USAGE_PANES,
                             USAGE_RECOMPUTED)
 from schemas.values import format_time, parse_rfc3339, printable

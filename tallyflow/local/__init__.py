@@ -1,0 +1,1 @@
+"""The local stack (emulators), the publisher, the synthetic stream and the demo."""

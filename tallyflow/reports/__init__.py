@@ -1,0 +1,1 @@
+"""Reports read from BigQuery: reconcile, explain, statement."""
