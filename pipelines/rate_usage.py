@@ -28,7 +28,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.options import (UsageOptions, bigquery_target, is_dataflow, load_catalog_anywhere,
-                              print_help, read_config_text)
+                               print_help, read_config_text)
 from pipelines.policy import quiet_beam, run_command
 from schemas.pricing import PriceBook, PriceBookError, parse_price_book_text
 from schemas.tables import INVOICE_LINES, INVOICES, USAGE_VIEW

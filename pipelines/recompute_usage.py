@@ -38,7 +38,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.options import (UsageOptions, bigquery_target, is_dataflow, load_catalog_anywhere,
-                              print_help)
+                               print_help)
 from pipelines.policy import DIFFERENCE, SUCCESS, CommandFailed, quiet_beam, run_command
 from schemas.events import Limits
 from schemas.tables import DEAD_LETTER, LATE_EVENTS, RECOMPUTE_RUNS

@@ -35,9 +35,9 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines.options import (UsageOptions, add_switch, bigquery_target, load_catalog_anywhere,
-                              print_help)
+                               print_help)
 from pipelines.policy import (RUNTIME_FAILURE, CommandFailed, first_line, name_option, quiet_beam,
-                           run_command, stop_on_sigterm)
+                              run_command, stop_on_sigterm)
 from pipelines.restart_points import SNAPSHOT_SECONDS, RestartPoints
 from schemas import names
 from schemas.events import Limits

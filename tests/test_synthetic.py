@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 
 from tallyflow.local.synthetic import (CONFLICT, DUPLICATE, FIRST_COPIES, INVALID, KINDS, LATE,
-                                 ON_TIME, TOO_LATE, SyntheticConfig, count_kinds, generate)
+                                       ON_TIME, TOO_LATE, SyntheticConfig, count_kinds, generate)
 from schemas.events import ERROR_CODES, Limits, Rejection, UsageEvent, parse_payload
 from schemas.values import parse_rfc3339
 

@@ -49,7 +49,7 @@ from pathlib import Path
 
 from pipelines.policy import run_command
 from tallyflow.reports.explain import (Dataset, ExplainError, Instant, add_dataset_arguments, load_meters,
-                               meter_of, ns_of, row_value, text_table)
+                                       meter_of, ns_of, row_value, text_table)
 from schemas.catalog import Meter, MeterCatalog
 from schemas.pricing import MINOR_UNITS
 from schemas.tables import (INVOICE_LINES, INVOICES, RECOMPUTE_RUNS, USAGE_PANES,

@@ -46,7 +46,7 @@ from pipelines import streaming_usage
 from tallyflow.local.stack import provision
 from tallyflow.local.publish import Outgoing, Progress, publish
 from tallyflow.local.synthetic import (CONFLICT, DUPLICATE, INVALID, LATE, ON_TIME, TOO_LATE,
-                                 SyntheticConfig, generate)
+                                       SyntheticConfig, generate)
 from tests.conftest import EXAMPLE_METERS
 from tests.reference import expected_usage, fingerprint
 
