@@ -30,7 +30,10 @@ from schemas import names
 
 SUCCESS, DIFFERENCE, BAD_ARGUMENTS, RUNTIME_FAILURE = 0, 1, 2, 3
 DEBUG_ENV = "TALLYFLOW_DEBUG"
-_PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
+# Where our packages sit: a checkout, or site-packages once installed (where every
+# library sits too, so a frame is ours by its top-level folder, not by the root alone).
+_PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_OURS = {"schemas", "transforms", "pipelines", "tallyflow", "tests", "benchmarks"}
 _STEP = re.compile(r" \[while running '([^']*)'\]")
 # google/cloud/<package>/... -> the service a failing call belongs to
 _SERVICES = {"bigquery": "BigQuery", "bigquery_storage_v1": "BigQuery Storage",
@@ -152,14 +155,21 @@ def _service_call(error: BaseException) -> tuple[str, str]:
 def _origin(error: BaseException) -> str:
     """file:line in function of the innermost tallyflow frame (else the innermost frame)."""
     frames = traceback.extract_tb(error.__traceback__)
-    ours = [f for f in frames if f.filename.startswith(_PROJECT_ROOT)] or frames
+    ours = [f for f in frames if _ours(f.filename)] or frames
     if not ours:
         return "(no traceback)"
     frame = ours[-1]
-    where = frame.filename
-    if where.startswith(_PROJECT_ROOT):
-        where = os.path.relpath(where, _PROJECT_ROOT)
+    where = _ours(frame.filename) or frame.filename
     return f"{where}:{frame.lineno} in {frame.name}"
+
+
+def _ours(filename: str) -> str | None:
+    """The path of one of our files relative to the project root, else None."""
+    try:
+        relative = Path(filename).resolve().relative_to(_PROJECT_ROOT)
+    except ValueError:
+        return None
+    return str(relative) if relative.parts[0] in _OURS else None
 
 
 def first_line(error: BaseException) -> str:

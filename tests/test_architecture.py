@@ -82,3 +82,14 @@ def test_an_installed_tallyflow_runs_outside_a_checkout(installed, tmp_path):
     assert summary["lines_read"] == sum(1 for line in open(events) if line.strip())
     usage = (out / "usage.jsonl").read_text().splitlines()
     assert len(usage) == summary["usage_rows"] > 0
+
+
+def test_an_installed_tallyflow_names_its_own_frame_as_where_an_error_happened(installed,
+                                                                                tmp_path):
+    # yaml's frames sit in site-packages too, beside the installed tallyflow
+    probe = ("import yaml; from pipelines.policy import run_command; "
+             "run_command('probe', lambda: yaml.safe_load('a: [').items())")
+    done = run_installed(installed, tmp_path, "-c", probe)
+    reason = done.stderr.strip()
+    assert reason.startswith("probe: unexpected ParserError at pipelines/policy.py:"), reason
+    assert " in run_command: " in reason
