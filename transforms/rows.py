@@ -11,7 +11,7 @@ import json
 from decimal import Decimal
 from hashlib import blake2b
 
-from schemas.values import ValueProblem, check_range, dumps_exact, format_time, loads_exact
+from schemas.values import NS, ValueProblem, check_range, dumps_exact, format_time, loads_exact
 
 NS_PER_US = 1000
 # The text copy of a dead letter's payload is clipped beyond this many characters
@@ -179,5 +179,5 @@ def failed_write_rows(table_name: str, failed_id: str, row: dict, code: str, rea
 
 
 def _seconds(ns: int) -> str:
-    whole, frac = divmod(ns, 10 ** 9)
+    whole, frac = divmod(ns, NS)
     return f"{whole}.{frac:09d}".rstrip("0").rstrip(".")
