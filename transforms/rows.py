@@ -11,6 +11,7 @@ import json
 from decimal import Decimal
 from hashlib import blake2b
 
+from schemas.metering import window_start
 from schemas.values import NS, ValueProblem, check_range, dumps_exact, format_time, loads_exact
 
 NS_PER_US = 1000
@@ -85,7 +86,7 @@ def payload_bytes(rejection) -> bytes:
 
 
 def late_event_row(event, lateness_ns: int, window_ns: int, job_id: str) -> tuple[str, dict]:
-    start = event.time_ns - event.time_ns % window_ns
+    start = window_start(event.time_ns, window_ns)
     return row_id("late", event.source, event.id, event.position), {
         "source": event.source,
         "id": event.id,
