@@ -18,6 +18,7 @@ import re
 
 import orjson
 
+from schemas.aggregation import Aggregation
 from schemas.catalog import MAX_TEXT_LENGTH, Meter, MeterCatalog
 from schemas.events import MAX_DEPTH, SPECVERSION, Limits, dimensions_json
 from schemas.values import (MAX_TIME_NS, NS, NUMERIC_MAX_INTEGER_DIGITS,
@@ -179,10 +180,10 @@ _SLOW = object()
 
 
 def _value_reader(meter: Meter):
-    if meter.aggregation == "COUNT":
+    if meter.aggregation == Aggregation.COUNT:
         return lambda data: None
     prop = meter.value_property.steps[0]
-    if meter.aggregation == "UNIQUE_COUNT":
+    if meter.aggregation == Aggregation.UNIQUE_COUNT:
         def unique_text(data):
             value = data.get(prop)
             kind = type(value)

@@ -25,7 +25,8 @@ def event_timestamp(time_ns: int) -> Timestamp:
 @beam.typehints.with_output_types(typing.Tuple[typing.Tuple[str, str, str], typing.Any])
 class _ReadMeters(beam.DoFn):
     def __init__(self, catalog: MeterCatalog):
-        self._aggregations = {m.key: m.aggregation for m in catalog.meters}
+        # as plain text: readings and accumulators may outlive this code in runner state
+        self._aggregations = {m.key: str(m.aggregation) for m in catalog.meters}
 
     def process(self, event):
         if not event.readings:
