@@ -14,11 +14,6 @@ few, big elements instead of one per event.
    have metered differently (conflicts); and folds the first copies into exact
    usage accumulators per subject x meter x dimensions x window (the window
    start is computed, fixed and UTC-aligned, as `FixedWindows` would).
-
-What decides the bill (the window, the metering signature and conflict rule,
-the usage row, the aggregation and fingerprint) is `schemas.metering`'s and
-`schemas.aggregation`'s, shared with the streaming transforms; only the
-plumbing differs.
 4. The partial accumulators of each identity shard go, as one pickled dict per
    usage shard (by subject x meter x dimensions), through a second `GroupByKey`
    to `_MergeUsage`, which merges them into usage rows: a usage key's partials
@@ -28,6 +23,11 @@ plumbing differs.
 Deduplication is over the whole input (it is the authority for a closed
 period), so a shard's identities are held in memory while it is processed:
 more shards, less memory per worker.
+
+What decides the bill (the window, the metering signature and conflict rule,
+the usage row, the aggregation and fingerprint) is `schemas.metering`'s and
+`schemas.aggregation`'s, shared with the streaming transforms; only the
+plumbing differs.
 """
 from __future__ import annotations
 
