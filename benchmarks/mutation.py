@@ -38,6 +38,8 @@ FAST_TESTS = {
                           "tests/test_events.py", FASTPATH_AGREES],
     "schemas/events.py": ["tests/test_events.py", "tests/test_rejections.py", FASTPATH_AGREES],
     "schemas/aggregation.py": ["tests/test_aggregation.py", "tests/test_property.py"],
+    "schemas/metering.py": ["tests/test_metering.py", "tests/test_transforms.py",
+                            "tests/test_upgrade.py"],
     "transforms/dedup.py": ["tests/test_transforms.py", "tests/test_streaming.py"],
     "transforms/windowing.py": ["tests/test_streaming.py"],
     "transforms/batch_usage.py": ["tests/test_transforms.py", "tests/test_property.py"],

@@ -41,9 +41,8 @@ sys.path.insert(0, str(ROOT))
 from tallyflow.local.stack import down, up  # noqa: E402
 from tallyflow.local.publish import Outgoing, Progress, publish  # noqa: E402
 from tallyflow.local.synthetic import SyntheticConfig, generate  # noqa: E402
+from schemas.values import NS  # noqa: E402
 from streaming import METERS, Stack  # noqa: E402
-
-NS = 1_000_000_000
 
 
 def stream(stack: Stack, log: Path, *extra: str) -> subprocess.Popen:

@@ -5,8 +5,7 @@ import argparse
 import os
 
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOptions,
-                                                  StandardOptions)
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
 from pipelines.policy import name_option
 from schemas import names
@@ -99,11 +98,6 @@ def own_and_shared_arguments(options_class, parser) -> None:
     for cls in reversed(options_class.mro()):
         if cls is not PipelineOptions and "_add_argparse_args" in vars(cls):
             cls._add_argparse_args(parser)
-
-
-def is_dataflow(options) -> bool:
-    """Whether the job runs on Dataflow, where a launcher must not wait for it."""
-    return "dataflow" in (options.view_as(StandardOptions).runner or "").lower()
 
 
 def bigquery_target(options) -> BigQueryTarget:

@@ -21,15 +21,15 @@ import json
 import sys
 import tempfile
 import time
-import uuid
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines.options import (UsageOptions, bigquery_target, is_dataflow, load_catalog_anywhere,
+from pipelines.options import (UsageOptions, bigquery_target, load_catalog_anywhere,
                                print_help, read_config_text)
 from pipelines.policy import quiet_beam, run_command
+from schemas import names
 from schemas.pricing import PriceBook, PriceBookError, parse_price_book_text
 from schemas.tables import INVOICE_LINES, INVOICES, USAGE_VIEW
 from schemas.values import format_time, parse_rfc3339, printable
@@ -39,6 +39,7 @@ from transforms.outcomes import WriteJson
 from transforms.storage_read import ReadQueryStreams, arrow_rows
 from transforms.rating import (COUNTS, DIFF, INVOICE_ROWS, LINES, CommitRating, RateSubjects,
                                RatingRun, SummarizeRating, create_staging, latest_revision)
+from transforms.runner import is_dataflow
 
 PIPELINE_NAME = "rate_usage"
 
@@ -126,10 +127,6 @@ def build(pipeline: beam.Pipeline, options: RateOptions, book: PriceBook, run: R
     return summary
 
 
-def new_run_id() -> str:
-    return f"rate-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:6]}"
-
-
 def run(argv: list[str] | None = None) -> dict:
     """Rates the period; returns the run's summary (and, with --diff, the changes)."""
     options = PipelineOptions(argv)
@@ -141,9 +138,9 @@ def run(argv: list[str] | None = None) -> dict:
     target = bigquery_target(rate)
     client = target.client()
     revision = latest_revision(client, target, start, end) + 1
-    rating = RatingRun(new_run_id(), start, end, revision, time.time_ns(),
+    rating = RatingRun(names.new_run_id("rate"), start, end, revision, time.time_ns(),
                        rate.reason or ("requested" if revision == 1 else "re-rated"))
-    dataflow = is_dataflow(options)
+    dataflow = is_dataflow(options.view_as(StandardOptions).runner)
     output_dir = (rate.output_dir or (None if dataflow else
                                       tempfile.mkdtemp(prefix="tallyflow-rate-")))
     output_dir = output_dir and output_dir.rstrip("/")

@@ -31,15 +31,15 @@ from __future__ import annotations
 import json
 import sys
 import time
-import uuid
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines.options import (UsageOptions, bigquery_target, is_dataflow, load_catalog_anywhere,
+from pipelines.options import (UsageOptions, bigquery_target, load_catalog_anywhere,
                                print_help)
 from pipelines.policy import DIFFERENCE, SUCCESS, CommandFailed, quiet_beam, run_command
+from schemas import names
 from schemas.events import Limits
 from schemas.tables import DEAD_LETTER, LATE_EVENTS, RECOMPUTE_RUNS
 from schemas.values import format_time, parse_duration, parse_rfc3339, parse_window
@@ -50,12 +50,12 @@ from transforms.files import (PublishResults, ReadPayloadBatches, WriteSortedLin
                               discard_staging, remove_results, staging_dir)
 from transforms.outcomes import SummarizeCounts, WriteJson, dead_letter_line, usage_line
 from transforms.restate import CommitRun, ReadPeriodEvents, RecomputeRun, create_staging
+from transforms.runner import is_dataflow
 from transforms.storage_read import DEFAULT_MAX_STREAMS
 
 PIPELINE_NAME = "recompute_usage"
 # files mode's results, in the order they are moved into --output-dir: the summary last
 RESULT_FILES = ["usage.jsonl", "dead_letter.jsonl", "summary.json"]
-NS = 1_000_000_000
 
 
 class RecomputeOptions(UsageOptions):
@@ -187,10 +187,6 @@ def dirty_periods(client, target, window_ns: int) -> list[tuple[int, int]]:
     return [tuple(p) for p in periods]
 
 
-def new_run_id() -> str:
-    return f"recompute-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:6]}"
-
-
 def run(argv: list[str] | None = None) -> list[dict]:
     """Runs the recompute; returns one summary per run (one, or one per dirty period)."""
     options = PipelineOptions(argv)
@@ -213,12 +209,13 @@ def run(argv: list[str] | None = None) -> list[dict]:
     summaries = []
     for start, end in periods:
         print(f"tallyflow recompute: {format_time(start)} .. {format_time(end)}", file=sys.stderr)
-        restatement = RecomputeRun(new_run_id(), start, end, window_ns, reason, time.time_ns())
+        restatement = RecomputeRun(names.new_run_id("recompute"), start, end, window_ns, reason,
+                                   time.time_ns())
         create_staging(client, target, restatement)
         pipeline = beam.Pipeline(options=options)
         build(pipeline, recompute, limits, restatement)
         result = pipeline.run()
-        if is_dataflow(options):
+        if is_dataflow(options.view_as(StandardOptions).runner):
             summaries.append({"run_id": restatement.run_id, "submitted": True})
             continue
         result.wait_until_finish()
@@ -236,7 +233,7 @@ def run_files(options: PipelineOptions, recompute: RecomputeOptions, limits: Lim
     remove_results(recompute.output_dir, RESULT_FILES)
     try:
         result = pipeline.run()
-        if is_dataflow(options):  # a template launch must not wait for its job
+        if is_dataflow(options.view_as(StandardOptions).runner):  # a template launch must not wait for its job
             return {"output_dir": recompute.output_dir, "submitted": True}
         result.wait_until_finish()
     except BaseException:

@@ -29,7 +29,6 @@ import os
 import sys
 import threading
 import time
-import uuid
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
@@ -42,16 +41,15 @@ from pipelines.restart_points import SNAPSHOT_SECONDS, RestartPoints
 from schemas import names
 from schemas.events import Limits
 from schemas.tables import DEAD_LETTER, DUPLICATE_EVENTS, EVENTS, LATE_EVENTS, USAGE_PANES
-from schemas.values import format_time, parse_duration, parse_rfc3339, parse_window
+from schemas.values import NS, format_time, parse_duration, parse_rfc3339, parse_window
 from transforms import rows
 from transforms.bigquery import (CLIENT_METHOD, WRITE_METHODS, BigQueryTarget,
                                  ExpansionServiceUnavailable, QueryRows, WriteRows)
-from transforms.pubsub import (PublishDeadLetters, ReadUsageMessages,
-                               runner_supports_pubsub_extras)
+from transforms.pubsub import PublishDeadLetters, ReadUsageMessages
+from transforms.runner import is_dataflow
 from transforms.streaming import REPLAYED, StreamUsage
 
 PIPELINE_NAME = "streaming_usage"
-NS = 1_000_000_000
 
 
 class StreamingUsageOptions(UsageOptions):
@@ -226,10 +224,6 @@ class RecordedSince(beam.PTransform):
                                        else (r["t"], r["a"])))
 
 
-def new_job_id() -> str:
-    return f"stream-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:6]}"
-
-
 STOP_SECONDS = 45  # a cancel waits for an idle pull (30 s); longer means Pub/Sub is gone
 REPLAY_SLACK_NS = 60 * NS  # restore a minute more than the restart point, against clock steps
 
@@ -250,9 +244,9 @@ def run(argv: list[str] | None = None):
     """
     options = PipelineOptions(argv, streaming=True, save_main_session=False)
     streaming = options.view_as(StreamingUsageOptions)
-    block = not runner_supports_pubsub_extras(options.view_as(StandardOptions).runner)
+    block = not is_dataflow(options.view_as(StandardOptions).runner)
     job_id = options.view_as(beam.options.pipeline_options.GoogleCloudOptions).job_name \
-        or new_job_id()
+        or names.new_run_id("stream")
     since_ns = parse_rfc3339(streaming.replay_since) if streaming.replay_since else None
     stopping = stop_on_sigterm() if block else None  # a stop during the start is clean too
     points = None

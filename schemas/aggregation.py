@@ -13,17 +13,41 @@ a combiner can fold millions of readings without allocating per reading:
   whatever order or partition its events were folded, and a missing or extra
   event changes it.
 
+Each aggregation is a row of small functions (fold one reading, reduce many,
+merge two states, the value of a state), looked up by its `Aggregation`. An
+accumulator holds the aggregation as plain text (as `MeterReadings` passes it):
+accumulators live in a streaming job's state across `--update`s, and plain text
+pickles no class path that could move.
+
 Arithmetic uses `EXACT`, which raises rather than rounds.
 """
 from __future__ import annotations
 
 from decimal import Decimal, localcontext
+from enum import StrEnum
 from hashlib import blake2b
-from operator import itemgetter
+from operator import ior, itemgetter
 
 from schemas.values import EXACT
 
 _FP_MOD = 1 << 128
+
+
+class Aggregation(StrEnum):
+    """The aggregations a meter may declare; each member is its name as text, so it
+    compares, hashes, prints and serialises exactly as the catalog spells it."""
+
+    SUM = "SUM"
+    COUNT = "COUNT"
+    UNIQUE_COUNT = "UNIQUE_COUNT"
+    MIN = "MIN"
+    MAX = "MAX"
+    LATEST = "LATEST"
+
+    @property
+    def numeric(self) -> bool:
+        """Whether its readings are numbers (COUNT reads none, UNIQUE_COUNT text)."""
+        return self not in (Aggregation.COUNT, Aggregation.UNIQUE_COUNT)
 
 
 def identity_hash(source: str, event_id: str) -> int:
@@ -43,29 +67,64 @@ def fingerprint_of(identities) -> str:
 
 
 def new_accumulator(aggregation: str) -> list:
-    return [aggregation, 0, 0, set() if aggregation == "UNIQUE_COUNT" else None]
+    return [aggregation, 0, 0, set() if aggregation == Aggregation.UNIQUE_COUNT else None]
+
+
+def _add_unique(state: set, value, *_) -> set:
+    state.add(value)
+    return state
+
+
+def _latest(state, value, time_ns: int, event_id: str, identity: int):
+    return (time_ns, event_id, identity, value) if (
+        state is None or (time_ns, event_id, identity) > state[:3]) else state
+
+
+# state, value, time_ns, event_id, identity -> the state with one more reading
+_FOLD = {
+    Aggregation.SUM: lambda state, value, *_: value if state is None else EXACT.add(state, value),
+    Aggregation.COUNT: lambda state, *_: state,
+    Aggregation.UNIQUE_COUNT: _add_unique,
+    Aggregation.MIN: lambda state, value, *_: value if state is None or value < state else state,
+    Aggregation.MAX: lambda state, value, *_: value if state is None or value > state else state,
+    Aggregation.LATEST: _latest,
+}
 
 
 def add_reading(acc: list, value, time_ns: int, event_id: str, identity: int) -> list:
     """Folds one deduplicated event's reading into `acc` (in place) and returns it."""
-    aggregation, _, _, state = acc
     acc[1] += 1
     acc[2] = (acc[2] + identity) % _FP_MOD
-    if aggregation == "SUM":
-        acc[3] = value if state is None else EXACT.add(state, value)
-    elif aggregation == "UNIQUE_COUNT":
-        state.add(value)
-    elif aggregation == "MIN":
-        acc[3] = value if state is None or value < state else state
-    elif aggregation == "MAX":
-        acc[3] = value if state is None or value > state else state
-    elif aggregation == "LATEST":
-        if state is None or (time_ns, event_id, identity) > state[:3]:
-            acc[3] = (time_ns, event_id, identity, value)
+    acc[3] = _FOLD[acc[0]](acc[3], value, time_ns, event_id, identity)
     return acc
 
 
-_VALUE, _IDENTITY = itemgetter(0), itemgetter(3)
+_VALUE_OF, _IDENTITY = itemgetter(0), itemgetter(3)
+
+
+def _numbers(readings):
+    return map(Decimal, map(_VALUE_OF, readings))
+
+
+def _total(readings) -> Decimal:
+    with localcontext(EXACT):
+        return sum(_numbers(readings), Decimal(0))
+
+
+def _latest_of(readings) -> tuple:
+    value, time_ns, event_id, identity = max(readings, key=lambda r: (r[1], r[2], r[3]))
+    return (time_ns, event_id, identity, Decimal(value))
+
+
+# readings (value text, time_ns, event_id, identity) -> the state folding them gives
+_REDUCE = {
+    Aggregation.SUM: _total,
+    Aggregation.COUNT: lambda readings: None,
+    Aggregation.UNIQUE_COUNT: lambda readings: set(map(_VALUE_OF, readings)),
+    Aggregation.MIN: lambda readings: min(_numbers(readings)),
+    Aggregation.MAX: lambda readings: max(_numbers(readings)),
+    Aggregation.LATEST: _latest_of,
+}
 
 
 def accumulate(aggregation: str, readings: list) -> list:
@@ -76,60 +135,45 @@ def accumulate(aggregation: str, readings: list) -> list:
     canonical decimal text for numeric meters, text for UNIQUE_COUNT, None for COUNT.
     """
     fingerprint = sum(map(_IDENTITY, readings)) % _FP_MOD
-    state = None
-    if aggregation == "UNIQUE_COUNT":
-        state = set(map(_VALUE, readings))
-    elif aggregation != "COUNT":
-        values = map(Decimal, map(_VALUE, readings))
-        if aggregation == "SUM":
-            with localcontext(EXACT):
-                state = sum(values, Decimal(0))
-        elif aggregation == "MIN":
-            state = min(values)
-        elif aggregation == "MAX":
-            state = max(values)
-        else:
-            value, time_ns, event_id, identity = max(
-                readings, key=lambda r: (r[1], r[2], r[3]))
-            state = (time_ns, event_id, identity, Decimal(value))
-    return [aggregation, len(readings), fingerprint, state]
+    return [aggregation, len(readings), fingerprint, _REDUCE[aggregation](readings)]
+
+
+# two states, neither None -> their merge (UNIQUE_COUNT's into the first, in place)
+_MERGE = {
+    Aggregation.SUM: EXACT.add,
+    Aggregation.UNIQUE_COUNT: ior,
+    Aggregation.MIN: min,
+    Aggregation.MAX: max,
+    Aggregation.LATEST: lambda a, b: b if b[:3] > a[:3] else a,
+}
 
 
 def merge_accumulators(accs) -> list:
     """Merges accumulators of one aggregation into the first (in place)."""
     accs = iter(accs)
     merged = next(accs)
-    aggregation = merged[0]
+    merge = _MERGE.get(merged[0])
     for acc in accs:
         merged[1] += acc[1]
         merged[2] = (merged[2] + acc[2]) % _FP_MOD
         a, b = merged[3], acc[3]
-        if b is None:
-            continue
-        if a is None:
-            merged[3] = b
-        elif aggregation == "SUM":
-            merged[3] = EXACT.add(a, b)
-        elif aggregation == "UNIQUE_COUNT":
-            a |= b
-        elif aggregation == "MIN":
-            merged[3] = min(a, b)
-        elif aggregation == "MAX":
-            merged[3] = max(a, b)
-        elif aggregation == "LATEST":
-            merged[3] = b if b[:3] > a[:3] else a
+        if b is not None:
+            merged[3] = b if a is None else merge(a, b)
     return merged
+
+
+# state, event count -> the aggregation's value
+_VALUE = {
+    Aggregation.SUM: lambda state, _: state,
+    Aggregation.COUNT: lambda _, count: Decimal(count),
+    Aggregation.UNIQUE_COUNT: lambda state, _: Decimal(len(state)),
+    Aggregation.MIN: lambda state, _: state,
+    Aggregation.MAX: lambda state, _: state,
+    Aggregation.LATEST: lambda state, _: state[3],
+}
 
 
 def extract(acc: list) -> tuple[Decimal, int, str]:
     """(value, event_count, fingerprint) of an accumulator."""
     aggregation, count, fingerprint, state = acc
-    if aggregation == "COUNT":
-        value = Decimal(count)
-    elif aggregation == "UNIQUE_COUNT":
-        value = Decimal(len(state))
-    elif aggregation == "LATEST":
-        value = state[3]
-    else:
-        value = state
-    return value, count, format_fingerprint(fingerprint)
+    return _VALUE[aggregation](state, count), count, format_fingerprint(fingerprint)

@@ -14,9 +14,10 @@ from decimal import Decimal
 
 import yaml
 
+from schemas.aggregation import Aggregation
 from schemas.values import ValueProblem, format_decimal, parse_decimal, plain_length
 
-AGGREGATIONS = ("SUM", "COUNT", "UNIQUE_COUNT", "MIN", "MAX", "LATEST")
+AGGREGATIONS = tuple(Aggregation)
 PRECISIONS = ("NUMERIC", "BIGNUMERIC")
 
 _KEY = re.compile(r"[a-z][a-z0-9_]{0,63}\Z")
@@ -78,7 +79,7 @@ class JsonPath:
 class Meter:
     key: str
     event_type: str
-    aggregation: str
+    aggregation: Aggregation  # given as text, kept as the member it names
     value_property: JsonPath | None = None
     group_by: tuple[tuple[str, JsonPath], ...] = ()
     unit: str = ""
@@ -86,10 +87,13 @@ class Meter:
     precision: str = "NUMERIC"
     allow_negative: bool = False
 
+    def __post_init__(self):
+        object.__setattr__(self, "aggregation", Aggregation(self.aggregation))
+
     @property
     def numeric(self) -> bool:
         """Whether the meter's values are numbers (COUNT and UNIQUE_COUNT read none)."""
-        return self.aggregation in ("SUM", "MIN", "MAX", "LATEST")
+        return self.aggregation.numeric
 
     def read_value(self, data):
         """The reading this meter takes from an event's `data`.
@@ -98,7 +102,7 @@ class Meter:
         canonical text (so 7 and "7" are one user), COUNT None. Raises
         ValueProblem when the value is missing or invalid.
         """
-        if self.aggregation == "COUNT":
+        if self.aggregation == Aggregation.COUNT:
             return None
         if not isinstance(data, dict):
             raise ValueProblem("VALUE_MISSING",
@@ -236,7 +240,7 @@ def _parse_meter(index: int, spec) -> Meter:
     if aggregation not in AGGREGATIONS:
         fail("aggregation", f"must be one of {', '.join(AGGREGATIONS)}, got {aggregation!r}")
     value_property = None
-    if aggregation == "COUNT":
+    if aggregation == Aggregation.COUNT:
         if spec.get("value_property") is not None:
             fail("value_property", "COUNT counts events and reads no value; remove it")
     else:

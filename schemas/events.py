@@ -13,14 +13,14 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from schemas.catalog import MeterCatalog
-from schemas.values import (UNSAFE_CHARACTERS, ValueProblem, clip, dumps_exact, loads_exact,
+from schemas.values import (NS, UNSAFE_CHARACTERS, ValueProblem, clip, dumps_exact, loads_exact,
                             parse_rfc3339)
 
 SPECVERSION = "1.0"
 REQUIRED_ATTRIBUTES = ("specversion", "id", "source", "type", "subject", "time")
 IDENTIFIER_ATTRIBUTES = ("id", "source", "type", "subject")
 DEFAULT_MAX_IDENTIFIER_LENGTH = 256
-DEFAULT_MAX_FUTURE_SKEW_NS = 5 * 60 * 1_000_000_000
+DEFAULT_MAX_FUTURE_SKEW_NS = 5 * 60 * NS
 # Arrays and objects nested in one payload, a batch's array included. Real events
 # are a few levels deep; the bound keeps every re-serialiser and BigQuery's JSON
 # (500 levels) far from their limits.
@@ -259,7 +259,7 @@ def parse_event(obj, position: str, order: tuple, context: _Context,
         else:
             if time_ns > context.ingest_ns + limits.max_future_skew_ns:
                 problems.append(("FUTURE_TIME", f"time {clip(obj['time'])} is more than "
-                                 f"{limits.max_future_skew_ns // 1_000_000_000} s ahead of "
+                                 f"{limits.max_future_skew_ns // NS} s ahead of "
                                  "processing time"))
     readings = _readings(obj, context.catalog, problems)
     source, event_id = _text_or_none(obj.get("source")), _text_or_none(obj.get("id"))

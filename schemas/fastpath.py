@@ -18,9 +18,10 @@ import re
 
 import orjson
 
+from schemas.aggregation import Aggregation
 from schemas.catalog import MAX_TEXT_LENGTH, Meter, MeterCatalog
 from schemas.events import MAX_DEPTH, SPECVERSION, Limits, dimensions_json
-from schemas.values import (MAX_TIME_NS, NUMERIC_MAX_INTEGER_DIGITS,
+from schemas.values import (MAX_TIME_NS, NS, NUMERIC_MAX_INTEGER_DIGITS,
                             ValueProblem, format_decimal, parse_decimal, parse_rfc3339)
 
 # What follows "YYYY-MM-DDTHH:MM" in a plain time: seconds, 1-9 fraction digits, offset.
@@ -29,7 +30,7 @@ _TAIL = re.compile(r":(\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})\Z", re.ASCII
 # (and so BIGNUMERIC), non-negative, at most 9 fraction digits.
 _PLAIN_DECIMAL = re.compile(r"(\d{1,%d})(?:\.(\d{1,9}))?\Z" % NUMERIC_MAX_INTEGER_DIGITS, re.ASCII)
 _TAIL_LENGTH = len(":00.000000000+00:00")
-_NS_PER_MINUTE = 60 * 1_000_000_000
+_NS_PER_MINUTE = 60 * NS
 _UNREMARKABLE = bytes(b for b in range(0x80) if b not in b"{[\\\x7f")
 _UNSEEN = object()
 _INT_LIMIT = 10 ** NUMERIC_MAX_INTEGER_DIGITS  # within NUMERIC and BIGNUMERIC alike
@@ -97,7 +98,7 @@ class FastAccept:
         rest = self._tails.get(tail, _UNSEEN)
         if rest is _UNSEEN:
             m = _TAIL.match(tail)
-            rest = None if m is None else (int(m[1]) * 1_000_000_000
+            rest = None if m is None else (int(m[1]) * NS
                                            + int((m[2] or "").ljust(9, "0")), m[3])
             if rest is not None and rest[0] >= _NS_PER_MINUTE:
                 rest = None
@@ -179,10 +180,10 @@ _SLOW = object()
 
 
 def _value_reader(meter: Meter):
-    if meter.aggregation == "COUNT":
+    if meter.aggregation == Aggregation.COUNT:
         return lambda data: None
     prop = meter.value_property.steps[0]
-    if meter.aggregation == "UNIQUE_COUNT":
+    if meter.aggregation == Aggregation.UNIQUE_COUNT:
         def unique_text(data):
             value = data.get(prop)
             kind = type(value)

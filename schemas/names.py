@@ -4,12 +4,15 @@ Project, dataset and table names end up inside SQL between backticks and in
 API paths, so a name is checked against the service's own naming rules before
 anything is built from it: a dataset like ``m.x` UNION ALL SELECT ... `` is
 refused, not pasted into a query. The option parsers, `BigQueryTarget` and the
-template metadata all use these definitions.
+template metadata all use these definitions. So do the ids tallyflow gives its own
+runs (`new_run_id`), which name staging tables and jobs.
 """
 from __future__ import annotations
 
 import re
+import time
 import unicodedata
+import uuid
 
 # BigQuery project ids: 6-30 lowercase letters, digits and hyphens, starting with a
 # letter and not ending with a hyphen; legacy domain-scoped ids carry "domain:".
@@ -71,3 +74,9 @@ def pubsub_id(text) -> str:
     """A bare topic or subscription name (the local stack's and the publisher's options)."""
     return _checked("Pub/Sub name", text, f"^{_PUBSUB_ID}$",
                     "3-255 letters, digits or -_.~+%, starting with a letter")
+
+
+def new_run_id(kind: str) -> str:
+    """A new run's id, `<kind>-<UTC start, yyyymmdd-hhmmss>-<6 random hex digits>`: sorts by
+    start time, and two runs started in the same second still differ."""
+    return f"{kind}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:6]}"

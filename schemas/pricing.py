@@ -21,12 +21,26 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation, Overflow
+from enum import StrEnum
 
 import yaml
 
 from schemas.values import DECIMAL_TEXT, EXACT, format_decimal, format_time, parse_rfc3339
 
-MODELS = ("per_unit", "package", "graduated", "volume", "percentage", "matrix")
+
+class PriceModel(StrEnum):
+    """How a price turns a quantity into an amount (docs/pricing.md); each member is its
+    name as the price book spells it, so it compares and serialises as that text."""
+
+    PER_UNIT = "per_unit"
+    PACKAGE = "package"
+    GRADUATED = "graduated"
+    VOLUME = "volume"
+    PERCENTAGE = "percentage"
+    MATRIX = "matrix"
+
+
+MODELS = tuple(PriceModel)
 CELL_MODELS = MODELS[:-1]  # what a matrix cell or default can be
 LINE_KINDS = ("usage", "minimum", "maximum")
 ZERO = Decimal(0)
@@ -134,7 +148,7 @@ def package_count(quantity: Decimal, package_size: Decimal) -> Decimal:
 class Model:
     """How one quantity is priced (a price, or one cell of a matrix price)."""
 
-    kind: str
+    kind: PriceModel  # given as text, kept as the member it names
     unit_amount: Decimal = ZERO          # per_unit
     package_size: Decimal = Decimal(1)   # package
     package_amount: Decimal = ZERO       # package
@@ -142,6 +156,9 @@ class Model:
     percent: Decimal = ZERO              # percentage: of the usage value
     fixed_fee: Decimal = ZERO            # percentage: per event
     free_units: Decimal = ZERO           # every model but percentage
+
+    def __post_init__(self):
+        object.__setattr__(self, "kind", PriceModel(self.kind))
 
     def amount(self, quantity: Decimal, events: int = 0) -> Decimal:
         """The unrounded amount of a whole period's quantity under this model alone."""
@@ -157,19 +174,19 @@ class Model:
         fee goes here). `total`: the period's whole quantity (a volume price's tier).
         """
         _no_floats(before, quantity, total)
-        if self.kind == "percentage":
+        if self.kind == PriceModel.PERCENTAGE:
             return EXACT.add(EXACT.divide(EXACT.multiply(quantity, self.percent), 100),
                              EXACT.multiply(events, self.fixed_fee))
         start = billable(before, self.free_units)
         end = billable(EXACT.add(before, quantity), self.free_units)
         units = EXACT.subtract(end, start)
-        if self.kind == "per_unit":
+        if self.kind == PriceModel.PER_UNIT:
             return EXACT.multiply(units, self.unit_amount)
-        if self.kind == "package":
+        if self.kind == PriceModel.PACKAGE:
             packages = EXACT.subtract(package_count(end, self.package_size),
                                       package_count(start, self.package_size))
             return EXACT.multiply(packages, self.package_amount)
-        if self.kind == "graduated":
+        if self.kind == PriceModel.GRADUATED:
             done = ZERO if first else graduated_amount(self.tiers, start)
             return EXACT.subtract(graduated_amount(self.tiers, end), done)
         tier = volume_tier(self.tiers, billable(total, self.free_units))
@@ -198,8 +215,8 @@ class Price:
     description: str = ""
 
     @property
-    def kind(self) -> str:
-        return "matrix" if self.dimensions else self.model.kind
+    def kind(self) -> PriceModel:
+        return PriceModel.MATRIX if self.dimensions else self.model.kind
 
     def cell(self, dimensions: dict) -> dict:
         """The usage row's dimensions this price is keyed by (a line per cell)."""
@@ -698,7 +715,7 @@ def _parse_price(where: str, spec, currency: str) -> Price:
         raise PriceBookError(f"{where}.meter: required; the key of a meter in the catalog")
     minimum, maximum = _limits(where, spec, currency)
     common = {"id", "meter", "model", "minimum", "maximum", "description"}
-    if spec.get("model") != "matrix":
+    if spec.get("model") != PriceModel.MATRIX:
         model = _parse_model(where, spec, common)
         return Price(spec["id"], meter, model, minimum=minimum, maximum=maximum,
                      description=_text(where, spec, "description"))
@@ -735,11 +752,11 @@ def _parse_price(where: str, spec, currency: str) -> Price:
 
 
 _MODEL_FIELDS = {
-    "per_unit": {"unit_amount", "free_units"},
-    "package": {"package_size", "package_amount", "free_units"},
-    "graduated": {"tiers", "free_units"},
-    "volume": {"tiers", "free_units"},
-    "percentage": {"percent", "fixed_fee"},
+    PriceModel.PER_UNIT: {"unit_amount", "free_units"},
+    PriceModel.PACKAGE: {"package_size", "package_amount", "free_units"},
+    PriceModel.GRADUATED: {"tiers", "free_units"},
+    PriceModel.VOLUME: {"tiers", "free_units"},
+    PriceModel.PERCENTAGE: {"percent", "fixed_fee"},
 }
 
 
@@ -758,12 +775,12 @@ def _parse_model(where: str, spec: dict, other_fields: set) -> Model:
         return _decimal(f"{where}.{name}", spec[name], positive=positive)
 
     free_units = amount("free_units", ZERO)
-    if kind == "per_unit":
+    if kind == PriceModel.PER_UNIT:
         return Model(kind, unit_amount=amount("unit_amount"), free_units=free_units)
-    if kind == "package":
+    if kind == PriceModel.PACKAGE:
         return Model(kind, package_size=amount("package_size", positive=True),
                      package_amount=amount("package_amount"), free_units=free_units)
-    if kind == "percentage":
+    if kind == PriceModel.PERCENTAGE:
         if spec.get("percent") is None and spec.get("fixed_fee") is None:
             raise PriceBookError(f"{where}.percent: required for percentage (or fixed_fee)")
         return Model(kind, percent=amount("percent", ZERO), fixed_fee=amount("fixed_fee", ZERO))

@@ -27,9 +27,9 @@ BIGNUMERIC_MAX = Decimal("578960446186580977117854925043439539266."
                          "34992332820282019728792003956564819967")
 BIGNUMERIC_SCALE = 38
 
-_NS_PER_SECOND = 1_000_000_000
+NS = 1_000_000_000  # nanoseconds in a second: every time is int ns since the epoch
 _EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
-_NS_PER_DAY = 86400 * _NS_PER_SECOND
+_NS_PER_DAY = 86400 * NS
 # Event times: 0001-01-01 up to the end of 9999-12-30 UTC, so that every window (a
 # divisor of a day, see parse_window) starts and ends within what RFC 3339 and
 # BigQuery TIMESTAMP can spell (the last day's windows would end in year 10000).
@@ -298,8 +298,8 @@ def parse_rfc3339(text) -> int:
     if second == 60:
         if seconds % 86400:  # 23:59:60 UTC is 00:00:00 of the next day, less the leap
             raise ValueError(f"time {clip(text)!r}: a leap second is 23:59:60 UTC only")
-        seconds, fraction = seconds - 1, _NS_PER_SECOND - 1
-    nanos = seconds * _NS_PER_SECOND + fraction
+        seconds, fraction = seconds - 1, NS - 1
+    nanos = seconds * NS + fraction
     if not MIN_TIME_NS <= nanos <= MAX_TIME_NS:
         raise ValueError(f"time {clip(text)!r} is outside {format_time(MIN_TIME_NS)} .. "
                          f"{format_time(MAX_TIME_NS)}")
@@ -325,7 +325,7 @@ def _epoch_days(ymd: tuple[str, str, str], text: str) -> int:
 def format_time(nanos: int) -> str:
     """Nanoseconds since the epoch -> RFC 3339 UTC with Z, fraction only when non-zero;
     years zero-padded to four digits (0001-01-01T00:00:00Z)."""
-    seconds, frac = divmod(nanos, _NS_PER_SECOND)
+    seconds, frac = divmod(nanos, NS)
     t = dt.datetime(1970, 1, 1) + dt.timedelta(seconds=seconds)
     stamp = (f"{t.year:04d}-{t.month:02d}-{t.day:02d}"
              f"T{t.hour:02d}:{t.minute:02d}:{t.second:02d}")
@@ -335,8 +335,8 @@ def format_time(nanos: int) -> str:
 
 
 _DURATION = re.compile(r"(\d+)(ms|s|m|h|d)\Z", re.ASCII)
-_DURATION_NS = {"ms": 1_000_000, "s": _NS_PER_SECOND, "m": 60 * _NS_PER_SECOND,
-                "h": 3600 * _NS_PER_SECOND, "d": 86400 * _NS_PER_SECOND}
+_DURATION_NS = {"ms": 1_000_000, "s": NS, "m": 60 * NS,
+                "h": 3600 * NS, "d": 86400 * NS}
 
 
 def parse_duration(text: str) -> int:
@@ -354,7 +354,7 @@ def parse_window(text: str) -> int:
     window that starts and ends within 0001-01-01 .. 9999-12-31 (an odd size, aligned to
     the epoch, would reach before year 1), and Beam's FixedWindows takes whole seconds."""
     window_ns = parse_duration(text)
-    if window_ns % _NS_PER_SECOND or _NS_PER_DAY % window_ns:
+    if window_ns % NS or _NS_PER_DAY % window_ns:
         raise ValueError(f"window {text!r} must be a whole number of seconds that divides "
                          "a day (e.g. 1m, 5m, 15m, 1h, 6h, 1d)")
     return window_ns

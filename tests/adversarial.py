@@ -31,11 +31,12 @@ from hypothesis import strategies as st
 from schemas import aggregation
 from schemas.catalog import parse_catalog
 from schemas.events import ERROR_CODES, Limits, Rejection, UsageEvent, parse_payload
+from schemas.metering import usage_row, value_text as _text
 from schemas.values import format_decimal, parse_rfc3339
 from tests.conftest import ALL_AGGREGATIONS
 from tests.test_fastpath import agree
 from transforms.aggregate import event_timestamp
-from transforms.batch_usage import ComputeUsage, _text, usage_row
+from transforms.batch_usage import ComputeUsage
 from transforms.dedup import Duplicate, metering_signature
 from transforms.outcomes import dead_letter_line
 from transforms.pubsub import dead_letter_message
@@ -245,8 +246,8 @@ def check_event(event: UsageEvent) -> None:
             identity)])
         batch = aggregation.accumulate(kind, [(_text(reading.value), event.time_ns, event.id,
                                                identity)] * 2)
-        row = usage_row(((event.subject, reading.meter, reading.dimensions, window), batch),
-                        WINDOW_NS)
+        row = usage_row((event.subject, reading.meter, reading.dimensions), window,
+                        window + WINDOW_NS, aggregation.extract(batch))
         stored(row)
         value = aggregation.extract(streaming)[0]
         assert format_decimal(value) == row["value"], (reading, row)

@@ -98,3 +98,18 @@ def test_the_template_metadata_uses_the_same_rules():
     assert template.OPTION_KINDS["bigquery_project"].regex == names.PROJECT
     assert template.OPTION_KINDS["subscription"].regex == names.SUBSCRIPTION
     assert template.OPTION_KINDS["dead_letter_topic"].regex == names.TOPIC
+
+
+@pytest.mark.parametrize("kind", ["recompute", "rate", "stream", "reconcile"])
+def test_run_ids_name_their_kind_and_start_and_are_valid_names(kind):
+    import re
+    import time
+
+    before = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    first, second = names.new_run_id(kind), names.new_run_id(kind)
+    after = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    match = re.fullmatch(rf"{kind}-(\d{{8}}-\d{{6}})-[0-9a-f]{{6}}", first)
+    assert match and before <= match[1] <= after
+    assert first != second  # same second, still two runs
+    # a run id names staging tables (hyphens become underscores) and jobs
+    names.bigquery_table(f"usage_recomputed__staging_{first.replace('-', '_')}")

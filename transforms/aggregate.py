@@ -11,7 +11,7 @@ from apache_beam.utils.windowed_value import PaneInfoTiming
 
 from schemas import aggregation
 from schemas.catalog import MeterCatalog
-from schemas.values import format_decimal, format_time
+from schemas.metering import usage_row
 
 READINGS = "readings"
 UNMETERED = "unmetered"
@@ -25,7 +25,8 @@ def event_timestamp(time_ns: int) -> Timestamp:
 @beam.typehints.with_output_types(typing.Tuple[typing.Tuple[str, str, str], typing.Any])
 class _ReadMeters(beam.DoFn):
     def __init__(self, catalog: MeterCatalog):
-        self._aggregations = {m.key: m.aggregation for m in catalog.meters}
+        # as plain text: readings and accumulators may outlive this code in runner state
+        self._aggregations = {m.key: str(m.aggregation) for m in catalog.meters}
 
     def process(self, event):
         if not event.readings:
@@ -86,17 +87,8 @@ class _FormatUsageRow(beam.DoFn):
         self._with_pane = with_pane
 
     def process(self, keyed, window=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam):
-        (subject, meter, dimensions), (value, event_count, fingerprint) = keyed
-        row = {
-            "subject": subject,
-            "meter": meter,
-            "dimensions": dimensions,
-            "window_start": format_time(window.start.micros * 1000),
-            "window_end": format_time(window.end.micros * 1000),
-            "value": format_decimal(value),
-            "event_count": event_count,
-            "fingerprint": fingerprint,
-        }
+        key, figures = keyed
+        row = usage_row(key, window.start.micros * 1000, window.end.micros * 1000, figures)
         if self._with_pane:
             row.update(pane_timing=PaneInfoTiming.to_string(pane.timing),
                        pane_index=pane.index, is_final=pane.is_last)

@@ -23,6 +23,11 @@ few, big elements instead of one per event.
 Deduplication is over the whole input (it is the authority for a closed
 period), so a shard's identities are held in memory while it is processed:
 more shards, less memory per worker.
+
+What decides the bill (the window, the metering signature and conflict rule,
+the usage row, the aggregation and fingerprint) is `schemas.metering`'s and
+`schemas.aggregation`'s, shared with the streaming transforms; only the
+plumbing differs.
 """
 from __future__ import annotations
 
@@ -31,8 +36,6 @@ import pickle
 import zlib
 from collections import Counter
 from contextlib import contextmanager
-from decimal import Decimal
-from functools import lru_cache
 
 import apache_beam as beam
 from apache_beam import pvalue
@@ -41,20 +44,20 @@ from schemas import aggregation
 from schemas.catalog import MeterCatalog
 from schemas.events import Limits, Rejection, parse_payload
 from schemas.fastpath import FastAccept
-from schemas.values import format_decimal, format_time
+from schemas.metering import conflicts, signature, text_readings, usage_row, window_start
 
 DEAD_LETTERS = "dead_letters"
 COUNTS = "counts"
 
 # A record is one accepted event as the recompute needs it, in plain tuples and
 # strings because it crosses the shuffle:
-#   (source, id, order, subject, type, time_ns, ((meter, dimensions, value text), ...))
-# Values are canonical decimal text (re-spelled copies like 1E3 and 1000 are equal),
-# back to Decimal when aggregated. Everything after `order` is what the event bills.
-# A shard's records of one batch cross the shuffle as one pickled list: pickle
-# writes the strings records share (path, meter, dimensions) once, and decodes
-# about ten times faster than Beam's element-wise coder would.
-_ORDER = 2
+#   (source, id, order, signature)
+# with the metering signature's readings as (meter, dimensions, value text): values
+# are canonical text (re-spelled copies like 1E3 and 1000 are equal), back to Decimal
+# when aggregated. A shard's records of one batch cross the shuffle as one pickled
+# list: pickle writes the strings records share (path, meter, dimensions) once, and
+# decodes about ten times faster than Beam's element-wise coder would.
+_ORDER, _SIGNATURE = 2, 3
 
 
 @contextmanager
@@ -82,11 +85,6 @@ def _shard_of(event_id: str, shards: int) -> int:
     A stable hash (CRC-32), not `hash()`, which differs between worker processes.
     """
     return zlib.crc32(event_id.encode("utf-8", "surrogatepass")) % shards
-
-
-def _text(value) -> str | None:
-    """Canonical text of a reading's value, so re-spelled copies (1E3, 1000) are equal."""
-    return format_decimal(value) if isinstance(value, Decimal) else value
 
 
 class _ParseBatch(beam.DoFn):
@@ -125,7 +123,8 @@ class _ParseBatch(beam.DoFn):
             if accepted is not None:
                 fast += 1
                 source, event_id, event_type, subject, time_ns, readings = accepted
-                add((source, event_id, item[1], subject, event_type, time_ns, readings))
+                add((source, event_id, item[1], signature(subject, event_type, time_ns,
+                                                          readings)))
                 continue
             for result in parse_payload(item[2], *item[:2], self._catalog, self._limits,
                                         *item[3:]):
@@ -135,9 +134,9 @@ class _ParseBatch(beam.DoFn):
                     counts[f"dead_lettered_by_code/{result.error_code}"] += 1
                     rejections.append(result)
                     continue
-                readings = tuple((r.meter, r.dimensions, _text(r.value)) for r in result.readings)
-                add((result.source, result.id, result.order, result.subject, result.type,
-                     result.time_ns, readings))
+                add((result.source, result.id, result.order, signature(
+                    result.subject, result.type, result.time_ns,
+                    text_readings(result.readings))))
         counts["lines"] += len(batch)
         counts["records"] += fast
         return shards
@@ -158,7 +157,8 @@ def _first_copies(batches, counts: Counter):
         first = min(copies, key=lambda r: r[_ORDER])
         firsts[identity] = first
         counts["duplicates"] += len(copies) - 1
-        counts["conflicting_duplicates"] += sum(c[3:] != first[3:] for c in copies)
+        counts["conflicting_duplicates"] += sum(conflicts(c[_SIGNATURE], first[_SIGNATURE])
+                                                for c in copies)
     counts["accepted"] += len(firsts)
     return firsts.values()
 
@@ -188,7 +188,8 @@ class _DeduplicateAndAggregate(beam.DoFn):
         readings: dict[tuple, list] = {}
         window_ns, start, end = self._window_ns, self._start, self._end
         identity_hash = aggregation.identity_hash
-        for source, event_id, _, subject, _, time_ns, metered in _first_copies(batches, counts):
+        for source, event_id, _, (subject, _, time_ns, metered) in _first_copies(batches,
+                                                                                   counts):
             if start is not None and not start <= time_ns < end:
                 counts["outside_period"] += 1
                 continue
@@ -196,7 +197,7 @@ class _DeduplicateAndAggregate(beam.DoFn):
                 counts["unmetered"] += 1
                 continue
             reading = (time_ns, event_id, identity_hash(source, event_id))
-            window = time_ns - time_ns % window_ns
+            window = window_start(time_ns, window_ns)
             for meter, dimensions, value in metered:
                 key = (subject, meter, dimensions, window)
                 found = readings.get(key)
@@ -226,25 +227,11 @@ class _MergeUsage(beam.DoFn):
                     mine = merged.get(key)
                     merged[key] = acc if mine is None else aggregation.merge_accumulators(
                         [mine, acc])
-        for keyed in merged.items():
-            yield usage_row(keyed, self._window_ns)
+        window_ns = self._window_ns
+        for (subject, meter, dimensions, window), acc in merged.items():
+            yield usage_row((subject, meter, dimensions), window, window + window_ns,
+                            aggregation.extract(acc))
         yield pvalue.TaggedOutput(COUNTS, Counter(usage_rows=len(merged)))
-
-
-@lru_cache(maxsize=4096)
-def _window_bounds(window: int, window_ns: int) -> tuple[str, str]:
-    """RFC 3339 bounds of a window; memoised, as rows share few windows."""
-    return format_time(window), format_time(window + window_ns)
-
-
-def usage_row(keyed, window_ns: int) -> dict:
-    (subject, meter, dimensions, window), acc = keyed
-    value, event_count, fingerprint = aggregation.extract(acc)
-    window_start, window_end = _window_bounds(window, window_ns)
-    return {"subject": subject, "meter": meter, "dimensions": dimensions,
-            "window_start": window_start, "window_end": window_end,
-            "value": format_decimal(value), "event_count": event_count,
-            "fingerprint": fingerprint}
 
 
 class ComputeUsage(beam.PTransform):

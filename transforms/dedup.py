@@ -9,7 +9,8 @@ the copy with the smallest position, deterministically, over its whole input,
 and is the authority beyond the horizon.
 
 A later copy that would meter differently (other subject, type, time or
-readings) is a conflict: still a duplicate, counted separately for audit.
+readings: `schemas.metering`'s signature and conflict rule, the recompute's
+too) is a conflict: still a duplicate, counted separately for audit.
 
 A copy from the same position (message id and element) as the kept one is a
 replay, not a duplicate: a restarted job replays stored events (positions
@@ -26,7 +27,7 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Duration, Timestamp
 
-from schemas.events import UsageEvent
+from schemas.metering import conflicts, metering_signature
 
 UNIQUE = "unique"
 DUPLICATES = "duplicates"
@@ -50,11 +51,6 @@ class Duplicate:
     conflict: bool  # it would have billed differently from the kept copy
 
 
-def metering_signature(event: UsageEvent) -> tuple:
-    """What a copy would bill: two copies with equal signatures cannot conflict."""
-    return (event.subject, event.type, event.time_ns, event.readings)
-
-
 class _FirstCopyWithinHorizon(beam.DoFn):
     SEEN = ReadModifyWriteStateSpec("seen_signature", beam.coders.PickleCoder())
     EXPIRY = TimerSpec("forget_identity", TimeDomain.WATERMARK)
@@ -76,7 +72,7 @@ class _FirstCopyWithinHorizon(beam.DoFn):
             return
         yield pvalue.TaggedOutput(DUPLICATES, Duplicate(
             event.source, event.id, event.position, kept_position,
-            metering_signature(event) != signature))
+            conflicts(metering_signature(event), signature)))
 
     @on_timer(EXPIRY)
     def forget(self, seen=beam.DoFn.StateParam(SEEN)):

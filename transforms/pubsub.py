@@ -7,17 +7,7 @@ import apache_beam as beam
 from apache_beam.io.gcp.pubsub import PubsubMessage, ReadFromPubSub, WriteToPubSub
 
 from transforms.rows import payload_bytes
-
-
-def runner_supports_pubsub_extras(runner: str | None) -> bool:
-    """`id_label` and `timestamp_attribute` are honoured by Dataflow's native source.
-
-    The DirectRunner raises NotImplementedError for id_label (and keeps running
-    without reading), and a malformed timestamp attribute makes its source
-    raise and redeliver the whole pull forever; tallyflow takes event time
-    from the payload anyway, so locally both are left out.
-    """
-    return (runner or "").lower().replace("runner", "") == "dataflow"
+from transforms.runner import is_dataflow
 
 
 class ReadUsageMessages(beam.PTransform):
@@ -25,13 +15,19 @@ class ReadUsageMessages(beam.PTransform):
 
     The ingest time is taken when the message enters the pipeline: it judges
     FUTURE_TIME and too-late events, and is stored with every accepted event.
+
+    `id_label` and `timestamp_attribute` are passed on Dataflow only, whose native
+    source honours them. The DirectRunner raises NotImplementedError for id_label
+    (and keeps running without reading), and a malformed timestamp attribute makes
+    its source raise and redeliver the whole pull forever; tallyflow takes event
+    time from the payload anyway, so locally both are left out.
     """
 
     def __init__(self, subscription: str, runner: str | None, timestamp_attribute: str | None,
                  id_label: str | None = None):
         super().__init__()
         self._subscription = subscription
-        self._extras = runner_supports_pubsub_extras(runner)
+        self._extras = is_dataflow(runner)
         self._timestamp_attribute = timestamp_attribute
         self._id_label = id_label
 

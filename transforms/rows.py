@@ -11,7 +11,8 @@ import json
 from decimal import Decimal
 from hashlib import blake2b
 
-from schemas.values import ValueProblem, check_range, dumps_exact, format_time, loads_exact
+from schemas.metering import window_start
+from schemas.values import NS, ValueProblem, check_range, dumps_exact, format_time, loads_exact
 
 NS_PER_US = 1000
 # The text copy of a dead letter's payload is clipped beyond this many characters
@@ -85,7 +86,7 @@ def payload_bytes(rejection) -> bytes:
 
 
 def late_event_row(event, lateness_ns: int, window_ns: int, job_id: str) -> tuple[str, dict]:
-    start = event.time_ns - event.time_ns % window_ns
+    start = window_start(event.time_ns, window_ns)
     return row_id("late", event.source, event.id, event.position), {
         "source": event.source,
         "id": event.id,
@@ -179,5 +180,5 @@ def failed_write_rows(table_name: str, failed_id: str, row: dict, code: str, rea
 
 
 def _seconds(ns: int) -> str:
-    whole, frac = divmod(ns, 10 ** 9)
+    whole, frac = divmod(ns, NS)
     return f"{whole}.{frac:09d}".rstrip("0").rstrip(".")

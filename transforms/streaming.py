@@ -10,12 +10,11 @@ import apache_beam as beam
 from schemas.catalog import MeterCatalog
 from schemas.events import Limits
 from schemas.tables import DEAD_LETTER, DUPLICATE_EVENTS, LATE_EVENTS
+from schemas.values import NS
 from transforms.aggregate import AggregateUsage, MeterReadings
 from transforms.dedup import REPLAYED, DeduplicateEvents
 from transforms.parse import ParseEvents
 from transforms.windowing import AssignEventTime, RouteTooLate, WindowUsage
-
-NS = 1_000_000_000
 
 
 def is_live(element) -> bool:

@@ -17,6 +17,7 @@ from apache_beam import pvalue
 from apache_beam.transforms import trigger
 from apache_beam.transforms.window import FixedWindows, TimestampedValue
 
+from schemas.metering import window_start
 from transforms.aggregate import event_timestamp
 
 TOO_LATE = "too_late"
@@ -32,7 +33,7 @@ class AssignEventTime(beam.PTransform):
 
 def closing_ns(time_ns: int, window_ns: int, allowed_lateness_ns: int) -> int:
     """When the window holding `time_ns` stops accepting data: its end + allowed lateness."""
-    return time_ns - time_ns % window_ns + window_ns + allowed_lateness_ns
+    return window_start(time_ns, window_ns) + window_ns + allowed_lateness_ns
 
 
 class RouteTooLate(beam.PTransform):

@@ -34,9 +34,8 @@ from tallyflow.local.publish import Outgoing, Progress, publish
 from tallyflow.reports.reconcile import STATUSES, reconcile
 from tallyflow.local.synthetic import SyntheticConfig, count_kinds, generate
 from tallyflow.examples import METERS
-from schemas.values import format_decimal, format_time
+from schemas.values import NS, format_decimal, format_time
 
-NS = 1_000_000_000
 WINDOW_NS = 60 * NS
 LATENESS_NS = 5 * 60 * NS
 

@@ -27,10 +27,9 @@ from pipelines.policy import name_option, run_command
 from tallyflow.local.stack import StackError
 from tallyflow.local.synthetic import KINDS, Message, SyntheticConfig, count_kinds, generate
 from schemas import names
-from schemas.values import format_time, parse_duration, parse_rfc3339, parse_window
+from schemas.values import NS, format_time, parse_duration, parse_rfc3339, parse_window
 
 DEFAULT_TIMESTAMP_ATTRIBUTE = "ce-time"
-NS = 1_000_000_000
 
 
 @dataclass(frozen=True)

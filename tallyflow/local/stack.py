@@ -109,10 +109,6 @@ class LocalStack:
     def bigquery_grpc_address(self) -> str:
         return f"{self.host}:{self.bigquery_grpc_port}"
 
-    @property
-    def pids(self) -> dict[str, int]:
-        return {"pubsub": self.pubsub_pid, "bigquery": self.bigquery_pid}
-
     def topic_path(self, topic: str | None = None) -> str:
         return f"projects/{self.project}/topics/{topic or self.topic}"
 

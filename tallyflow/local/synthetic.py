@@ -26,9 +26,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from schemas.values import format_time, parse_rfc3339
+from schemas.values import NS, format_time, parse_rfc3339
 
-NS = 1_000_000_000
 MINUTE_NS = 60 * NS
 HOUR_NS = 60 * MINUTE_NS
 

@@ -46,6 +46,7 @@ from pipelines.options import add_table_arguments
 from schemas import aggregation
 from schemas.catalog import CatalogError, Meter, MeterCatalog, load_catalog
 from schemas.events import Limits, UsageEvent, parse_payload
+from schemas.metering import conflicts, metering_signature, value_text
 from schemas.tables import (DUPLICATE_EVENTS, EVENTS, LATE_EVENTS, RECOMPUTE_RUNS, USAGE_PANES,
                             USAGE_RECOMPUTED, USAGE_VIEW)
 from schemas.values import format_decimal, format_time, parse_rfc3339, printable
@@ -328,7 +329,7 @@ def explain_row(catalog: MeterCatalog, meter: Meter, row: dict, evidence: dict,
                                 aggregation.identity_hash(*identity))
         counted.append({"source": event.source, "id": event.id,
                         "time": format_time(event.time_ns),
-                        "value": _text(value),
+                        "value": value_text(value),
                         "ingest_time": format_time(ns_of(copy["ingest_time"])),
                         "message_id": copy["message_id"],
                         "late": identity in late_ids})
@@ -380,17 +381,13 @@ def _owned_identities(copies: list[dict], kept: dict, meter: Meter, dims: str) -
     return owned
 
 
-def _text(value) -> str | None:
-    return format_decimal(value) if isinstance(value, Decimal) else value
-
-
 def _dropped(copy: dict, first: dict | None) -> dict:
     event, kept = copy["event"], first and first["event"]
     if kept is None:
         why = "its first copy belongs to another customer (not shown)"
     else:
-        bills = lambda e: (e.subject, e.type, e.time_ns, e.readings)  # noqa: E731
-        why = "same as the kept copy" if event and bills(event) == bills(kept) \
+        why = "same as the kept copy" if event and not conflicts(
+            metering_signature(event), metering_signature(kept)) \
             else "CONFLICT: differs from the kept copy"
     return {"source": copy["source"], "id": copy["id"], "copy": copy["copy_rank"],
             "time": format_time(event.time_ns) if event else None,

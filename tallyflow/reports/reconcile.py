@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-import uuid
 
 from pipelines.policy import DIFFERENCE, SUCCESS, run_command
 from pipelines.options import add_table_arguments
+from schemas import names
 from schemas.tables import (NEWER_RUN_COVERS, RECOMPUTE_RUNS, RECONCILIATION, USAGE_PANES,
                             USAGE_RECOMPUTED)
 from schemas.values import format_time, parse_rfc3339, printable
@@ -96,8 +96,7 @@ def reconcile(client, target: BigQueryTarget, start_ns: int, end_ns: int,
     if gaps:
         spans = ", ".join(f"{format_time(s)}..{format_time(e)}" for s, e in gaps)
         raise ValueError(f"no recompute covers {spans}: run tallyflow recompute first")
-    run_id = run_id or f"reconcile-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-" \
-                       f"{uuid.uuid4().hex[:6]}"
+    run_id = run_id or names.new_run_id("reconcile")
     now = time.time_ns()
     params = _period(start_ns, end_ns) + [
         bigquery.ScalarQueryParameter("run_id", "STRING", run_id),
