@@ -81,6 +81,21 @@ class UsageEvent(NamedTuple):
         return (self.source, self.id)
 
 
+class Payload(NamedTuple):
+    """One input payload on its way to `parse_payload`: a file line, a Pub/Sub message
+    or a stored event. Every source builds one of these; the parsers read its fields."""
+
+    position: str                   # message id, or file:line
+    order: tuple                    # sort key of the position (see UsageEvent.order)
+    data: bytes                     # the line, or the message data
+    ingest_ns: int | None = None    # when received; None: the limits' now_ns
+    attributes: dict | None = None  # Pub/Sub attributes (binary content mode reads ce-*)
+
+    def parse(self, catalog: MeterCatalog, limits: Limits) -> list[UsageEvent | Rejection]:
+        return parse_payload(self.data, self.position, self.order, catalog, limits,
+                             self.ingest_ns, self.attributes)
+
+
 class Rejection(NamedTuple):
     error_code: str
     error_message: str

@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 
 from schemas import aggregation
 from schemas.catalog import parse_catalog
-from schemas.events import ERROR_CODES, Limits, Rejection, UsageEvent, parse_payload
+from schemas.events import ERROR_CODES, Limits, Payload, Rejection, UsageEvent, parse_payload
 from schemas.values import format_decimal, parse_rfc3339
 from tests.conftest import ALL_AGGREGATIONS
 from tests.test_fastpath import agree
@@ -306,7 +306,7 @@ def check_compute_usage(payload_list: list[bytes]) -> Counter:
     conserve every record, agree with the pure path, and every output is storable.
     Returns the outcomes by the pure path."""
     expected = _outcomes(payload_list, NOW)
-    items = [(f"f:{n}", ("f", n), p) for n, p in enumerate(payload_list)]
+    items = [Payload(f"f:{n}", ("f", n), p) for n, p in enumerate(payload_list)]
 
     def conserved(counters):
         total = Counter()
@@ -332,7 +332,7 @@ def check_stream_usage(payload_list: list[bytes]) -> Counter:
     by the pure path."""
     expected = _outcomes(payload_list, STREAM_NOW)
     stream = TestStream().advance_watermark_to(event_timestamp(STREAM_NOW - 3 * WINDOW_NS))
-    stream.add_elements([(f"m{n}", (), payload, STREAM_NOW, {"k": "v"})
+    stream.add_elements([Payload(f"m{n}", (), payload, STREAM_NOW, {"k": "v"})
                          for n, payload in enumerate(payload_list)],
                         event_timestamp=event_timestamp(STREAM_NOW))
     stream.advance_watermark_to_infinity()

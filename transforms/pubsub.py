@@ -6,6 +6,7 @@ import time
 import apache_beam as beam
 from apache_beam.io.gcp.pubsub import PubsubMessage, ReadFromPubSub, WriteToPubSub
 
+from schemas.events import Payload
 from transforms.rows import payload_bytes
 
 
@@ -21,7 +22,7 @@ def runner_supports_pubsub_extras(runner: str | None) -> bool:
 
 
 class ReadUsageMessages(beam.PTransform):
-    """Pub/Sub -> (message id, (), payload bytes, ingest ns, attributes) for ParseEvents.
+    """Pub/Sub -> Payloads (message id, (), data, ingest ns, attributes) for ParseEvents.
 
     The ingest time is taken when the message enters the pipeline: it judges
     FUTURE_TIME and too-late events, and is stored with every accepted event.
@@ -43,8 +44,9 @@ class ReadUsageMessages(beam.PTransform):
         return (pbegin
                 | "Read" >> ReadFromPubSub(subscription=self._subscription,
                                            with_attributes=True, **extras)
-                | "Unwrap" >> beam.Map(lambda m: (m.message_id or "", (), m.data,
-                                                  time.time_ns(), dict(m.attributes or {}))))
+                | "Unwrap" >> beam.Map(lambda m: Payload(m.message_id or "", (), m.data,
+                                                         time.time_ns(),
+                                                         dict(m.attributes or {}))))
 
 
 _ATTRIBUTE_VALUE_BYTES = 1024  # Pub/Sub's limit on an attribute value
