@@ -200,9 +200,9 @@ def _as_received(rejection: Rejection, payload: bytes, text: str) -> Rejection:
 
 STRUCTURED, BINARY, UNSUPPORTED = "structured", "binary", "unsupported"
 CE_PREFIX = "ce-"
-# A binary-mode attribute value longer than this is refused: Pub/Sub's own limit (1024
-# bytes), checked again because the emulator and other sources do not enforce it.
-MAX_ATTRIBUTE_VALUE_LENGTH = 1024
+# Pub/Sub's limit on an attribute value. A longer binary-mode attribute is refused,
+# checked again because the emulator and other sources do not enforce it.
+ATTRIBUTE_VALUE_BYTES = 1024
 
 
 def content_mode(attributes: dict | None) -> str:
@@ -289,12 +289,12 @@ def _binary_attributes(attributes: dict, problems: list) -> dict:
                 continue
         else:
             continue
-        if isinstance(value, str) and len(value) > MAX_ATTRIBUTE_VALUE_LENGTH:
-            problems.append(("INVALID_ATTRIBUTE", f"attribute {name} is longer than "
-                             f"{MAX_ATTRIBUTE_VALUE_LENGTH} characters"))
-        elif isinstance(value, str) and _LONE_SURROGATE.search(value):
+        if isinstance(value, str) and _LONE_SURROGATE.search(value):
             problems.append(("INVALID_UNICODE", f"attribute {name} holds a lone UTF-16 "
                              "surrogate, which is not Unicode text"))
+        elif isinstance(value, str) and len(value.encode("utf-8")) > ATTRIBUTE_VALUE_BYTES:
+            problems.append(("INVALID_ATTRIBUTE", f"attribute {name} is longer than "
+                             f"{ATTRIBUTE_VALUE_BYTES} bytes (Pub/Sub's limit)"))
         else:
             found[name] = value
     first = [name for name in REQUIRED_ATTRIBUTES if name in found]

@@ -27,6 +27,8 @@ from cloudevents.v1.http import CloudEvent
 from schemas.catalog import CatalogError, parse_catalog
 from schemas.events import Limits, Payload, Rejection, UsageEvent, parse_payload
 from schemas.values import parse_rfc3339
+from tallyflow.local.publish import Outgoing
+from tallyflow.local.publish import main as publish_main
 from transforms.batch_usage import ComputeUsage
 from transforms.streaming import StreamUsage
 from transforms.windowing import event_timestamp
@@ -371,3 +373,48 @@ def test_the_stream_bills_every_mode_byte_identically(tmp_path):
     got = {(r["subject"], r["meter"], r["dimensions"], parse_rfc3339(r["window_start"])):
            (r["value"], r["event_count"]) for r in last_panes([json.loads(r) for r in by_binary])}
     assert got == expected_usage(SAMPLE)
+
+
+# ---------------------------------------------------------------- tallyflow publish --binary
+
+
+def test_publish_binary_writes_what_the_sdk_writes_and_it_bills_as_the_structured_line():
+    for event in SAMPLE[:6] + [sdk_event(9, sequence=12, sampled=True)]:
+        line = to_json(event)
+        [message] = Outgoing.of(line).in_binary_mode()
+        headers, body = to_binary(event)
+        expected = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in
+                    headers.items()}
+        assert message.attributes == {**expected, "content-type": "application/json"}
+        assert json.loads(message.data) == json.loads(body)
+        [sent] = parsed(Payload("m", (), message.data, NOW, message.attributes))
+        assert billed(sent) == billed(parsed(Payload("m", (), line, NOW))[0])
+
+
+def test_publish_binary_splits_a_batch_and_keeps_numbers_and_base64_data_exact():
+    data = b'{"tokens": 2.50, "model": "m", "user": "u"}'
+    doc = json.loads(to_json(SAMPLE[1]))
+    base64_event = {**doc, "id": "b64", "datacontenttype": "application/json",
+                    "data_base64": base64.b64encode(data).decode()}
+    del base64_event["data"]
+    line = b'[' + to_json(SAMPLE[1]).replace(b'"1.25"', b'1.250') + b"," + json.dumps(
+        base64_event).encode() + b"]"
+    first, second = Outgoing.of(line).in_binary_mode()
+    assert b'"tokens":1.250,' in first.data and first.time == SAMPLE[1]["time"]
+    assert second.data == data
+    assert [e.readings[0].value for e in parsed(Payload("m", (), line, NOW))] == [
+        parsed(Payload("m", (), m.data, NOW, m.attributes))[0].readings[0].value
+        for m in (first, second)]
+
+
+@pytest.mark.parametrize("line", [b"{oops", b"[]", b"[1]", b'{"id": 1.5}', b'{"id": {"a": 1}}',
+                                  b'{"id": "' + b"x" * 1025 + b'"}',
+                                  b'{"data_base64": "%%"}'])
+def test_a_line_without_a_binary_form_is_sent_as_it_is(line):
+    assert Outgoing.of(line).in_binary_mode() == [Outgoing.of(line)]
+
+
+def test_publish_binary_refuses_synthetic_batches():
+    with pytest.raises(SystemExit) as exit_:
+        publish_main(["--synthetic", "--binary", "--batch-size", "2"])
+    assert exit_.value.code == 2

@@ -6,7 +6,7 @@ import time
 import apache_beam as beam
 from apache_beam.io.gcp.pubsub import PubsubMessage, ReadFromPubSub, WriteToPubSub
 
-from schemas.events import Payload
+from schemas.events import ATTRIBUTE_VALUE_BYTES, Payload
 from transforms.rows import payload_bytes
 
 
@@ -49,9 +49,6 @@ class ReadUsageMessages(beam.PTransform):
                                                          dict(m.attributes or {}))))
 
 
-_ATTRIBUTE_VALUE_BYTES = 1024  # Pub/Sub's limit on an attribute value
-
-
 def dead_letter_message(rejection) -> PubsubMessage:
     """A rejection as a Pub/Sub message: the payload's bytes as received, its attributes,
     and the reason, each attribute value cut to Pub/Sub's 1024 bytes on a character
@@ -63,7 +60,7 @@ def dead_letter_message(rejection) -> PubsubMessage:
 
 
 def _clip_bytes(text: str) -> str:
-    return text.encode("utf-8")[:_ATTRIBUTE_VALUE_BYTES].decode("utf-8", "ignore")
+    return text.encode("utf-8", "replace")[:ATTRIBUTE_VALUE_BYTES].decode("utf-8", "ignore")
 
 
 class PublishDeadLetters(beam.PTransform):
