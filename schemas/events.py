@@ -292,11 +292,12 @@ def _binary_attributes(attributes: dict, problems: list) -> dict:
         if isinstance(value, str) and _LONE_SURROGATE.search(value):
             problems.append(("INVALID_UNICODE", f"attribute {name} holds a lone UTF-16 "
                              "surrogate, which is not Unicode text"))
-        elif isinstance(value, str) and len(value.encode("utf-8")) > ATTRIBUTE_VALUE_BYTES:
+            continue  # kept out of raw, which must encode as UTF-8
+        if (isinstance(value, str) and name not in IDENTIFIER_ATTRIBUTES  # bounded on their own
+                and len(value.encode("utf-8")) > ATTRIBUTE_VALUE_BYTES):
             problems.append(("INVALID_ATTRIBUTE", f"attribute {name} is longer than "
                              f"{ATTRIBUTE_VALUE_BYTES} bytes (Pub/Sub's limit)"))
-        else:
-            found[name] = value
+        found[name] = value
     first = [name for name in REQUIRED_ATTRIBUTES if name in found]
     rest = sorted(name for name in found if name not in REQUIRED_ATTRIBUTES)
     return {name: found[name] for name in first + rest}
