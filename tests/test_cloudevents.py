@@ -85,13 +85,13 @@ def billed(event: UsageEvent) -> tuple:
     return (event.source, event.id, event.type, event.subject, event.time_ns, event.readings)
 
 
-def expected_usage(events: list[CloudEvent]) -> dict:
+def expected_usage(events: list[CloudEvent], window_ns: int = HOUR_NS) -> dict:
     """{(subject, meter, dimensions, window start): (value text, event count)} from the
     SDK's own view of the events, summed here without tallyflow's parser."""
     sums, counts, users = defaultdict(Decimal), defaultdict(int), defaultdict(set)
     for e in events:
         data = e.get_data()
-        window = parse_rfc3339(e["time"]) // HOUR_NS * HOUR_NS
+        window = parse_rfc3339(e["time"]) // window_ns * window_ns
         tokens_key = (e["subject"], "tokens", json.dumps(
             {"model": data["model"], "region": e["region"]}, sort_keys=True,
             separators=(",", ":")), window)
@@ -105,7 +105,8 @@ def expected_usage(events: list[CloudEvent]) -> dict:
     for key, count in counts.items():
         value = sums[key] if key[1] == "tokens" else (
             count if key[1] == "completions" else len(users[key]))
-        expected[key] = (str(value.normalize() if isinstance(value, Decimal) else value), count)
+        expected[key] = (format(value.normalize(), "f") if isinstance(value, Decimal)
+                         else str(value), count)
     return expected
 
 
