@@ -1,7 +1,8 @@
 """Usage events (SPEC §1): CloudEvents 1.0 in JSON, validated whole.
 
-`parse_payload` turns one input payload (a file line or a Pub/Sub message)
-into accepted events and rejections; nothing it is given disappears. An event
+`parse_payload` turns one input payload (a file line or a Pub/Sub message, in
+structured or binary content mode: docs/cloudevents.md) into accepted events
+and rejections; nothing it is given disappears. An event
 is accepted or rejected whole: every meter that reads it must find a valid
 value, else it is rejected once with every problem listed, so a producer can
 re-send a corrected event under the same identity.
@@ -446,6 +447,13 @@ def _identifier_problem(name: str, value: str, max_length: int) -> tuple[str, st
 
 
 _UNREADABLE = object()
+
+
+def event_data(obj: dict):
+    """An accepted event's data as meters read it: `data`, or `data_base64` decoded (the
+    `events` table's `data` column); None when it has none."""
+    data = _event_data(obj, [])
+    return None if data is _UNREADABLE else data
 
 
 def _event_data(obj: dict, problems: list):

@@ -10,6 +10,7 @@ re-read (recompute, explain) as the event itself.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 from collections import defaultdict
 from decimal import Decimal
@@ -28,8 +29,10 @@ from schemas.catalog import CatalogError, parse_catalog
 from schemas.events import Limits, Payload, Rejection, UsageEvent, parse_payload
 from schemas.values import parse_rfc3339
 from tallyflow.local.publish import Outgoing
+from tallyflow.reports import explain
 from tallyflow.local.publish import main as publish_main
 from transforms.batch_usage import ComputeUsage
+from transforms.rows import event_row
 from transforms.streaming import StreamUsage
 from transforms.windowing import event_timestamp
 
@@ -134,6 +137,13 @@ def test_a_binary_events_raw_is_the_structured_event_and_re_reads_as_it():
     assert billed(again) == billed(accepted) and again.raw == accepted.raw
 
 
+def test_explain_re_reads_a_stored_binary_event_as_the_event():
+    [accepted] = parsed(binary(SAMPLE[2], "msg-9"))
+    row = {"raw": accepted.raw, "message_id": "msg-9",
+           "ingest_time": dt.datetime.fromtimestamp(NOW // NS, dt.timezone.utc)}
+    assert billed(explain._parse_stored(CATALOG, row)) == billed(accepted)
+
+
 def test_binary_data_is_kept_verbatim_in_raw_numbers_and_all():
     headers = {"ce-specversion": "1.0", "ce-id": "v", "ce-source": "//s",
                "ce-type": "llm.completion", "ce-subject": "c", "ce-time": "2026-11-02T09:00:00Z",
@@ -155,6 +165,8 @@ def test_data_base64_is_read_as_the_json_it_encodes():
     [decoded] = parsed(Payload("m", (), body, NOW, headers))
     [direct] = parsed(structured(plain, "m"))
     assert billed(decoded) == billed(direct)
+    # the events table's data column holds the JSON, however it was encoded
+    assert json.loads(event_row(decoded, "job")[1]["data"]) == plain.get_data()
 
 
 def test_extension_attributes_are_kept_in_raw_in_both_modes():
@@ -215,10 +227,10 @@ VIOLATIONS += [
 ]
 
 
-def in_both_modes(name: str, value) -> tuple[Payload, Payload]:
-    """SAMPLE[7] with one attribute set (or removed), as a structured and a binary message."""
-    headers, body = to_binary(SAMPLE[7])
-    doc = json.loads(to_json(SAMPLE[7]))
+def in_both_modes(name: str, value, event: CloudEvent = SAMPLE[7]) -> tuple[Payload, Payload]:
+    """`event` with one attribute set (or removed), as a structured and a binary message."""
+    headers, body = to_binary(event)
+    doc = json.loads(to_json(event))
     key = "content-type" if name == "datacontenttype" else f"ce-{name}"
     if value is MISSING:
         headers.pop(key, None)

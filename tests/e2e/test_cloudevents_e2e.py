@@ -15,6 +15,7 @@ import dataclasses
 import json
 import time
 import uuid
+from decimal import Decimal
 
 import pytest
 import yaml
@@ -22,10 +23,13 @@ from cloudevents.v1.conversion import to_binary, to_json, to_structured
 from cloudevents.v1.http import CloudEvent
 
 from pipelines import recompute_usage
+from schemas.events import Payload
 from schemas.values import parse_rfc3339
 from tallyflow.local.stack import provision
-from tests.e2e.test_streaming_e2e import HEARTBEAT_SOURCE, StreamJob, query, rfc3339, table, wait_for
-from tests.test_cloudevents import BATCH, MISSING, STRUCTURED, VIOLATIONS, expected_usage
+from tests.e2e.test_streaming_e2e import (HEARTBEAT_SOURCE, StreamJob, query, rfc3339, table,
+                                          wait_for)
+from tests.test_cloudevents import (BATCH, STRUCTURED, VIOLATIONS, expected_usage,
+                                     in_both_modes)
 
 NS = 1_000_000_000
 METERS = {"meters": [
@@ -49,23 +53,15 @@ def sample(now_ns: int) -> list[CloudEvent]:
          "user": f"u{n % 4}"}) for n in range(12)]
 
 
-def violations(base: CloudEvent, now_ns: int) -> list[tuple[dict, bytes, dict, bytes, str]]:
-    """(structured attributes, body, binary attributes, data, code) per violation of
+def violations(base: CloudEvent, now_ns: int) -> list[tuple[Payload, Payload, str]]:
+    """(structured message, binary message, code) per violation of
     tests/test_cloudevents.py, FUTURE_TIME an hour ahead of now."""
     out = []
     for n, (name, value, code) in enumerate(VIOLATIONS):
         if code == "FUTURE_TIME":
             value = rfc3339(now_ns + 3600 * NS)
         event = CloudEvent({**base.get_attributes(), "id": f"bad-{n}"}, base.get_data())
-        headers, data = to_binary(event)
-        doc = json.loads(to_json(event))
-        key = "content-type" if name == "datacontenttype" else f"ce-{name}"
-        if value is MISSING:
-            headers.pop(key, None)
-            doc.pop(name, None)
-        else:
-            headers[key], doc[name] = value, value
-        out.append((STRUCTURED, json.dumps(doc).encode(), headers, data, code))
+        out.append((*in_both_modes(name, value, event), code))
     return out
 
 
@@ -100,14 +96,15 @@ def streamed_usage(bq, lane, tmp_path, messages, accepted: int, rejected: int) -
         wait_for(landed, lambda seen: seen == {"events": accepted, "dead": rejected,
                                                "counted": accepted}, "every message stored")
     panes = query(bq, f"""
-        SELECT subject, meter, dimensions, FORMAT_TIMESTAMP('%Y-%m-%dT%H:%M:%E*SZ', window_start)
-               AS window_start, CAST(value AS STRING) AS value, event_count, fingerprint
+        SELECT subject, meter, dimensions, FORMAT_TIMESTAMP('%Y-%m-%dT%H:%M:%SZ', window_start)
+               AS window_start, value, event_count, fingerprint
         FROM {table(lane, 'usage_panes')}
         QUALIFY ROW_NUMBER() OVER (PARTITION BY subject, meter, dimensions, window_start
                                    ORDER BY pane_index DESC) = 1""")
     codes = {r["message_id"]: r["error_code"] for r in query(
         bq, f"SELECT message_id, error_code FROM {table(lane, 'dead_letter')}")}
-    return sorted(json.dumps(p, sort_keys=True) for p in panes), [codes.get(i) for i in ids]
+    plain = [{**p, "value": format(Decimal(p["value"]).normalize(), "f")} for p in panes]
+    return rows_text(plain), [codes.get(i) for i in ids]
 
 
 def recomputed(bq, lane, tmp_path) -> list[str]:
@@ -118,10 +115,19 @@ def recomputed(bq, lane, tmp_path) -> list[str]:
     out = tmp_path / f"{lane.dataset}-usage"
     recompute_usage.run(["--meters", str(tmp_path / "meters.yaml"), "--input", str(stored),
                          "--output-dir", str(out), "--window", "1m"])
-    rows = [json.loads(line) for line in (out / "usage.jsonl").read_text().splitlines()]
-    return sorted(json.dumps({**r, "dimensions": json.dumps(json.loads(r["dimensions"]),
-                                                            sort_keys=True)}, sort_keys=True)
-                  for r in rows)
+    return rows_text(json.loads(line) for line in (out / "usage.jsonl").read_text().splitlines())
+
+
+def rows_text(rows) -> list[str]:
+    """Usage rows as sorted JSON lines, dimensions as canonical JSON text (BigQuery may
+    return them as text, the usage file holds an object)."""
+    def canonical(dimensions) -> str:
+        if isinstance(dimensions, str):
+            dimensions = json.loads(dimensions)
+        return json.dumps(dimensions, sort_keys=True, separators=(",", ":"))
+
+    return sorted(json.dumps({**row, "dimensions": canonical(row["dimensions"])}, sort_keys=True)
+                  for row in rows)
 
 
 @pytest.mark.timeout(900)
@@ -137,8 +143,9 @@ def test_every_mode_bills_byte_identically_through_both_pipelines(local_stack, b
                             for a, b in zip(events[4::2], events[5::2])]
     binary_messages = [to_binary(e)[::-1] for e in events]
     results = {}
-    for mode, messages in (("structured", structured_messages + [(b, a) for a, b, *_ in bad]),
-                           ("binary", binary_messages + [(d, h) for _, _, h, d, _ in bad])):
+    for mode, messages in (
+            ("structured", structured_messages + [(s.data, s.attributes) for s, _, _ in bad]),
+            ("binary", binary_messages + [(b.data, b.attributes) for _, b, _ in bad])):
         uid = uuid.uuid4().hex[:8]
         own = dataclasses.replace(local_stack, dataset=f"ce_{uid}", topic=f"ce-{uid}",
                                   subscription=f"ce-{uid}-sub")
@@ -154,9 +161,9 @@ def test_every_mode_bills_byte_identically_through_both_pipelines(local_stack, b
     assert b_recomputed == s_recomputed
     expected = expected_usage(events, WINDOW_NS)
     for rows in (b_usage, b_recomputed):
-        got = {(row["subject"], row["meter"], json.dumps(json.loads(row["dimensions"]),
-                sort_keys=True, separators=(",", ":")), parse_rfc3339(row["window_start"])):
-               (row["value"], row["event_count"]) for row in map(json.loads, rows)}
+        got = {(row["subject"], row["meter"], row["dimensions"],
+                parse_rfc3339(row["window_start"])): (row["value"], row["event_count"])
+               for row in map(json.loads, rows)}
         assert got == expected
     # the stream and the recompute agree row by row: value, count and fingerprint
     key = ("subject", "meter", "window_start", "value", "event_count", "fingerprint")
