@@ -168,12 +168,14 @@ def _parse(payload: bytes, text: str, position: str, order: tuple,
     return [context.event(document, position, order, raw=text.strip())]
 
 
-def decode_json(payload: bytes, numbers_under: str | None = None):
+def decode_json(payload: bytes, numbers_under: str | None = None, within: int = 0):
     """(document, None), or (None, (code, message)) when `payload` is not JSON text
-    within the limits: MALFORMED_JSON, INVALID_UNICODE or TOO_DEEP."""
+    within the limits: MALFORMED_JSON, INVALID_UNICODE or TOO_DEEP. `within`: the
+    levels the document will sit in (1 for an event's data, which its event's object
+    wraps in `raw`), so the whole stays within MAX_DEPTH."""
     try:
         document = loads_exact(payload, numbers_under=numbers_under)
-        return document, _payload_problem(payload, document)
+        return document, _payload_problem(payload, document, MAX_DEPTH - within)
     except UnicodeDecodeError as e:
         return None, ("INVALID_UNICODE", f"not UTF-8: {e}")
     except RecursionError:
@@ -258,7 +260,7 @@ def _binary_event(payload: bytes, text: str, position: str, order: tuple,
     obj = _binary_attributes(context.attributes, problems)
     data_text = None
     if payload and is_json_content_type(obj.get("datacontenttype", "application/json")):
-        document, problem = decode_json(payload)
+        document, problem = decode_json(payload, within=1)
         if problem:
             problems.append((problem[0], f"data: {problem[1]}"))
         else:
@@ -312,19 +314,22 @@ def _structured_text(attributes: dict, data_text: str | None) -> str:
     return f'{head[:-1]}{"," if len(head) > 2 else ""}"data":{data_text}}}'
 
 
-def nesting_may_exceed(payload: bytes) -> bool:
-    """A cheap screen: a payload with at most MAX_DEPTH brackets cannot nest deeper."""
-    return payload.count(b"[") + payload.count(b"{") > MAX_DEPTH
+def nesting_may_exceed(payload: bytes, limit: int = MAX_DEPTH) -> bool:
+    """A cheap screen: a payload with at most `limit` brackets cannot nest deeper."""
+    return payload.count(b"[") + payload.count(b"{") > limit
 
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
-def _payload_problem(payload: bytes, document) -> tuple[str, str] | None:
-    """TOO_DEEP or INVALID_UNICODE, each walked for only when a cheap screen of the
-    bytes says it may be (orjson, the usual parser, refuses lone surrogates itself)."""
-    if nesting_may_exceed(payload) and _depth(document) > MAX_DEPTH:
-        return "TOO_DEEP", f"arrays and objects are nested more than {MAX_DEPTH} levels deep"
+def _payload_problem(payload: bytes, document, limit: int) -> tuple[str, str] | None:
+    """TOO_DEEP (nested deeper than `limit`) or INVALID_UNICODE, each walked for only
+    when a cheap screen of the bytes says it may be (orjson, the usual parser, refuses
+    lone surrogates itself)."""
+    if nesting_may_exceed(payload, limit) and _depth(document) > limit:
+        return "TOO_DEEP", (f"arrays and objects are nested more than {limit} levels deep"
+                            + ("" if limit == MAX_DEPTH else
+                               f" ({MAX_DEPTH} with the event around them)"))
     if _SURROGATE_ESCAPE.search(payload) and _holds_lone_surrogate(document):
         return ("INVALID_UNICODE", "a string holds a lone UTF-16 surrogate escape "
                 "(\\ud800-\\udfff without its pair), which is not Unicode text")
@@ -486,7 +491,7 @@ def _event_data(obj: dict, problems: list):
         return _UNREADABLE
     if not decoded:
         return None
-    document, problem = decode_json(decoded)
+    document, problem = decode_json(decoded, within=1)
     if problem:
         problems.append((problem[0], f"data_base64: {problem[1]}"))
         return _UNREADABLE

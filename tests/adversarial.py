@@ -324,6 +324,7 @@ def check_payload(payload: bytes, now_ns: int = NOW, attributes: dict | None = N
             check_event(result)
             [stored_again] = parse_payload(result.raw.encode("utf-8"), result.position,
                                            result.order, CATALOG, LIMITS, now_ns)
+            assert isinstance(stored_again, UsageEvent), (result, stored_again)
             assert stored_again._replace(raw=result.raw) == result, (result, stored_again)
             outcomes.append("accepted")
     return outcomes

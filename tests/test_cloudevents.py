@@ -26,7 +26,7 @@ from cloudevents.v1.conversion import to_binary, to_json, to_structured
 from cloudevents.v1.http import CloudEvent
 
 from schemas.catalog import CatalogError, parse_catalog
-from schemas.events import Limits, Payload, Rejection, UsageEvent, parse_payload
+from schemas.events import MAX_DEPTH, Limits, Payload, Rejection, UsageEvent, parse_payload
 from schemas.values import parse_rfc3339
 from tallyflow.local.publish import Outgoing
 from tallyflow.reports import explain
@@ -283,6 +283,30 @@ def test_what_only_a_binary_message_can_get_wrong_is_a_precise_dead_letter(messa
     [rejected] = parsed(message)
     assert isinstance(rejected, Rejection) and rejected.error_code == code, rejected
     assert rejected.payload_bytes in (None, message.data)
+
+
+@pytest.mark.parametrize("levels,code", [(MAX_DEPTH, None), (MAX_DEPTH + 1, "TOO_DEEP")])
+def test_data_nested_near_the_limit_is_judged_alike_in_every_encoding(levels, code):
+    """The limit counts the event object around the data, however the data travels:
+    an event `levels` deep (its object, data's object, then arrays)."""
+    data = {"tokens": 1, "model": "m", "user": "u", "deep": nested(levels - 2)}
+    event = CloudEvent(SAMPLE[0].get_attributes(), data)
+    as_base64 = CloudEvent({**SAMPLE[0].get_attributes(), "datacontenttype": "application/json"},
+                           json.dumps(data).encode())
+    results = [parsed(structured(event, "s")), parsed(binary(event, "b")),
+               parsed(structured(as_base64, "64"))]
+    assert [r.error_code if isinstance(r, Rejection) else None for [r] in results] == [code] * 3
+    for [result] in results:
+        if code is None:  # the stored raw re-reads within the limit too
+            assert isinstance(parsed(Payload("r", (), result.raw.encode(), NOW))[0], UsageEvent)
+
+
+def nested(depth: int):
+    """A value nested `depth` arrays deep."""
+    value = 1
+    for _ in range(depth):
+        value = [value]
+    return value
 
 
 def test_a_binary_event_without_data_is_accepted_where_no_meter_needs_a_value():
