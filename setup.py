@@ -27,6 +27,8 @@ setup(
             "hypothesis>=6.100",
             "duckdb>=1.1",
             "pandas>=2.0",
+            # CloudEvents conformance (tests/test_cloudevents.py): the official SDK writes the events
+            "cloudevents>=1.9",
             # tests/test_architecture.py installs tallyflow with pip, without build isolation
             "wheel",
         ],

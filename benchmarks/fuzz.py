@@ -1,7 +1,8 @@
 """A long fuzz run of the per-event path: how many hostile inputs, and where they ended.
 
 The strategies and checks of tests/test_fuzz.py (tests/adversarial.py), for
-minutes instead of seconds: rounds of fresh random payloads through every pure
+minutes instead of seconds: rounds of fresh random payloads (files, structured
+and binary-mode Pub/Sub messages) through every pure
 step (parse, FastAccept, validation, dedup signature, readings, both
 aggregations, every row and message, each encoded as its sink would), and each
 round's payloads through ComputeUsage and StreamUsage on the DirectRunner.
@@ -23,29 +24,31 @@ from collections import Counter
 from pathlib import Path
 
 from hypothesis import HealthCheck, Phase, given, seed, settings
+from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from schemas.events import Rejection, parse_payload  # noqa: E402
-from tests.adversarial import (CATALOG, LIMITS, check_compute_usage, check_payload,  # noqa: E402
-                               check_stream_usage, payloads)
+from tests.adversarial import (CATALOG, LIMITS, binary_messages, check_compute_usage,  # noqa: E402
+                               check_payload, check_stream_usage, payloads)
 
 
-def fuzz_round(round_seed: int, size: int, failures: list) -> list[bytes]:
-    """`size` fresh payloads through the pure checks; returns them."""
-    tried: list[bytes] = []
+def fuzz_round(round_seed: int, size: int, failures: list) -> list[tuple[bytes, dict | None]]:
+    """`size` fresh payloads and as many binary-mode messages through the pure checks;
+    returns them as (data, attributes)."""
+    tried: list[tuple[bytes, dict | None]] = []
 
     @seed(round_seed)
     @settings(max_examples=size, deadline=None, database=None, phases=[Phase.generate],
               suppress_health_check=list(HealthCheck))
-    @given(payloads())
-    def one(payload):
-        tried.append(payload)
+    @given(st.one_of(payloads().map(lambda payload: (payload, None)), binary_messages()))
+    def one(message):
+        tried.append(message)
         try:
-            check_payload(payload)
+            check_payload(message[0], attributes=message[1])
         except Exception:  # recorded, not raised: hypothesis would stop to shrink
-            failures.append((payload, traceback.format_exc()))
+            failures.append((message, traceback.format_exc()))
 
     one()
     return tried
@@ -66,13 +69,14 @@ def main() -> int:
         tried = fuzz_round(rng.randrange(2 ** 32), args.round, failures)
         inputs += len(tried)
         rounds += 1
-        for payload in tried:
-            for result in parse_payload(payload, "f:1", ("f", 1), CATALOG, LIMITS):
+        for payload, attributes in tried:
+            for result in parse_payload(payload, "f:1", ("f", 1), CATALOG, LIMITS, None,
+                                        attributes):
                 codes[result.error_code if isinstance(result, Rejection) else "accepted"] += 1
         sample = random.Random(rounds).sample(tried, min(len(tried), 120))
         for check in (check_compute_usage, check_stream_usage):
             try:
-                records.update(check(sample))
+                records.update(check([p for p, _ in sample], [a for _, a in sample]))
                 pipeline_runs += 1
             except Exception:
                 failures.append((sample, traceback.format_exc()))

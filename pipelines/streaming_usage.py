@@ -39,7 +39,7 @@ from pipelines.policy import (RUNTIME_FAILURE, CommandFailed, first_line, name_o
                               run_command, stop_on_sigterm)
 from pipelines.restart_points import SNAPSHOT_SECONDS, RestartPoints
 from schemas import names
-from schemas.events import Limits
+from schemas.events import Limits, Payload
 from schemas.tables import DEAD_LETTER, DUPLICATE_EVENTS, EVENTS, LATE_EVENTS, USAGE_PANES
 from schemas.values import NS, format_time, parse_duration, parse_rfc3339, parse_window
 from transforms import rows
@@ -193,9 +193,9 @@ class ReplayOpenWindows(beam.PTransform):
                   ("since", "INT64", self._since_us)]
         return (pbegin
                 | "Query" >> QueryRows(self._target, sql, params)
-                | "AsMessages" >> beam.Map(lambda r: (
+                | "AsMessages" >> beam.Map(lambda r: Payload(
                     REPLAYED + (r["message_id"] or ""), (), r["raw"].encode("utf-8"),
-                    r["ingest_us"] * 1000, {})))
+                    r["ingest_us"] * 1000)))
 
 
 class RecordedSince(beam.PTransform):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from decimal import Decimal
 
 import yaml
@@ -75,13 +76,49 @@ class JsonPath:
         return node
 
 
+# What `@name` in a group-by may name: a CloudEvents attribute (lowercase letters and
+# digits, CloudEvents 1.0 "Attribute Naming Convention"), at most 64 characters.
+ATTRIBUTE_NAME = re.compile(r"[a-z0-9]{1,64}\Z")
+NOT_ATTRIBUTES = ("data",)  # a member of the JSON format, not an attribute
+
+
+@dataclass(frozen=True)
+class AttributePath:
+    """`@name` in a group-by: an attribute of the event (an extension such as `region`),
+    read from the event itself rather than from its `data`; in binary content mode it
+    is the Pub/Sub attribute `ce-name`."""
+
+    text: str
+    name: str
+    steps: tuple = ()  # no path into data (the fast path leaves these to the validator)
+
+    @classmethod
+    def parse(cls, text: str) -> "AttributePath":
+        name = text[1:]
+        if not ATTRIBUTE_NAME.match(name) or name in NOT_ATTRIBUTES:
+            raise ValueError(f"{text!r}: an attribute is @ and 1 to 64 lowercase letters and "
+                             "digits (a CloudEvents attribute name), and not @data")
+        return cls(text, name)
+
+    def find(self, event):
+        """The attribute's value in the event object, or MISSING."""
+        return event.get(self.name, MISSING) if isinstance(event, dict) else MISSING
+
+
+def parse_dimension_path(text) -> JsonPath | AttributePath:
+    """A group-by source: `$.a.b` reads `data`, `@name` an attribute of the event."""
+    if isinstance(text, str) and text.startswith("@"):
+        return AttributePath.parse(text)
+    return JsonPath.parse(text)
+
+
 @dataclass(frozen=True)
 class Meter:
     key: str
     event_type: str
     aggregation: Aggregation  # given as text, kept as the member it names
     value_property: JsonPath | None = None
-    group_by: tuple[tuple[str, JsonPath], ...] = ()
+    group_by: tuple[tuple[str, JsonPath | AttributePath], ...] = ()
     unit: str = ""
     description: str = ""
     precision: str = "NUMERIC"
@@ -119,11 +156,15 @@ class Meter:
         except ValueProblem as problem:
             raise ValueProblem(problem.code, f"meter {self.key}: {problem}") from None
 
-    def read_dimensions(self, data) -> dict:
-        """Group-by values as text (missing -> None). Raises ValueProblem for objects/arrays."""
+    def read_dimensions(self, data, event: dict | None = None) -> dict:
+        """Group-by values as text (missing -> None), from `data` or, for an `@name`
+        path, from the event object. Raises ValueProblem for objects/arrays."""
         dims = {}
         for name, path in self.group_by:
-            value = path.find(data) if isinstance(data, dict) else MISSING
+            if isinstance(path, AttributePath):
+                value = path.find(event)
+            else:
+                value = path.find(data) if isinstance(data, dict) else MISSING
             if value is MISSING or value is None:
                 dims[name] = None
             elif isinstance(value, (dict, list)):
@@ -170,6 +211,12 @@ class MeterCatalog:
         for meter in self.meters:
             by_type.setdefault(meter.event_type, []).append(meter)
         self.by_type.update({t: tuple(ms) for t, ms in by_type.items()})
+
+    @cached_property
+    def reads_attributes(self) -> bool:
+        """Whether a meter groups by an `@attribute` (its numbers must then parse exactly)."""
+        return any(isinstance(path, AttributePath)
+                   for meter in self.meters for _, path in meter.group_by)
 
     def meters_for(self, event_type: str) -> tuple[Meter, ...]:
         return self.by_type.get(event_type, ())
@@ -258,7 +305,7 @@ def _parse_meter(index: int, spec) -> Meter:
         if not isinstance(name, str) or not _DIMENSION.match(name):
             fail(f"group_by.{name}", "dimension names are identifiers ([A-Za-z_][A-Za-z0-9_]*)")
         try:
-            dimensions.append((name, JsonPath.parse(path)))
+            dimensions.append((name, parse_dimension_path(path)))
         except ValueError as e:
             fail(f"group_by.{name}", str(e))
     precision = spec.get("precision", "NUMERIC")

@@ -1,18 +1,20 @@
 """Usage events (SPEC §1): CloudEvents 1.0 in JSON, validated whole.
 
-`parse_payload` turns one input payload (a file line or a Pub/Sub message)
-into accepted events and rejections; nothing it is given disappears. An event
+`parse_payload` turns one input payload (a file line or a Pub/Sub message, in
+structured or binary content mode: docs/cloudevents.md) into accepted events
+and rejections; nothing it is given disappears. An event
 is accepted or rejected whole: every meter that reads it must find a valid
 value, else it is rejected once with every problem listed, so a producer can
 re-send a corrected event under the same identity.
 """
 from __future__ import annotations
 
+import base64
 import re
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from schemas.catalog import MeterCatalog
+from schemas.catalog import ATTRIBUTE_NAME, NOT_ATTRIBUTES, MeterCatalog
 from schemas.values import (NS, UNSAFE_CHARACTERS, ValueProblem, clip, dumps_exact, loads_exact,
                             parse_rfc3339)
 
@@ -41,6 +43,8 @@ ERROR_CODES = (
     "UNSUPPORTED_SPECVERSION",
     "BAD_TIME",                # not RFC 3339 with an offset, or outside years 1..9999
     "FUTURE_TIME",             # further ahead of processing time than max_future_skew
+    "UNSUPPORTED_CONTENT_TYPE",  # datacontenttype (or the message's format) is not JSON
+    "INVALID_DATA_BASE64",     # data_base64 not base64 text, or given with data as well
     "VALUE_MISSING",
     "VALUE_NOT_SCALAR",
     "VALUE_NOT_NUMERIC",
@@ -79,6 +83,21 @@ class UsageEvent(NamedTuple):
     @property
     def identity(self) -> tuple[str, str]:
         return (self.source, self.id)
+
+
+class Payload(NamedTuple):
+    """One input payload on its way to `parse_payload`: a file line, a Pub/Sub message
+    or a stored event. Every source builds one of these; the parsers read its fields."""
+
+    position: str                   # message id, or file:line
+    order: tuple                    # sort key of the position (see UsageEvent.order)
+    data: bytes                     # the line, or the message data
+    ingest_ns: int | None = None    # when received; None: the limits' now_ns
+    attributes: dict | None = None  # Pub/Sub attributes (binary content mode reads ce-*)
+
+    def parse(self, catalog: MeterCatalog, limits: Limits) -> list[UsageEvent | Rejection]:
+        return parse_payload(self.data, self.position, self.order, catalog, limits,
+                             self.ingest_ns, self.attributes)
 
 
 class Rejection(NamedTuple):
@@ -126,19 +145,18 @@ def parse_payload(payload: bytes, position: str, order: tuple, catalog: MeterCat
 
 def _parse(payload: bytes, text: str, position: str, order: tuple,
            context: _Context) -> list[UsageEvent | Rejection]:
+    mode = content_mode(context.attributes)
+    if mode == BINARY:
+        return [_binary_event(payload, text, position, order, context)]
+    if mode == UNSUPPORTED:
+        return [_whole(context, ("UNSUPPORTED_CONTENT_TYPE", f"content-type "
+                                 f"{clip(context.attributes['content-type'])!r} is not a JSON "
+                                 "event format (application/cloudevents+json)"),
+                       payload, text, position)]
     if not payload.strip():
         return [context.reject("MALFORMED_JSON", "empty payload", text, position)]
-    try:
-        document = loads_exact(payload, numbers_under="data")
-        problem = _payload_problem(payload, document)
-    except UnicodeDecodeError as e:
-        problem = ("INVALID_UNICODE", f"not UTF-8: {e}")
-    except RecursionError:
-        problem = ("TOO_DEEP", f"nested too deep to parse (the limit is {MAX_DEPTH} levels)")
-    except ValueProblem as e:
-        problem = (e.code, str(e))
-    except ValueError as e:
-        problem = ("MALFORMED_JSON", f"not valid JSON: {e}")
+    document, problem = decode_json(
+        payload, None if context.catalog.reads_attributes else "data")
     if problem:
         return [_whole(context, problem, payload, text, position)]
     if isinstance(document, list):
@@ -150,26 +168,168 @@ def _parse(payload: bytes, text: str, position: str, order: tuple,
     return [context.event(document, position, order, raw=text.strip())]
 
 
+def decode_json(payload: bytes, numbers_under: str | None = None, within: int = 0):
+    """(document, None), or (None, (code, message)) when `payload` is not JSON text
+    within the limits: MALFORMED_JSON, INVALID_UNICODE or TOO_DEEP. `within`: the
+    levels the document will sit in (1 for an event's data, which its event's object
+    wraps in `raw`), so the whole stays within MAX_DEPTH."""
+    try:
+        document = loads_exact(payload, numbers_under=numbers_under)
+        return document, _payload_problem(payload, document, MAX_DEPTH - within)
+    except UnicodeDecodeError as e:
+        return None, ("INVALID_UNICODE", f"not UTF-8: {e}")
+    except RecursionError:
+        return None, ("TOO_DEEP", f"nested too deep to parse (the limit is {MAX_DEPTH} levels)")
+    except ValueProblem as e:
+        return None, (e.code, str(e))
+    except ValueError as e:
+        return None, ("MALFORMED_JSON", f"not valid JSON: {e}")
+
+
 def _whole(context: _Context, problem: tuple[str, str], payload: bytes, text: str,
            position: str) -> Rejection:
-    """The payload rejected whole; its bytes kept too when `text` is not them verbatim."""
+    """The payload rejected whole."""
+    return _as_received(context.reject(*problem, text, position), payload, text)
+
+
+def _as_received(rejection: Rejection, payload: bytes, text: str) -> Rejection:
+    """`rejection` holding the payload as received: its text, and its bytes too when
+    `text` is not them verbatim."""
     verbatim = None if text.encode("utf-8", "surrogatepass") == payload else bytes(payload)
-    return context.reject(*problem, text, position)._replace(payload_bytes=verbatim)
+    return rejection._replace(payload=text, payload_bytes=verbatim)
 
 
-def nesting_may_exceed(payload: bytes) -> bool:
-    """A cheap screen: a payload with at most MAX_DEPTH brackets cannot nest deeper."""
-    return payload.count(b"[") + payload.count(b"{") > MAX_DEPTH
+# ------------------------------------------------- content modes (Pub/Sub binding)
+
+STRUCTURED, BINARY, UNSUPPORTED = "structured", "binary", "unsupported"
+CE_PREFIX = "ce-"
+# Pub/Sub's limit on an attribute value. A longer binary-mode attribute is refused,
+# checked again because the emulator and other sources do not enforce it.
+ATTRIBUTE_VALUE_BYTES = 1024
+
+
+def content_mode(attributes: dict | None) -> str:
+    """How a Pub/Sub message carries its event (CloudEvents Pub/Sub protocol binding).
+
+    A `content-type` of `application/cloudevents+json` (or `-batch+json`) is
+    structured mode, another `application/cloudevents…` format UNSUPPORTED; otherwise a
+    `ce-specversion` attribute means binary mode (what the SDKs test), and anything
+    else is structured mode, as every message was before binary mode was read: a
+    structured publisher may set `ce-time` (the watermark attribute) or other `ce-`
+    attributes for subscription filters without changing what its data means."""
+    if not attributes:
+        return STRUCTURED
+    content_type = attributes.get("content-type")
+    if isinstance(content_type, str) and _media_type(content_type).startswith(
+            "application/cloudevents"):
+        return STRUCTURED if is_json_content_type(content_type) else UNSUPPORTED
+    return BINARY if CE_PREFIX + "specversion" in attributes else STRUCTURED
+
+
+def is_json_content_type(content_type) -> bool:
+    """Whether a (data)contenttype is JSON: application/json, text/json or any `+json`
+    media type, with no charset but UTF-8 (CloudEvents JSON format 1.0, §3.1)."""
+    if not isinstance(content_type, str):
+        return False
+    media = _media_type(content_type)
+    if not (media in ("application/json", "text/json")
+            or (media.endswith("+json") and "/" in media)):
+        return False
+    for parameter in content_type.split(";")[1:]:
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in (
+                "utf-8", "utf8"):
+            return False
+    return True
+
+
+def _media_type(content_type: str) -> str:
+    return content_type.partition(";")[0].strip().lower()
+
+
+def _binary_event(payload: bytes, text: str, position: str, order: tuple,
+                  context: _Context) -> UsageEvent | Rejection:
+    """A binary-mode message -> its event, judged as the equivalent structured one.
+
+    The `ce-` attributes are the event's attributes, `content-type` its
+    datacontenttype and the message data its `data`. The event's `raw` is that
+    structured event (attributes, then `"data":` and the data's text verbatim), so
+    the recompute and explain re-read it exactly; a rejection keeps the message
+    as received (data as payload, attributes alongside), ready to be re-sent."""
+    problems: list[tuple[str, str]] = []
+    obj = _binary_attributes(context.attributes, problems)
+    data_text = None
+    if payload and is_json_content_type(obj.get("datacontenttype", "application/json")):
+        document, problem = decode_json(payload, within=1)
+        if problem:
+            problems.append((problem[0], f"data: {problem[1]}"))
+        else:
+            obj["data"], data_text = document, text.strip()
+    raw = _structured_text(obj, data_text)
+    result = parse_event(obj, position, order, context, raw, problems)
+    return _as_received(result, payload, text) if isinstance(result, Rejection) else result
+
+
+def _binary_attributes(attributes: dict, problems: list) -> dict:
+    """The event's attributes from the `ce-` Pub/Sub attributes and `content-type`
+    (its datacontenttype): required ones first, in their order, then the others by
+    name. Other attributes are transport metadata (content-encoding, a publisher's
+    own), not part of the event."""
+    found = {}
+    for key, value in attributes.items():
+        if key == "content-type":
+            name = "datacontenttype"
+        elif isinstance(key, str) and key.startswith(CE_PREFIX):
+            name = key[len(CE_PREFIX):]
+            if not ATTRIBUTE_NAME.match(name) or name in NOT_ATTRIBUTES:
+                problems.append(("INVALID_ATTRIBUTE", f"Pub/Sub attribute {clip(key)!r} is not "
+                                 "a CloudEvents attribute (ce- and 1 to 64 lowercase letters "
+                                 "and digits, not ce-data)"))
+                continue
+            if name == "datacontenttype":
+                problems.append(("INVALID_ATTRIBUTE", "binary mode carries datacontenttype in "
+                                 "the content-type attribute, not ce-datacontenttype"))
+                continue
+        else:
+            continue
+        if isinstance(value, str) and _LONE_SURROGATE.search(value):
+            problems.append(("INVALID_UNICODE", f"attribute {name} holds a lone UTF-16 "
+                             "surrogate, which is not Unicode text"))
+            continue  # kept out of raw, which must encode as UTF-8
+        if (isinstance(value, str) and name not in IDENTIFIER_ATTRIBUTES  # bounded on their own
+                and len(value.encode("utf-8")) > ATTRIBUTE_VALUE_BYTES):
+            problems.append(("INVALID_ATTRIBUTE", f"attribute {name} is longer than "
+                             f"{ATTRIBUTE_VALUE_BYTES} bytes (Pub/Sub's limit)"))
+        found[name] = value
+    first = [name for name in REQUIRED_ATTRIBUTES if name in found]
+    rest = sorted(name for name in found if name not in REQUIRED_ATTRIBUTES)
+    return {name: found[name] for name in first + rest}
+
+
+def _structured_text(attributes: dict, data_text: str | None) -> str:
+    """The structured JSON of an event: its attributes, then its data's text verbatim."""
+    head = dumps_exact({name: value for name, value in attributes.items() if name != "data"})
+    if data_text is None:
+        return head
+    return f'{head[:-1]}{"," if len(head) > 2 else ""}"data":{data_text}}}'
+
+
+def nesting_may_exceed(payload: bytes, limit: int = MAX_DEPTH) -> bool:
+    """A cheap screen: a payload with at most `limit` brackets cannot nest deeper."""
+    return payload.count(b"[") + payload.count(b"{") > limit
 
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
-def _payload_problem(payload: bytes, document) -> tuple[str, str] | None:
-    """TOO_DEEP or INVALID_UNICODE, each walked for only when a cheap screen of the
-    bytes says it may be (orjson, the usual parser, refuses lone surrogates itself)."""
-    if nesting_may_exceed(payload) and _depth(document) > MAX_DEPTH:
-        return "TOO_DEEP", f"arrays and objects are nested more than {MAX_DEPTH} levels deep"
+def _payload_problem(payload: bytes, document, limit: int) -> tuple[str, str] | None:
+    """TOO_DEEP (nested deeper than `limit`) or INVALID_UNICODE, each walked for only
+    when a cheap screen of the bytes says it may be (orjson, the usual parser, refuses
+    lone surrogates itself)."""
+    if nesting_may_exceed(payload, limit) and _depth(document) > limit:
+        return "TOO_DEEP", (f"arrays and objects are nested more than {limit} levels deep"
+                            + ("" if limit == MAX_DEPTH else
+                               f" ({MAX_DEPTH} with the event around them)"))
     if _SURROGATE_ESCAPE.search(payload) and _holds_lone_surrogate(document):
         return ("INVALID_UNICODE", "a string holds a lone UTF-16 surrogate escape "
                 "(\\ud800-\\udfff without its pair), which is not Unicode text")
@@ -222,17 +382,18 @@ class _Context:
 
 
 def parse_event(obj, position: str, order: tuple, context: _Context,
-                raw: str | None = None) -> UsageEvent | Rejection:
+                raw: str | None = None, problems: list | None = None) -> UsageEvent | Rejection:
     """One decoded JSON value -> an accepted event or a rejection listing every problem.
 
-    `raw` is the event's text as received when it had a payload of its own.
+    `raw` is the event's text as received when it had a payload of its own;
+    `problems` are those already found (in a binary-mode message's attributes).
     """
     raw = dumps_exact(obj) if raw is None else raw
     if not isinstance(obj, dict):
         return context.reject("NOT_AN_OBJECT", f"event is a JSON {_kind(obj)}, not an object",
                               raw, position)
     limits = context.limits
-    problems: list[tuple[str, str]] = []
+    problems = [] if problems is None else problems
     for name in REQUIRED_ATTRIBUTES:
         value = obj.get(name)
         if value is None:
@@ -261,7 +422,8 @@ def parse_event(obj, position: str, order: tuple, context: _Context,
                 problems.append(("FUTURE_TIME", f"time {clip(obj['time'])} is more than "
                                  f"{limits.max_future_skew_ns // NS} s ahead of "
                                  "processing time"))
-    readings = _readings(obj, context.catalog, problems)
+    data = _event_data(obj, problems)
+    readings = () if data is _UNREADABLE else _readings(obj, data, context.catalog, problems)
     source, event_id = _text_or_none(obj.get("source")), _text_or_none(obj.get("id"))
     if problems:
         code = min(problems, key=lambda p: ERROR_CODES.index(p[0]))[0]
@@ -289,16 +451,62 @@ def _identifier_problem(name: str, value: str, max_length: int) -> tuple[str, st
     return None
 
 
-def _readings(obj: dict, catalog: MeterCatalog, problems: list) -> tuple[Reading, ...]:
+_UNREADABLE = object()
+
+
+def event_data(obj: dict):
+    """An accepted event's data as meters read it: `data`, or `data_base64` decoded (the
+    `events` table's `data` column); None when it has none."""
+    data = _event_data(obj, [])
+    return None if data is _UNREADABLE else data
+
+
+def _event_data(obj: dict, problems: list):
+    """What meters read: `data`, or `data_base64` decoded (CloudEvents JSON format §3.1);
+    _UNREADABLE, with a problem, when the event's data is not JSON (meters then have
+    nothing to read, and say nothing more)."""
+    content_type = obj.get("datacontenttype")
+    if content_type is not None:
+        if not isinstance(content_type, str):
+            problems.append(("INVALID_ATTRIBUTE", "attribute datacontenttype must be a "
+                             f"string, got {_kind(content_type)}"))
+            return _UNREADABLE
+        if not is_json_content_type(content_type):
+            problems.append(("UNSUPPORTED_CONTENT_TYPE", f"datacontenttype "
+                             f"{clip(content_type)!r} is not JSON: tallyflow meters JSON data "
+                             "only (application/json, or a +json type)"))
+            return _UNREADABLE
+    encoded = obj.get("data_base64")
+    if encoded is None:
+        return obj.get("data")
+    if obj.get("data") is not None:
+        problems.append(("INVALID_DATA_BASE64", "the event holds both data and data_base64"))
+        return _UNREADABLE
+    try:
+        if not isinstance(encoded, str):
+            raise ValueError(f"a JSON {_kind(encoded)}, not a string")
+        decoded = base64.b64decode(encoded, validate=True)
+    except ValueError as e:  # binascii.Error included
+        problems.append(("INVALID_DATA_BASE64", f"data_base64 is not base64: {clip(str(e))}"))
+        return _UNREADABLE
+    if not decoded:
+        return None
+    document, problem = decode_json(decoded, within=1)
+    if problem:
+        problems.append((problem[0], f"data_base64: {problem[1]}"))
+        return _UNREADABLE
+    return document
+
+
+def _readings(obj: dict, data, catalog: MeterCatalog, problems: list) -> tuple[Reading, ...]:
     event_type = obj.get("type")
     if not isinstance(event_type, str):
         return ()
-    data = obj.get("data")
     readings = []
     for meter in catalog.meters_for(event_type):
         try:
             value = meter.read_value(data)
-            dimensions = dimensions_json(meter.read_dimensions(data))
+            dimensions = dimensions_json(meter.read_dimensions(data, obj))
         except ValueProblem as problem:
             problems.append((problem.code, str(problem)))
             continue

@@ -7,10 +7,12 @@ integers), adversarial strings (controls, bidi overrides, surrogates,
 whitespace), deep nesting, and mutations of valid events (a field replaced, a
 value re-spelled, bytes flipped, cut or inserted, events put in a batch).
 
-`check_payload` runs one payload through every pure step of both modes, from
-parsing to every row and message it can become, encoding each the way its sink
-would (strict UTF-8 JSON, Beam's coder), and returns its outcomes;
-`check_compute_usage` and `check_stream_usage` run many through the pipelines.
+`binary_messages` are hostile messages in CloudEvents binary content mode (data
+and Pub/Sub attributes). `check_payload` runs one payload through every pure step
+of both modes (streaming and batch), from parsing to every row and message it can
+become, encoding each the way its sink would (strict UTF-8 JSON, Beam's coder),
+and returns its outcomes; `check_compute_usage` and `check_stream_usage` run many
+through the pipelines.
 Used by tests/test_fuzz.py (seeded, short) and benchmarks/fuzz.py (minutes).
 """
 from __future__ import annotations
@@ -30,7 +32,7 @@ from hypothesis import strategies as st
 
 from schemas import aggregation
 from schemas.catalog import parse_catalog
-from schemas.events import ERROR_CODES, Limits, Rejection, UsageEvent, parse_payload
+from schemas.events import ERROR_CODES, Limits, Payload, Rejection, UsageEvent, parse_payload
 from schemas.metering import usage_row, value_text as _text
 from schemas.values import format_decimal, parse_rfc3339
 from tests.conftest import ALL_AGGREGATIONS
@@ -199,6 +201,43 @@ def payloads(draw) -> bytes:
     return _byte_mutation(payload, draw) if family == "mangled" else payload
 
 
+CONTENT_TYPES = ["application/json", "application/json; charset=utf-8", "text/json",
+                 "application/ld+json", "application/json; charset=latin-1", "text/plain",
+                 "application/octet-stream", "application/cloudevents+json",
+                 "application/cloudevents-batch+json", "application/cloudevents+avro", "", " ",
+                 "\ud800", "application/json; x=\ud800", "application/json\x00", "+json"]
+ATTRIBUTE_KEYS = ["ce-", "ce-data", "ce-data_base64", "ce-datacontenttype", "ce-Region",
+                  "ce-region", "ce-" + "a" * 70, "ce-\ud800", "content-encoding", "ce-time",
+                  "ce-specversion", "content-type"]
+attribute_texts = st.one_of(strings, st.sampled_from(["\u00e9" * 600, "z" * 1024, "1.0"]))
+
+
+@st.composite
+def binary_messages(draw) -> tuple[bytes, dict]:
+    """A hostile message in binary content mode, (data, Pub/Sub attributes): an event's
+    attributes as ce-* (values spelled as text), its data as the message, then attributes
+    dropped, replaced or added (names and values hostile, content types of every kind)
+    and the data's bytes mangled."""
+    doc = draw(st.one_of(valid_events(), mutated_events()))
+    attributes = {f"ce-{name}": value if isinstance(value, str) else spell(value)
+                  for name, value in doc.items() if name != "data"}
+    data = _encode(spell(doc["data"])) if "data" in doc else b""
+    for _ in range(draw(st.integers(0, 3))):
+        how = draw(st.sampled_from(["drop", "replace", "add", "content-type", "mangle"]))
+        if how == "drop" and attributes:
+            del attributes[draw(st.sampled_from(sorted(attributes)))]
+        elif how == "replace" and attributes:
+            attributes[draw(st.sampled_from(sorted(attributes)))] = draw(attribute_texts)
+        elif how == "add":
+            attributes[draw(st.one_of(strings, st.sampled_from(ATTRIBUTE_KEYS)))] = \
+                draw(attribute_texts)
+        elif how == "content-type":
+            attributes["content-type"] = draw(st.sampled_from(CONTENT_TYPES))
+        elif how == "mangle":
+            data = _byte_mutation(data, draw)
+    return data, attributes
+
+
 # ----------------------------------------------------------------- checks
 
 
@@ -268,10 +307,13 @@ def stored_or_failed(build, table: str) -> None:
             stored(failed)
 
 
-def check_payload(payload: bytes, now_ns: int = NOW) -> list[str]:
-    """Runs every pure step on one payload received at `now_ns`; returns one outcome per
-    record it holds."""
-    results = parse_payload(payload, "fuzz:1", ("fuzz", 1), CATALOG, LIMITS, now_ns, {"k": "v"})
+def check_payload(payload: bytes, now_ns: int = NOW, attributes: dict | None = None
+                  ) -> list[str]:
+    """Runs every pure step on one payload received at `now_ns` (with `attributes`, a
+    Pub/Sub message's); returns one outcome per record it holds. An accepted event's
+    stored raw must re-read as the same event, as the recompute and explain read it."""
+    attributes = {"k": "v"} if attributes is None else attributes
+    results = parse_payload(payload, "fuzz:1", ("fuzz", 1), CATALOG, LIMITS, now_ns, attributes)
     assert results, payload
     agree(payload, CATALOG, Limits(now_ns=now_ns))
     outcomes = []
@@ -281,6 +323,10 @@ def check_payload(payload: bytes, now_ns: int = NOW) -> list[str]:
             outcomes.append("dead_lettered")
         else:
             check_event(result)
+            [stored_again] = parse_payload(result.raw.encode("utf-8"), result.position,
+                                           result.order, CATALOG, LIMITS, now_ns)
+            assert isinstance(stored_again, UsageEvent), (result, stored_again)
+            assert stored_again._replace(raw=result.raw) == result, (result, stored_again)
             outcomes.append("accepted")
     return outcomes
 
@@ -290,8 +336,9 @@ def check_payload(payload: bytes, now_ns: int = NOW) -> list[str]:
 STREAM_NOW = parse_rfc3339("2026-11-02T09:30:00Z")  # the generated events' hour: most in time
 
 
-def _outcomes(payload_list, now_ns: int) -> Counter:
-    return Counter(o for p in payload_list for o in check_payload(p, now_ns))
+def _outcomes(payload_list, now_ns: int, attributes: list) -> Counter:
+    return Counter(o for p, a in zip(payload_list, attributes)
+                   for o in check_payload(p, now_ns, a))
 
 
 def _each(check):
@@ -302,12 +349,14 @@ def _each(check):
     return match
 
 
-def check_compute_usage(payload_list: list[bytes]) -> Counter:
+def check_compute_usage(payload_list: list[bytes], attributes: list | None = None) -> Counter:
     """Runs ComputeUsage (two batches, two shards) on the DirectRunner: its counts
     conserve every record, agree with the pure path, and every output is storable.
-    Returns the outcomes by the pure path."""
-    expected = _outcomes(payload_list, NOW)
-    items = [(f"f:{n}", ("f", n), p) for n, p in enumerate(payload_list)]
+    Returns the outcomes by the pure path. `attributes`: each payload's, if any."""
+    attributes = attributes or [None] * len(payload_list)
+    expected = _outcomes(payload_list, NOW, [a or {} for a in attributes])
+    items = [Payload(f"f:{n}", ("f", n), p, None, a)
+             for n, (p, a) in enumerate(zip(payload_list, attributes))]
 
     def conserved(counters):
         total = Counter()
@@ -327,14 +376,16 @@ def check_compute_usage(payload_list: list[bytes]) -> Counter:
     return expected
 
 
-def check_stream_usage(payload_list: list[bytes]) -> Counter:
+def check_stream_usage(payload_list: list[bytes], attributes: list | None = None) -> Counter:
     """Runs StreamUsage under TestStream: dead letters + accepted + duplicates = records,
     too-late events are accepted ones, every output is storable. Returns the outcomes
-    by the pure path."""
-    expected = _outcomes(payload_list, STREAM_NOW)
+    by the pure path. `attributes`: each message's (default {"k": "v"})."""
+    attributes = attributes or [{"k": "v"}] * len(payload_list)
+    expected = _outcomes(payload_list, STREAM_NOW, attributes)
     stream = TestStream().advance_watermark_to(event_timestamp(STREAM_NOW - 3 * WINDOW_NS))
-    stream.add_elements([(f"m{n}", (), payload, STREAM_NOW, {"k": "v"})
-                         for n, payload in enumerate(payload_list)],
+    stream.add_elements([Payload(f"m{n}", (), payload, STREAM_NOW, message_attributes)
+                         for n, (payload, message_attributes)
+                         in enumerate(zip(payload_list, attributes))],
                         event_timestamp=event_timestamp(STREAM_NOW))
     stream.advance_watermark_to_infinity()
 

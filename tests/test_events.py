@@ -1,4 +1,5 @@
 """CloudEvents validation: every error code, whole-event acceptance, batches."""
+import base64
 from decimal import Decimal
 
 import pytest
@@ -84,6 +85,16 @@ CASES = [
      b'"time":"2026-11-02T09:00:00Z","data":{"region":1E999999999,"user":"u","amount":1}}',
      "DIMENSION_TOO_LONG"),
     (line(event(data={**CALL, "user": "u" * (MAX_TEXT_LENGTH + 1)})), "VALUE_TOO_LONG"),
+    (line(event(datacontenttype="text/plain", data="amount=3")), "UNSUPPORTED_CONTENT_TYPE"),
+    (line(event(datacontenttype="application/json; charset=latin-1", data=CALL)),
+     "UNSUPPORTED_CONTENT_TYPE"),
+    (line(event(datacontenttype=7, data=CALL)), "INVALID_ATTRIBUTE"),
+    (line(event(data_base64="not base64!")), "INVALID_DATA_BASE64"),
+    (line(event(data_base64=17)), "INVALID_DATA_BASE64"),
+    (line(event(data=CALL, data_base64=base64.b64encode(line(CALL)).decode())),
+     "INVALID_DATA_BASE64"),
+    (line(event(data_base64=base64.b64encode(b"{oops").decode())), "MALFORMED_JSON"),
+    (line(event(data_base64=base64.b64encode(b'{"a": "\xff"}').decode())), "INVALID_UNICODE"),
 ]
 
 

@@ -10,6 +10,7 @@ import apache_beam as beam
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
+from schemas.events import Payload
 from transforms.files import (ReadPayloadBatches, UnreadableInput, _PlanRanges, _ReadRange,
                              plan_ranges, split_lines)
 
@@ -39,10 +40,10 @@ def test_pipeline_reads_ranges_of_plain_and_gzip_files(tmp_path):
     plain = b"".join(b'{"n": %d}\r\n' % n if n % 7 else b"\n" for n in range(1, 400))
     (tmp_path / "a.jsonl").write_bytes(plain)
     (tmp_path / "b.jsonl.gz").write_bytes(gzip.compress(b"x\ny"))
-    expected = [(f"{tmp_path}/a.jsonl:{n}", (f"{tmp_path}/a.jsonl", n), line)
+    expected = [Payload(f"{tmp_path}/a.jsonl:{n}", (f"{tmp_path}/a.jsonl", n), line)
                 for n, line in enumerate(lines_of(plain), start=1)]
-    expected += [(f"{tmp_path}/b.jsonl.gz:1", (f"{tmp_path}/b.jsonl.gz", 1), b"x"),
-                 (f"{tmp_path}/b.jsonl.gz:2", (f"{tmp_path}/b.jsonl.gz", 2), b"y")]
+    expected += [Payload(f"{tmp_path}/b.jsonl.gz:1", (f"{tmp_path}/b.jsonl.gz", 1), b"x"),
+                 Payload(f"{tmp_path}/b.jsonl.gz:2", (f"{tmp_path}/b.jsonl.gz", 2), b"y")]
     with TestPipeline() as p:
         batches = p | ReadPayloadBatches([str(tmp_path / "*")], batch_size=7, range_bytes=100)
         assert_that(batches | beam.FlatMap(lambda batch: batch), equal_to(expected))
@@ -72,7 +73,7 @@ def assert_reads(patterns, expected, project=lambda item: item):
 
 
 def line_of(item):
-    return item[2]
+    return item.data
 
 
 @pytest.mark.parametrize("kind", ["gz", "bz2", "xz", "zst", "deflate"])
@@ -139,7 +140,8 @@ def test_positions_do_not_depend_on_how_a_path_is_spelled(tmp_path, monkeypatch)
     (tmp_path / "link.jsonl").symlink_to(tmp_path / "a.jsonl")
     monkeypatch.chdir(tmp_path / "sub")
     canonical = str((tmp_path / "a.jsonl").resolve())
-    expected = [(f"{canonical}:1", (canonical, 1), b"1"), (f"{canonical}:2", (canonical, 2), b"2")]
+    expected = [Payload(f"{canonical}:1", (canonical, 1), b"1"),
+                Payload(f"{canonical}:2", (canonical, 2), b"2")]
     for spelling in ("../a.jsonl", str(tmp_path / "a.jsonl"), "../sub/../a.jsonl",
                      "../link.jsonl"):
         assert_reads([spelling], expected)

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 
 from schemas import events
 from schemas.events import parse_payload
-from tests.adversarial import (CATALOG, LIMITS, check_compute_usage, check_payload,
-                               check_rejection, check_stream_usage, payloads)
+from tests.adversarial import (CATALOG, LIMITS, binary_messages, check_compute_usage,
+                               check_payload, check_rejection, check_stream_usage, payloads)
 from transforms import batch_usage
 from transforms.pubsub import dead_letter_message
 from transforms.rows import dead_letter_row, event_row
@@ -45,6 +45,36 @@ def parse(payload: bytes):
 @given(payloads())
 def test_every_pure_step_is_total(payload):
     assert set(check_payload(payload)) <= {"accepted", "dead_lettered"}
+
+
+@SEEDED
+@given(binary_messages())
+def test_every_pure_step_is_total_in_binary_mode(message):
+    data, attributes = message
+    assert check_payload(data, attributes=attributes) in (["accepted"], ["dead_lettered"])
+
+
+BINARY = {"ce-specversion": "1.0", "ce-id": "b1", "ce-source": "//s", "ce-type": "call",
+          "ce-subject": "acme", "ce-time": "2026-11-02T09:00:00Z"}
+BINARY_REGRESSIONS = [
+    ({**BINARY, "content-type": "application/json; x=\ud800"}, "INVALID_UNICODE"),
+    ({**BINARY, "ce-\ud800": "x"}, "INVALID_ATTRIBUTE"),
+    ({**BINARY, "ce-region": "\ud800"}, "INVALID_UNICODE"),
+    ({**BINARY, "ce-time": "\ud800"}, "INVALID_UNICODE"),
+    ({**BINARY, "ce-subject": "\x1b]0;pwned\x07"}, "INVALID_CHARACTER"),
+    ({**BINARY, "ce-id": "\u00e9" * 513}, "INVALID_ATTRIBUTE"),
+    ({**BINARY, "content-type": "\ud800"}, "INVALID_UNICODE"),
+    ({**BINARY, "content-type": "application/cloudevents+\ud800"}, "UNSUPPORTED_CONTENT_TYPE"),
+]
+
+
+@pytest.mark.parametrize("attributes,code", BINARY_REGRESSIONS,
+                         ids=[c for _, c in BINARY_REGRESSIONS])
+def test_hostile_attributes_are_dead_letters_with_a_precise_code(attributes, code):
+    data = b'{"region":"eu","amount":1,"user":"u"}'
+    assert check_payload(data, attributes=attributes) == ["dead_lettered"]
+    [rejection] = parse_payload(data, "m", (), CATALOG, LIMITS, None, attributes)
+    assert rejection.error_code == code
 
 
 # The failures the issue found, and their neighbours: each once raised or was unstorable.
@@ -192,3 +222,11 @@ def test_compute_usage_conserves_and_stores_every_record(payload_list):
 @given(batches_of_payloads)
 def test_stream_usage_conserves_and_stores_every_record(payload_list):
     check_stream_usage(payload_list)
+
+
+@settings(SEEDED, max_examples=1, phases=NO_SHRINK)
+@given(st.lists(binary_messages(), min_size=40, max_size=80))
+def test_both_pipelines_conserve_and_store_every_binary_mode_record(messages):
+    data, attributes = map(list, zip(*messages))
+    check_compute_usage(data, attributes)
+    check_stream_usage(data, attributes)

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from schemas.catalog import parse_catalog
-from schemas.events import Limits
+from schemas.events import Limits, Payload
 from schemas.values import format_time, parse_rfc3339
 from tests.conftest import ALL_AGGREGATIONS
 from tests.messy import dump_json, spell_time
@@ -106,7 +106,7 @@ def reference_rows(generated):
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(events, min_size=1, max_size=60), st.randoms(use_true_random=False))
 def test_aggregation_matches_reference(generated, rnd):
-    lines = [(f"f:{n}", ("f", n), payload(ev)) for n, ev in enumerate(generated)]
+    lines = [Payload(f"f:{n}", ("f", n), payload(ev)) for n, ev in enumerate(generated)]
     rnd.shuffle(lines)  # the runner sees them in any order; positions decide the winner
     batches = [lines[i:i + 7] for i in range(0, len(lines), 7)]
     with TestPipeline() as p:

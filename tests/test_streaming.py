@@ -14,7 +14,7 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 
 from schemas.catalog import parse_catalog
-from schemas.events import Limits
+from schemas.events import Limits, Payload
 from schemas.values import parse_rfc3339
 from transforms.aggregate import event_timestamp
 from transforms.streaming import REPLAYED, StreamUsage
@@ -49,7 +49,7 @@ class Feed:
                "subject": "team-a", "time": f"2026-11-02T{event_time}Z",
                "data": {"points": points}}
         payload = raw if raw is not None else json.dumps(doc).encode()
-        self.stream.add_elements([(message_id or f"msg-{self.messages}", (), payload,
+        self.stream.add_elements([Payload(message_id or f"msg-{self.messages}", (), payload,
                                    self.now, {})],
                                  event_timestamp=event_timestamp(self.now))
         return self

@@ -9,7 +9,7 @@ from apache_beam.transforms.window import FixedWindows, TimestampedValue
 from apache_beam.options.pipeline_options import StandardOptions
 
 from schemas.aggregation import fingerprint_of
-from schemas.events import Limits, parse_payload
+from schemas.events import Limits, Payload, parse_payload
 from schemas.values import parse_rfc3339
 from transforms.aggregate import AggregateUsage, MeterReadings, event_timestamp
 from transforms.batch_usage import ComputeUsage
@@ -36,9 +36,10 @@ def call(id, amount, time="2026-11-02T09:10:00Z", subject="acme", region="eu", u
 
 
 def test_parse_events_routes_every_payload(catalog):
-    payloads = [("f:1", ("f", 1), line(call("a", "1"))),
-                ("f:2", ("f", 2), b"{broken"),
-                ("f:3", ("f", 3), b"[" + line(call("b", "2")) + b"," + line(call("c", "-1")) + b"]")]
+    payloads = [Payload("f:1", ("f", 1), line(call("a", "1"))),
+                Payload("f:2", ("f", 2), b"{broken"),
+                Payload("f:3", ("f", 3),
+                        b"[" + line(call("b", "2")) + b"," + line(call("c", "-1")) + b"]")]
     with TestPipeline() as p:
         out = p | beam.Create(payloads) | ParseEvents(catalog, LIMITS)
         assert_that(out.events | "ids" >> beam.Map(lambda e: (e.id, e.position)),
@@ -52,9 +53,9 @@ def test_compute_usage_keeps_the_first_copy_and_counts_conflicts(catalog):
     docs = [call("a", "1"), call("b", "5"), call("a", "1"), call("a", "999"),
             call("a", "1", source="//other"), event(id="x", type="admin.login"),
             call("c", "2", time="2026-11-02T12:00:00Z")]
-    payloads = [(f"f:{n}", ("f", n), line(doc)) for n, doc in enumerate(docs, start=1)]
+    payloads = [Payload(f"f:{n}", ("f", n), line(doc)) for n, doc in enumerate(docs, start=1)]
     batches = [[payloads[3], payloads[0]], [payloads[4], payloads[2], payloads[1]],
-               [payloads[5], payloads[6], ("f:8", ("f", 8), b"{bad")]]
+               [payloads[5], payloads[6], Payload("f:8", ("f", 8), b"{bad")]]
     start, end = parse_rfc3339("2026-11-02T09:00:00Z"), parse_rfc3339("2026-11-02T10:00:00Z")
     with TestPipeline() as p:
         out = p | beam.Create(batches) | ComputeUsage(catalog, LIMITS, 3600 * 10 ** 9,

@@ -42,7 +42,7 @@ from apache_beam import pvalue
 
 from schemas import aggregation
 from schemas.catalog import MeterCatalog
-from schemas.events import Limits, Rejection, parse_payload
+from schemas.events import Limits, Rejection
 from schemas.fastpath import FastAccept
 from schemas.metering import conflicts, signature, text_readings, usage_row, window_start
 
@@ -115,19 +115,21 @@ class _ParseBatch(beam.DoFn):
             shards.setdefault(_shard_of(record[1], n), []).append(record)
 
         fast = 0
-        for item in batch:  # (position, order, payload[, ingest_ns, attributes])
-            try:
-                accepted = accept(item[2], item[3] if len(item) > 3 else now_ns)
-            except Exception:  # a fast-path bug: the full validator decides
-                accepted = None
+        for item in batch:  # Payloads
+            accepted = None
+            if not item.attributes:  # attributes may make it a binary-mode event
+                try:
+                    accepted = accept(item.data, now_ns if item.ingest_ns is None
+                                      else item.ingest_ns)
+                except Exception:  # a fast-path bug: the full validator decides
+                    accepted = None
             if accepted is not None:
                 fast += 1
                 source, event_id, event_type, subject, time_ns, readings = accepted
-                add((source, event_id, item[1], signature(subject, event_type, time_ns,
-                                                          readings)))
+                add((source, event_id, item.order, signature(subject, event_type, time_ns,
+                                                             readings)))
                 continue
-            for result in parse_payload(item[2], *item[:2], self._catalog, self._limits,
-                                        *item[3:]):
+            for result in item.parse(self._catalog, self._limits):
                 counts["records"] += 1
                 if isinstance(result, Rejection):
                     counts["dead_lettered"] += 1
@@ -235,7 +237,7 @@ class _MergeUsage(beam.DoFn):
 
 
 class ComputeUsage(beam.PTransform):
-    """Batches of payload tuples -> {usage rows, dead_letters, counts}.
+    """Batches (lists) of Payloads -> {usage rows, dead_letters, counts}.
 
     `usage` rows have the SPEC §4 columns; `counts` are Counters (lines,
     records, accepted, duplicates, conflicting_duplicates, dead_lettered[_by_code],

@@ -14,6 +14,8 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 
+from schemas.events import Payload
+
 
 # A file is read as ranges of about this many bytes, each starting at a line.
 RANGE_BYTES = 16 << 20
@@ -180,14 +182,14 @@ class _ReadRange(beam.DoFn):
 
 
 def _payloads(chunk):
-    """(path, first line number, lines) -> [(position, order, payload)]."""
+    """(path, first line number, lines) -> [Payload(position, order, line)]."""
     path, first, lines = chunk
-    return [(f"{path}:{number}", (path, number), line)
+    return [Payload(f"{path}:{number}", (path, number), line)
             for number, line in enumerate(lines, start=first)]
 
 
 class ReadPayloadBatches(beam.PTransform):
-    """File patterns (local or gs://, globs, compressed) -> lists of (position, order, line bytes).
+    """File patterns (local or gs://, globs, compressed) -> lists of Payloads (one a line).
 
     Lines keep their file and line number: dead letters point at them, and
     the smallest (path, line) copy of a duplicated identity is the one kept,

@@ -5,7 +5,7 @@ import apache_beam as beam
 from apache_beam import pvalue
 
 from schemas.catalog import MeterCatalog
-from schemas.events import Limits, Rejection, parse_payload
+from schemas.events import Limits, Rejection
 
 EVENTS = "events"
 DEAD_LETTERS = "dead_letters"
@@ -16,10 +16,8 @@ class _ParseDoFn(beam.DoFn):
         self._catalog = catalog
         self._limits = limits
 
-    def process(self, element):
-        position, order, payload, *received = element  # + (ingest ns, attributes) from Pub/Sub
-        for result in parse_payload(payload, position, order, self._catalog, self._limits,
-                                    *received):
+    def process(self, payload):
+        for result in payload.parse(self._catalog, self._limits):
             if isinstance(result, Rejection):
                 yield pvalue.TaggedOutput(DEAD_LETTERS, result)
             else:
@@ -27,8 +25,7 @@ class _ParseDoFn(beam.DoFn):
 
 
 class ParseEvents(beam.PTransform):
-    """(position, order, payload bytes[, ingest ns, attributes]) -> `events` (UsageEvent)
-    and `dead_letters` (Rejection).
+    """Payloads (schemas.events.Payload) -> `events` (UsageEvent) and `dead_letters` (Rejection).
 
     Every payload yields at least one output: one per event of a CloudEvents
     batch, or one rejection. Meter values are checked here, before

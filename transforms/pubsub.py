@@ -6,12 +6,13 @@ import time
 import apache_beam as beam
 from apache_beam.io.gcp.pubsub import PubsubMessage, ReadFromPubSub, WriteToPubSub
 
+from schemas.events import ATTRIBUTE_VALUE_BYTES, Payload
 from transforms.rows import payload_bytes
 from transforms.runner import is_dataflow
 
 
 class ReadUsageMessages(beam.PTransform):
-    """Pub/Sub -> (message id, (), payload bytes, ingest ns, attributes) for ParseEvents.
+    """Pub/Sub -> Payloads (message id, (), data, ingest ns, attributes) for ParseEvents.
 
     The ingest time is taken when the message enters the pipeline: it judges
     FUTURE_TIME and too-late events, and is stored with every accepted event.
@@ -39,11 +40,9 @@ class ReadUsageMessages(beam.PTransform):
         return (pbegin
                 | "Read" >> ReadFromPubSub(subscription=self._subscription,
                                            with_attributes=True, **extras)
-                | "Unwrap" >> beam.Map(lambda m: (m.message_id or "", (), m.data,
-                                                  time.time_ns(), dict(m.attributes or {}))))
-
-
-_ATTRIBUTE_VALUE_BYTES = 1024  # Pub/Sub's limit on an attribute value
+                | "Unwrap" >> beam.Map(lambda m: Payload(m.message_id or "", (), m.data,
+                                                         time.time_ns(),
+                                                         dict(m.attributes or {}))))
 
 
 def dead_letter_message(rejection) -> PubsubMessage:
@@ -57,7 +56,7 @@ def dead_letter_message(rejection) -> PubsubMessage:
 
 
 def _clip_bytes(text: str) -> str:
-    return text.encode("utf-8")[:_ATTRIBUTE_VALUE_BYTES].decode("utf-8", "ignore")
+    return text.encode("utf-8", "replace")[:ATTRIBUTE_VALUE_BYTES].decode("utf-8", "ignore")
 
 
 class PublishDeadLetters(beam.PTransform):

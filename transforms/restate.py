@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import apache_beam as beam
 
+from schemas.events import Payload
 from schemas.tables import EVENTS, RECOMPUTE_RUNS, USAGE_RECOMPUTED, Table
 from schemas.values import format_time
 from transforms.bigquery import BigQueryTarget, Written, query_config, total_written
@@ -90,12 +91,12 @@ class ReadPeriodEvents(beam.PTransform):
 EVENT_COLUMNS = ("raw", "message_id", "ingest_time")
 
 
-def event_payloads(batch) -> list[tuple]:
+def event_payloads(batch) -> list[Payload]:
     """An Arrow batch of `events` rows -> payloads ordered by (ingest time, message id)."""
     import pyarrow as pa
 
     ingest_us = batch.column("ingest_time").cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
-    return [(message_id or "", (us, message_id or ""), raw.encode("utf-8"), us * 1000, {})
+    return [Payload(message_id or "", (us, message_id or ""), raw.encode("utf-8"), us * 1000)
             for raw, message_id, us in zip(batch.column("raw").to_pylist(),
                                            batch.column("message_id").to_pylist(),
                                            ingest_us.to_pylist())]

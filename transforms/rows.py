@@ -11,6 +11,7 @@ import json
 from decimal import Decimal
 from hashlib import blake2b
 
+from schemas.events import event_data
 from schemas.metering import window_start
 from schemas.values import NS, ValueProblem, check_range, dumps_exact, format_time, loads_exact
 
@@ -41,7 +42,7 @@ def timestamp(ns: int) -> str:
 
 
 def event_row(event, job_id: str) -> tuple[str, dict]:
-    data = loads_exact(event.raw).get("data")
+    data = event_data(loads_exact(event.raw))
     return row_id("event", event.source, event.id, event.position), {
         "source": event.source,
         "id": event.id,

@@ -10,16 +10,22 @@ without it: Beam would fail on a bad attribute and redeliver the message
 forever, while without one it falls back to publish time and the pipeline
 dead-letters the event on its own terms. Lines are sent as they are, malformed
 or not: judging them is the pipeline's job.
+
+With `--binary`, each event goes in CloudEvents binary content mode instead
+(`binary_form`): its attributes as `ce-` Pub/Sub attributes, its datacontenttype
+as `content-type`, its data as the message. A line without a binary form (not
+an event object, or an attribute no Pub/Sub attribute can carry) is sent as it is.
 """
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tallyflow.local import stack as local_stack
@@ -27,7 +33,9 @@ from pipelines.policy import name_option, run_command
 from tallyflow.local.stack import StackError
 from tallyflow.local.synthetic import KINDS, Message, SyntheticConfig, count_kinds, generate
 from schemas import names
-from schemas.values import NS, format_time, parse_duration, parse_rfc3339, parse_window
+from schemas.events import ATTRIBUTE_VALUE_BYTES, is_json_content_type
+from schemas.values import (NS, dumps_exact, format_time, loads_exact, parse_duration,
+                            parse_rfc3339, parse_window)
 
 DEFAULT_TIMESTAMP_ATTRIBUTE = "ce-time"
 
@@ -40,6 +48,7 @@ class Outgoing:
     events: int
     time: str | None  # the timestamp attribute's value
     at_ns: int | None = None
+    attributes: dict = field(default_factory=dict)  # binary mode's ce-* and content-type
 
     @classmethod
     def of(cls, data: bytes, at_ns: int | None = None) -> "Outgoing":
@@ -49,6 +58,59 @@ class Outgoing:
             return cls(data, 1, None, at_ns)
         events = document if isinstance(document, list) else [document]
         return cls(data, len(events), earliest_time(events), at_ns)
+
+    def in_binary_mode(self) -> list["Outgoing"]:
+        """This message as binary-mode messages, one per event; itself where it has none."""
+        try:
+            document = loads_exact(self.data)
+        except (ValueError, RecursionError):
+            return [self]
+        events = document if isinstance(document, list) else [document]
+        forms = [binary_form(event) for event in events]
+        if not events or None in forms:
+            return [self]
+        return [Outgoing(data, 1, earliest_time([event]), self.at_ns, attributes)
+                for event, (attributes, data) in zip(events, forms)]
+
+
+def binary_form(event) -> tuple[dict[str, str], bytes] | None:
+    """An event object as a binary-mode message (CloudEvents Pub/Sub protocol binding):
+    (attributes, data), or None when it has none: not an object, an attribute that is
+    not a string, integer or boolean (the types with a canonical string), a value
+    longer than Pub/Sub allows, or data_base64 that is not base64."""
+    if not isinstance(event, dict):
+        return None
+    attributes = {}
+    for name, value in event.items():
+        if name in ("data", "data_base64") or value is None:
+            continue
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        elif isinstance(value, int):
+            value = str(value)
+        elif not isinstance(value, str):
+            return None
+        try:
+            if len(value.encode("utf-8")) > ATTRIBUTE_VALUE_BYTES:
+                return None
+        except UnicodeEncodeError:  # a lone surrogate: no Pub/Sub attribute holds it
+            return None
+        attributes["content-type" if name == "datacontenttype" else f"ce-{name}"] = value
+    content_type = attributes.get("content-type", "application/json")
+    if event.get("data_base64") is not None:
+        try:
+            data = base64.b64decode(event["data_base64"], validate=True)
+        except (TypeError, ValueError):
+            return None
+    elif event.get("data") is None:
+        data = b""
+    elif isinstance(event["data"], str) and not is_json_content_type(content_type):
+        data = event["data"].encode("utf-8", "surrogatepass")
+    else:
+        data = dumps_exact(event["data"]).encode("utf-8", "surrogatepass")
+    if data and "content-type" not in attributes:
+        attributes["content-type"] = content_type
+    return attributes, data
 
 
 def earliest_time(events: list) -> str | None:
@@ -92,7 +154,9 @@ def publish(publisher, topic_path: str, messages: list[Outgoing], attribute: str
             delay = started + (message.at_ns - first_ns) / NS - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-        attributes = {attribute: message.time} if message.time else {}
+        attributes = dict(message.attributes)
+        if message.time:  # a binary event's own ce-time stays as it is
+            attributes.setdefault(attribute, message.time)
         futures.append(publisher.publish(topic_path, message.data, **attributes))
         progress.update(len(futures))
     ids = [future.result(timeout=60) for future in futures]
@@ -134,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if bool(args.file) == bool(args.synthetic):
         parser.error("give a JSONL FILE or --synthetic (not both)")
+    if args.binary and args.synthetic and args.batch_size != 1:
+        parser.error("--binary sends one event per message: --batch-size must be 1")
     try:
         config = _synthetic_config(args) if args.synthetic else None
     except ValueError as error:
@@ -150,6 +216,8 @@ def _run(args, config: SyntheticConfig | None) -> int:
             messages = [replace(m, at_ns=None) for m in messages]
     else:
         messages = _read_file(Path(args.file))
+    if args.binary:
+        messages = [binary for message in messages for binary in message.in_binary_mode()]
     publisher = local_stack.publisher_client(host, publisher_options=_flow_control())
     topic_path = publisher.topic_path(project, args.topic)
     _check_topic(publisher, topic_path, host)
@@ -272,6 +340,11 @@ def _parser() -> argparse.ArgumentParser:
     target.add_argument("--timestamp-attribute", default=DEFAULT_TIMESTAMP_ATTRIBUTE,
                         help="attribute carrying the earliest event time of each message "
                              "(default %(default)s; match the pipeline's option)")
+    parser.add_argument("--binary", action="store_true",
+                        help="send each event in CloudEvents binary content mode: attributes "
+                             "as ce-* Pub/Sub attributes, datacontenttype as content-type, "
+                             "data as the message (a batch line becomes one message per "
+                             "event; a line with no binary form is sent as it is)")
     synthetic = parser.add_argument_group("synthetic stream")
     synthetic.add_argument("--synthetic", action="store_true",
                            help="publish a generated stream instead of a file")
