@@ -25,7 +25,7 @@ from apache_beam.transforms import trigger
 from apache_beam.transforms.window import FixedWindows, GlobalWindows
 
 from schemas.catalog import parse_catalog
-from schemas.events import Limits, UsageEvent, parse_payload
+from schemas.events import Limits, Payload, UsageEvent, parse_payload
 from schemas.metering import (conflicts, metering_signature, signature, text_readings,
                               usage_row, value_text, window_start)
 from schemas.values import format_time, parse_rfc3339
@@ -100,7 +100,8 @@ def payload(copy) -> bytes:
             ).encode()
 
 
-POSITIONS = [(f"f:{n}", ("f", n), payload(copy)) for n, copy in enumerate(COPIES, start=1)]
+POSITIONS = [Payload(f"f:{n}", ("f", n), payload(copy))
+             for n, copy in enumerate(COPIES, start=1)]
 
 
 def expected_rows() -> list[tuple]:
@@ -146,7 +147,7 @@ def test_the_recompute_meters_as_the_reference_and_classifies_every_copy():
 def test_the_stream_meters_as_the_reference_and_classifies_every_copy():
     stream = TestStream().advance_watermark_to(event_timestamp(NOW - 6 * HOUR))
     for position in POSITIONS:  # one at a time: the first to arrive is the smallest
-        stream = (stream.add_elements([(*position, NOW, {})],
+        stream = (stream.add_elements([position._replace(ingest_ns=NOW, attributes={})],
                                       event_timestamp=event_timestamp(NOW))
                   .advance_processing_time(1))
     stream = stream.advance_watermark_to_infinity()
