@@ -11,6 +11,7 @@ from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOp
 from pipelines.policy import name_option
 from schemas import names
 from schemas.catalog import CatalogError, MeterCatalog, parse_catalog_text
+from schemas.pricing import PriceBook, PriceBookError, parse_price_book_text
 from transforms.bigquery import BigQueryTarget
 from transforms.storage_read import STORAGE_EMULATOR_ENV
 
@@ -28,6 +29,15 @@ def read_config_text(path: str, error: type[ValueError]) -> str:
 
 def load_catalog_anywhere(path: str) -> MeterCatalog:
     return parse_catalog_text(read_config_text(path, CatalogError), path)
+
+
+def load_price_book_anywhere(path: str) -> PriceBook:
+    return parse_price_book_text(read_config_text(path, PriceBookError), path)
+
+
+def add_price_book(parser, purpose: str = "") -> None:
+    """`--prices`, for each pipeline that reads the price book (defined once)."""
+    parser.add_argument("--prices", help=f"Price book YAML file (local path or gs://){purpose}.")
 
 
 class UsageOptions(PipelineOptions):

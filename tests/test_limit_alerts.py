@@ -1,0 +1,191 @@
+"""Usage alerts from the streaming panes (transforms/limits.py), proven with TestStream.
+
+The production core (`StreamUsage`) feeds `UsageAlerts`, as in the pipeline. The
+plan includes 10 points of `score` a month; thresholds 50%, 80% and 100% are
+5, 8 and 10 points. Expected alerts are worked out by hand from the events.
+"""
+import json
+from decimal import Decimal
+
+import apache_beam as beam
+import pytest
+from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.utils.timestamp import Timestamp
+
+from schemas.limits import Level, alert_id, parse_limits
+from schemas.pricing import parse_price_book
+from schemas.values import parse_rfc3339
+from tests.test_streaming import GAME, NS, Feed, run
+from transforms.aggregate import event_timestamp
+from transforms.dedup import REPLAYED
+from transforms.limits import (PANE, RESTORED_ALERT, RESTORED_WINDOW, CrossThresholds,
+                               UsageAlerts, alert_message)
+
+PRICES = parse_price_book({
+    "plans": [{"id": "game", "currency": "USD", "versions": [{
+        "version": 1, "starting_at": "2026-01-01T00:00:00Z",
+        "prices": [{"id": "score", "meter": "score", "model": "per_unit", "unit_amount": 1,
+                    "free_units": 10}]}]}],
+    "assignments": [{"subject": "team-a", "plan": "game", "starting_at": "2026-01-01T00:00:00Z"}],
+})
+BOOK = parse_limits({"limits": [{"plan": "game", "meter": "score",
+                                 "thresholds": ["100%", "50%", "80%"]}]}, GAME, PRICES)
+NOVEMBER = "2026-11-01T00:00:00Z"
+WINDOW_S, LATENESS_S = 60, 600
+
+
+def alerts_of(feed, restored=()):
+    pipeline, out = run(feed, window_s=WINDOW_S, lateness_s=LATENESS_S)
+    seeds = pipeline | "Seeds" >> beam.Create(list(restored)) if restored else None
+    alerts = out["usage"] | UsageAlerts(BOOK, PRICES, GAME, LATENESS_S * NS, seeds)
+    return pipeline, alerts
+
+
+def summary(alerts):
+    """What a crossing must say, minus the processing time it was seen at."""
+    return alerts | "Summary" >> beam.Map(lambda a: (
+        a["period_start"], a["threshold"], a["threshold_quantity"], a["value"],
+        a["window_start"][11:19], a["pane_timing"], a["pane_index"]))
+
+
+def test_early_on_time_and_late_panes_and_duplicates_cross_each_threshold_once():
+    feed = (Feed("12:00:00")
+            .send("a", 3, "12:00:10").send("b", 3, "12:00:20")
+            .wait(61)                                   # early pane of 12:00: 6 -> 50%
+            .send("a", 3, "12:00:10")                   # a redelivery: no new pane value
+            .send("a", 3, "12:00:10", message_id="m-a")  # a duplicate event: not counted
+            .watermark("12:01:00")                      # on-time pane: still 6
+            .wait(60).send("c", 3, "12:00:30")          # late pane: 9 -> 80%
+            .send("d", 1, "12:01:10")                   # 12:01 window: 9 + 1 -> 100%
+            .watermark("12:02:00")                      # on time, 10: no new crossing
+            .wait(60).send("e", 5, "12:02:10")          # 15: every threshold is done
+            .watermark("12:30:00"))
+    pipeline, alerts = alerts_of(feed)
+    with pipeline:
+        assert_that(summary(alerts), equal_to([
+            (NOVEMBER, "50%", "5", "6", "12:00:00", "EARLY", 0),
+            (NOVEMBER, "80%", "8", "9", "12:00:00", "LATE", 2),
+            (NOVEMBER, "100%", "10", "10", "12:01:00", "ON_TIME", 0),
+        ]))
+
+
+def test_one_pane_jumping_every_threshold_alerts_each_with_its_own_id():
+    feed = Feed("12:00:00").send("big", 12, "12:00:10").watermark("12:30:00")
+    pipeline, alerts = alerts_of(feed)
+    with pipeline:
+        assert_that(summary(alerts), equal_to([
+            (NOVEMBER, label, quantity, "12", "12:00:00", "ON_TIME", 0)
+            for label, quantity in (("50%", "5"), ("80%", "8"), ("100%", "10"))]),
+            label="alerts")
+        assert_that(alerts | "Ids" >> beam.Map(lambda a: a["alert_id"]), equal_to([
+            alert_id("team-a", "score", NOVEMBER, label) for label in ("50%", "80%", "100%")]),
+            label="ids")
+
+
+def send_at(feed: Feed, event_id: str, points, time: str) -> Feed:
+    """An event at a full RFC 3339 time (Feed's own are all on 2026-11-02)."""
+    doc = {"specversion": "1.0", "id": event_id, "source": "//game", "type": "game.score",
+           "subject": "team-a", "time": time, "data": {"points": points}}
+    return feed.send(event_id, points, "00:00:00", raw=json.dumps(doc).encode())
+
+
+def test_the_month_boundary_starts_a_new_period_with_its_own_thresholds():
+    feed = Feed("00:00:00")
+    feed.nanoseconds(parse_rfc3339("2026-11-30T23:58:00Z") - feed.now)
+    feed.stream.advance_watermark_to(event_timestamp(feed.now))
+    send_at(feed, "nov", 4, "2026-11-30T23:58:30Z")
+    send_at(feed, "nov2", 2, "2026-11-30T23:59:59.999999999Z")  # Nov: 6 -> 50%
+    feed.nanoseconds(150 * NS)
+    send_at(feed, "dec", 4, "2026-12-01T00:00:00Z")  # Dec: 4, Nov's 6 does not count
+    feed.stream.advance_watermark_to(event_timestamp(parse_rfc3339("2026-12-01T00:01:00Z")))
+    feed.wait(60)
+    send_at(feed, "dec2", 1, "2026-12-01T00:01:30Z")  # Dec: 5 -> 50%
+    feed.stream.advance_watermark_to(event_timestamp(parse_rfc3339("2026-12-01T00:30:00Z")))
+    pipeline, alerts = alerts_of(feed)
+    with pipeline:
+        assert_that(alerts | beam.Map(lambda a: (a["period_start"], a["period_end"],
+                                                 a["threshold"], a["value"],
+                                                 a["window_start"])),
+                    equal_to([
+                        (NOVEMBER, "2026-12-01T00:00:00Z", "50%", "6", "2026-11-30T23:59:00Z"),
+                        ("2026-12-01T00:00:00Z", "2027-01-01T00:00:00Z", "50%", "5",
+                         "2026-12-01T00:01:00Z")]))
+
+
+def test_a_restored_job_neither_realerts_nor_counts_a_window_twice():
+    """After a restart: 50% was alerted by the old job, a closed window of the period had
+    4, and the open 12:00 window had 2 in the old job's last pane. The replayed event
+    (its 2) and a live one of 3 make the open window 5 and the period 9: 80% only."""
+    period = ("team-a", "score", NOVEMBER)
+    end_ns = parse_rfc3339("2026-12-01T00:00:00Z")
+    restored = [(period, (RESTORED_ALERT, "50%")),
+                (period, (RESTORED_WINDOW, ("{}", "2026-11-02T09:00:00Z"), 4, end_ns)),
+                (period, (RESTORED_WINDOW, ("{}", "2026-11-02T12:00:00Z"), 2, end_ns))]
+    feed = (Feed("12:00:30")
+            .send("old", 2, "12:00:05", message_id=f"{REPLAYED}m0")
+            .send("old", 2, "12:00:05", message_id="m0")   # the seek redelivers it: a replay
+            .send("new", 3, "12:00:20")
+            .watermark("12:30:00"))
+    pipeline, alerts = alerts_of(feed, restored)
+    with pipeline:
+        assert_that(summary(alerts), equal_to([
+            (NOVEMBER, "80%", "8", "9", "12:00:00", "ON_TIME", 0)]))
+
+
+class Cell:
+    def __init__(self):
+        self.value = None
+
+    def read(self):
+        return self.value
+
+    def write(self, value):
+        self.value = value
+
+    def clear(self):
+        self.value = None
+
+
+class Timer:
+    def __init__(self):
+        self.at = None
+
+    def set(self, timestamp):
+        self.at = timestamp
+
+
+def pane(window_start: str, index: int, value: str, timing: str = "EARLY") -> dict:
+    return {"subject": "team-a", "meter": "score", "dimensions": "{}",
+            "window_start": window_start, "window_end": "later", "value": value,
+            "event_count": 1, "fingerprint": "f", "pane_timing": timing, "pane_index": index,
+            "is_final": False}
+
+
+def test_crossings_come_out_in_threshold_order_and_duplicate_panes_change_nothing():
+    fn = CrossThresholds(GAME, LATENESS_S * NS)
+    windows, alerted, timer = Cell(), Cell(), Timer()
+    levels = tuple(Level(label, Decimal(q)) for label, q in (("a", 1), ("b", 2), ("c", 3), ("d", 40)))
+    end_ns = parse_rfc3339("2026-12-01T00:00:00Z")
+    key = ("team-a", "score", NOVEMBER)
+
+    def feed(row):
+        return [a["threshold"] for a in fn.process(
+            (key, (PANE, row, levels, end_ns)), windows, alerted, timer)]
+
+    assert feed(pane("2026-11-02T12:00:00Z", 0, "3")) == ["a", "b", "c"]
+    assert feed(pane("2026-11-02T12:00:00Z", 0, "3")) == []        # the same pane again
+    assert feed(pane("2026-11-02T12:00:00Z", 2, "39", "LATE")) == []
+    assert feed(pane("2026-11-02T12:00:00Z", 1, "50")) == []       # an older pane, late
+    assert feed(pane("2026-11-02T12:01:00Z", 0, "1")) == ["d"]     # 39 + 1
+    assert timer.at == Timestamp(micros=(end_ns + LATENESS_S * NS) // 1000)
+    fn.forget(windows, alerted)
+    assert windows.read() is None and alerted.read() is None
+
+
+@pytest.mark.parametrize("name", ["alert_id", "status", "subject", "meter", "threshold"])
+def test_an_alert_message_carries_the_alert_and_what_subscribers_filter_on(name):
+    alert = {"alert_id": "x1", "status": "crossed", "subject": "c", "meter": "m",
+             "threshold": "80%", "value": "8.5"}
+    message = alert_message(alert)
+    assert json.loads(message.data) == alert
+    assert message.attributes[name] == alert[name]

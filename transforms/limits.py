@@ -1,0 +1,244 @@
+"""UsageAlerts: period-to-date usage from the streaming panes, and an alert the first time
+it reaches each threshold of a billing period (docs/limits.md).
+
+    usage panes -> KeyByPeriod (customer x meter x period; thresholds resolved at the
+                   window's start) -> global window -> [after RestoreLimitState]
+                -> CrossThresholds: Beam state per customer x meter x period holds
+                   each window's latest value and the thresholds already alerted;
+                   a timer clears it once the period can no longer change
+
+Panes are accumulating, so a window's latest pane replaces its earlier ones: a
+redelivered or duplicate pane (same or lower index) changes nothing, an early,
+on-time or late pane updates its window, and the period's value is the sum of
+its windows (the greatest, for MAX). Because the crossed thresholds are kept in
+the same state, each alerts once per period, in threshold order when one pane
+jumps several. A restarted job (`--restore_open_windows`) loses Beam state, so
+RestoreLimitState seeds it from BigQuery first: the alerts already recorded for
+open periods, and each window's current value from the `usage` view; the
+job's own panes then replace the restored values of their windows.
+"""
+from __future__ import annotations
+
+import json
+import time
+import typing
+from decimal import Decimal
+
+import apache_beam as beam
+from apache_beam.io.gcp.pubsub import PubsubMessage, WriteToPubSub
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.transforms.window import GlobalWindows
+from apache_beam.utils.timestamp import Timestamp
+
+from schemas.catalog import MeterCatalog
+from schemas.limits import LimitBook, alert_id, newly_crossed, period_value
+from schemas.pricing import PriceBook
+from schemas.tables import USAGE_ALERTS
+from schemas.values import format_decimal, format_time, parse_rfc3339
+from transforms.bigquery import BigQueryTarget, QueryRows
+
+PANE, RESTORED_WINDOW, RESTORED_ALERT = "pane", "restored_window", "restored_alert"
+CROSSED = "crossed"
+NS_PER_US = 1000
+# The oldest window a restore reads: an open period began at most a month and
+# allowed lateness ago (the longest month, plus a day for anchor-day clamping).
+LONGEST_PERIOD_S = 32 * 86400
+
+Key = typing.Tuple[str, str, str]  # subject, meter, period start (RFC 3339)
+
+
+def period_key(book: LimitBook, prices: PriceBook, subject: str, meter: str,
+               instant_ns: int) -> tuple[Key, int]:
+    """The state key of a customer's meter in the period holding `instant_ns`, and the
+    period's end (ns)."""
+    start, end = book.period(prices, subject, instant_ns)
+    return (subject, meter, format_time(start)), end
+
+
+class KeyByPeriod(beam.DoFn):
+    """Usage pane rows -> (key, (PANE, row, levels, period end)) for metered rows with
+    thresholds; the rest have no limit and are dropped here."""
+
+    def __init__(self, book: LimitBook, prices: PriceBook):
+        self._book, self._prices = book, prices
+
+    def process(self, row):
+        if row["meter"] not in self._book.meters:
+            return
+        start_ns = parse_rfc3339(row["window_start"])
+        levels = self._book.levels(self._prices, row["subject"], row["meter"], start_ns)
+        if levels:
+            key, end_ns = period_key(self._book, self._prices, row["subject"], row["meter"],
+                                     start_ns)
+            yield key, (PANE, row, levels, end_ns)
+
+
+def alert(key: Key, period_end_ns: int, level, value, row: dict, crossed_ns: int) -> dict:
+    """The alert of a crossing: what crossed, by how much, when, and in which pane."""
+    subject, meter, period_start = key
+    return {
+        "alert_id": alert_id(subject, meter, period_start, level.label),
+        "status": CROSSED,
+        "subject": subject,
+        "meter": meter,
+        "period_start": period_start,
+        "period_end": format_time(period_end_ns),
+        "threshold": level.label,
+        "threshold_quantity": format_decimal(level.quantity),
+        "value": format_decimal(value),
+        "crossed_at": format_time(crossed_ns - crossed_ns % NS_PER_US),
+        "dimensions": row["dimensions"],
+        "window_start": row["window_start"],
+        "window_end": row["window_end"],
+        "pane_timing": row["pane_timing"],
+        "pane_index": row["pane_index"],
+    }
+
+
+class CrossThresholds(beam.DoFn):
+    """Per customer x meter x period: each window's latest value, the thresholds already
+    alerted, and an alert for each threshold the period's value newly reaches."""
+
+    WINDOWS = ReadModifyWriteStateSpec("window_values", beam.coders.PickleCoder())
+    ALERTED = ReadModifyWriteStateSpec("alerted_thresholds", beam.coders.PickleCoder())
+    EXPIRY = TimerSpec("period_closed", TimeDomain.WATERMARK)
+
+    def __init__(self, catalog: MeterCatalog, allowed_lateness_ns: int):
+        self._aggregations = {m.key: m.aggregation for m in catalog.meters}
+        self._lateness_ns = allowed_lateness_ns
+
+    def process(self, keyed, windows=beam.DoFn.StateParam(WINDOWS),
+                alerted=beam.DoFn.StateParam(ALERTED), expiry=beam.DoFn.TimerParam(EXPIRY)):
+        key, (kind, *payload) = keyed
+        done = alerted.read() or frozenset()
+        if kind == RESTORED_ALERT:
+            alerted.write(done | {payload[0]})
+            return []
+        values = windows.read() or {}
+        if kind == RESTORED_WINDOW:
+            slot, value, end_ns = payload
+            if slot not in values:  # a pane of this job is newer than what was restored
+                values[slot] = ((0,), value)
+                windows.write(values)
+            self._expire_after(expiry, end_ns)
+            return []
+        row, levels, end_ns = payload
+        slot, rank = (row["dimensions"], row["window_start"]), (1, row["pane_index"])
+        if slot in values and values[slot][0] >= rank:
+            return []  # a duplicate or an older pane of the window
+        values[slot] = (rank, Decimal(row["value"]))
+        windows.write(values)
+        self._expire_after(expiry, end_ns)
+        value = period_value(self._aggregations[key[1]], (v for _, v in values.values()))
+        crossed = newly_crossed(levels, value, done)
+        if crossed:
+            alerted.write(done | {level.label for level in crossed})
+        now = time.time_ns()
+        return [alert(key, end_ns, level, value, row, now) for level in crossed]
+
+    def _expire_after(self, expiry, period_end_ns: int) -> None:
+        """After the period's end + allowed lateness no pane can change it."""
+        expiry.set(Timestamp(micros=(period_end_ns + self._lateness_ns) // NS_PER_US))
+
+    @on_timer(EXPIRY)
+    def forget(self, windows=beam.DoFn.StateParam(WINDOWS),
+               alerted=beam.DoFn.StateParam(ALERTED)):
+        windows.clear()
+        alerted.clear()
+
+
+class UsageAlerts(beam.PTransform):
+    """Usage pane rows -> alerts (dicts, one per threshold crossing per period).
+
+    `restored`: keyed RESTORED_WINDOW / RESTORED_ALERT seeds (RestoreLimitState);
+    panes wait until they are read, so no threshold alerts twice after a restart.
+    """
+
+    def __init__(self, book: LimitBook, prices: PriceBook, catalog: MeterCatalog,
+                 allowed_lateness_ns: int, restored=None):
+        super().__init__()
+        self._book, self._prices, self._catalog = book, prices, catalog
+        self._lateness_ns = allowed_lateness_ns
+        self._restored = restored
+
+    def expand(self, usage):
+        keyed = (usage
+                 | "KeyByPeriod" >> beam.ParDo(KeyByPeriod(self._book, self._prices))
+                 .with_output_types(typing.Tuple[Key, typing.Any])
+                 | "GlobalWindow" >> beam.WindowInto(GlobalWindows()))
+        if self._restored is not None:
+            restored_done = self._restored | "RestoredDone" >> beam.Map(lambda _seed: None)
+            keyed = ((keyed | "AfterRestore" >> beam.Map(
+                lambda pane, _done: pane, beam.pvalue.AsIter(restored_done))
+                .with_output_types(typing.Tuple[Key, typing.Any]), self._restored)
+                | "WithRestored" >> beam.Flatten())
+        return keyed | "CrossThresholds" >> beam.ParDo(
+            CrossThresholds(self._catalog, self._lateness_ns))
+
+
+class RestoreLimitState(beam.PTransform):
+    """The state of open periods, for a restarted job, from BigQuery: the thresholds
+    `usage_alerts` recorded as crossed, and each window's value in the `usage` view
+    (the latest recompute, else the latest pane), as keyed seeds for UsageAlerts."""
+
+    def __init__(self, target: BigQueryTarget, book: LimitBook, prices: PriceBook,
+                 allowed_lateness_ns: int):
+        super().__init__()
+        self._target = target
+        self._book, self._prices = book, prices
+        self._lateness_s = allowed_lateness_ns // 1_000_000_000
+
+    def expand(self, pbegin):
+        book, prices = self._book, self._prices
+        alerts_sql = (f"SELECT subject, meter, UNIX_MICROS(period_start) AS start_us, "
+                      f"threshold FROM `{self._target.table_id(USAGE_ALERTS)}` "
+                      f"WHERE status = '{CROSSED}' AND period_end >= "
+                      f"TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL @lateness SECOND)")
+        windows_sql = (f"SELECT subject, meter, dimensions, UNIX_MICROS(window_start) AS "
+                       f"start_us, value, value_bignumeric "
+                       f"FROM `{self._target.table_id('usage')}` WHERE window_start >= "
+                       f"TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL @span SECOND)")
+
+        def restored_window(r):
+            if r["meter"] not in book.meters:
+                return
+            start_ns = r["start_us"] * NS_PER_US
+            key, end_ns = period_key(book, prices, r["subject"], r["meter"], start_ns)
+            value = r["value"] if r["value"] is not None else r["value_bignumeric"]
+            yield key, (RESTORED_WINDOW, (r["dimensions"], format_time(start_ns)), value,
+                        end_ns)
+
+        alerts = (pbegin
+                  | "QueryAlerts" >> QueryRows(self._target, alerts_sql,
+                                               [("lateness", "INT64", self._lateness_s)])
+                  | "AlertSeeds" >> beam.Map(lambda r: (
+                      (r["subject"], r["meter"], format_time(r["start_us"] * NS_PER_US)),
+                      (RESTORED_ALERT, r["threshold"]))))
+        windows = (pbegin
+                   | "QueryWindows" >> QueryRows(self._target, windows_sql, [
+                       ("span", "INT64", self._lateness_s + LONGEST_PERIOD_S)])
+                   | "WindowSeeds" >> beam.FlatMap(restored_window))
+        return (alerts, windows) | "Seeds" >> beam.Flatten().with_output_types(
+            typing.Tuple[Key, typing.Any])
+
+
+def alert_message(alert_row: dict) -> PubsubMessage:
+    """An alert as a Pub/Sub message: the alert as JSON, and what a subscriber filters
+    or deduplicates on as attributes."""
+    return PubsubMessage(json.dumps(alert_row, sort_keys=True).encode("utf-8"),
+                         {name: str(alert_row[name])
+                          for name in ("alert_id", "status", "subject", "meter", "threshold")})
+
+
+class PublishAlerts(beam.PTransform):
+    """Alerts -> a Pub/Sub topic, for the product's enforcement service."""
+
+    def __init__(self, topic: str):
+        super().__init__()
+        self._topic = topic
+
+    def expand(self, alerts):
+        return (alerts
+                | "ToMessage" >> beam.Map(alert_message)
+                | "Publish" >> WriteToPubSub(self._topic, with_attributes=True))
