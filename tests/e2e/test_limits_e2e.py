@@ -1,0 +1,118 @@
+"""Usage alerts end to end: the Pub/Sub emulator, local-bigquery, the DirectRunner.
+
+A customer's plan includes 10 API requests a month, with thresholds at 50%, 80%
+and 100%. Requests arrive in bursts (GET and POST: the period sums across
+dimensions), every burst with redeliveries of earlier events, and the job is
+restarted with `--restore_open_windows` between the second and third burst.
+Exactly three alerts must appear, on the alert topic and in `usage_alerts`,
+each the first time the period's count reaches 5, 8 and 10.
+"""
+from __future__ import annotations
+
+import json
+import uuid
+from decimal import Decimal
+
+import pytest
+import yaml
+
+from schemas.limits import alert_id, billing_period
+from schemas.values import format_time
+from tests.e2e.test_streaming_e2e import (StreamJob, event, lane, publish_messages,  # noqa: F401
+                                          query, table, wait_for)
+
+SUBJECT = "cust-limits"
+THRESHOLDS = ("50%", "80%", "100%")
+PRICES = {"plans": [{"id": "starter", "currency": "USD", "versions": [{
+    "version": 1, "starting_at": "2026-01-01T00:00:00Z",
+    "prices": [{"id": "requests", "meter": "api_requests", "model": "per_unit",
+                "unit_amount": "0.01", "free_units": 10}]}]}],
+    "assignments": [{"subject": SUBJECT, "plan": "starter",
+                     "starting_at": "2026-01-01T00:00:00Z"}]}
+LIMITS = {"limits": [{"plan": "starter", "meter": "api_requests",
+                      "thresholds": list(THRESHOLDS)}]}
+
+
+@pytest.fixture
+def alerts_topic(lane):  # noqa: F811 - the fixture imported above
+    """A topic for the alerts and a subscription that sees them."""
+    uid = uuid.uuid4().hex[:8]
+    topic, subscription = lane.topic_path(f"alerts-{uid}"), lane.subscription_path(
+        f"alerts-{uid}-sub")
+    lane.publisher_client().create_topic(name=topic)
+    lane.subscriber_client().create_subscription(name=subscription, topic=topic)
+    return topic, subscription
+
+
+def requests(count: int) -> list[dict]:
+    return [event(SUBJECT, "api.request", {"method": ("GET", "POST")[n % 2], "bytes_out": 10})
+            for n in range(count)]
+
+
+def payloads(events: list[dict]) -> list[bytes]:
+    return [json.dumps(e).encode() for e in events]
+
+
+def alert_rows(bq, lane) -> list[dict]:
+    return query(bq, f"SELECT alert_id, status, threshold, CAST(value AS STRING) AS value, "
+                     f"job_id FROM {table(lane, 'usage_alerts')} ORDER BY threshold_quantity")
+
+
+def pull_alerts(lane, subscription: str) -> list[dict]:
+    """Every alert message the topic delivered (acknowledged)."""
+    subscriber, received = lane.subscriber_client(), []
+    while True:
+        response = subscriber.pull(subscription=subscription, max_messages=100,
+                                   return_immediately=True, timeout=10)
+        if not response.received_messages:
+            return received
+        subscriber.acknowledge(subscription=subscription,
+                               ack_ids=[m.ack_id for m in response.received_messages])
+        received += [{"data": json.loads(m.message.data), **dict(m.message.attributes)}
+                     for m in response.received_messages]
+
+
+def test_crossing_50_80_and_100_percent_alerts_exactly_three_times(lane, alerts_topic,  # noqa: F811
+                                                                   bq_client, tmp_path):
+    topic, subscription = alerts_topic
+    (tmp_path / "prices.yaml").write_text(yaml.safe_dump(PRICES))
+    (tmp_path / "limits.yaml").write_text(yaml.safe_dump(LIMITS))
+    options = ("--limits", str(tmp_path / "limits.yaml"), "--prices",
+               str(tmp_path / "prices.yaml"), "--alert_topic", topic)
+    first, second, third = requests(6), requests(3), requests(3)
+
+    def alerted(n):
+        return wait_for(lambda: alert_rows(bq_client, lane), lambda rows: len(rows) >= n,
+                        f"{n} alerts")
+
+    with StreamJob(lane, "limits-1", *options):
+        publish_messages(lane, payloads(first + first[:2]))         # 6 -> 50%
+        alerted(1)
+        publish_messages(lane, payloads(second + first[2:4] + second[:1]))  # 9 -> 80%
+        alerted(2)
+    with StreamJob(lane, "limits-2", "--restore_open_windows", *options):
+        # redeliveries of what the first job counted, then the last burst: 12 -> 100%
+        publish_messages(lane, payloads(first + second + third + third[1:]))
+        rows = alerted(3)
+        # the job's later panes (on-time, and each early firing) must add no alert
+        wait_for(lambda: query(bq_client, f"SELECT COUNT(*) AS n FROM "
+                                          f"{table(lane, 'usage_panes')} WHERE "
+                                          f"job_id = 'limits-2' AND pane_timing = 'ON_TIME'"),
+                 lambda seen: seen[0]["n"] > 0, "an on-time pane of the second job")
+        rows = alert_rows(bq_client, lane)
+
+    period_start = format_time(billing_period(
+        int(next(r for r in query(bq_client, f"SELECT UNIX_MICROS(MIN(time)) AS t FROM "
+                                              f"{table(lane, 'events')} WHERE subject = "
+                                              f"'{SUBJECT}'"))["t"]) * 1000)[0])
+    expected_ids = [alert_id(SUBJECT, "api_requests", period_start, t) for t in THRESHOLDS]
+    assert [(r["alert_id"], r["status"], r["threshold"]) for r in rows] == [
+        (i, "crossed", t) for i, t in zip(expected_ids, THRESHOLDS)]
+    # the count when each crossed: at least its threshold, at most what its burst brought
+    assert [low <= Decimal(r["value"]) <= high for r, (low, high) in
+            zip(rows, ((5, 6), (8, 9), (10, 12)))] == [True] * 3, rows
+    assert [r["job_id"] for r in rows] == ["limits-1", "limits-1", "limits-2"]
+    messages = pull_alerts(lane, subscription)
+    assert sorted(m["alert_id"] for m in messages) == sorted(expected_ids)
+    assert {m["alert_id"]: m["data"]["threshold"] for m in messages} == dict(
+        zip(expected_ids, THRESHOLDS))
