@@ -241,7 +241,10 @@ def _owner(item) -> str:
     return f"plan {item.plan}" if item.plan else f"subject {item.subject}"
 
 
-def _parse_owner(where: str, spec: dict, prices: PriceBook) -> tuple[str | None, str | None]:
+def _parse_owner(where: str, spec, prices: PriceBook) -> tuple[str | None, str | None]:
+    """The entry's plan or subject (exactly one), once it is known to be a mapping."""
+    if not isinstance(spec, dict):
+        raise LimitsError(f"{where}: must be a mapping")
     plan, subject = spec.get("plan"), spec.get("subject")
     if (plan is None) == (subject is None):
         raise LimitsError(f"{where}: give exactly one of plan or subject")
@@ -253,7 +256,6 @@ def _parse_owner(where: str, spec: dict, prices: PriceBook) -> tuple[str | None,
 
 
 def _parse_limit(where: str, spec, aggregations: dict, prices: PriceBook) -> Limit:
-    spec = _mapping(where, spec)
     plan, subject = _parse_owner(where, spec, prices)
     meter = spec.get("meter")
     where = f"{where} ({'plan ' + plan if plan else 'subject ' + subject}, meter {meter})"
@@ -323,7 +325,6 @@ def _quantity(where: str, value) -> Decimal:
 
 
 def _parse_anchor(where: str, spec, prices: PriceBook) -> Anchor:
-    spec = _mapping(where, spec)
     plan, subject = _parse_owner(where, spec, prices)
     where = f"{where} ({'plan ' + plan if plan else 'subject ' + subject})"
     _fields(where, spec, {"plan", "subject", "anchor_day"})
@@ -337,9 +338,3 @@ def _parse_anchor(where: str, spec, prices: PriceBook) -> Anchor:
 def _fields(where: str, spec: dict, allowed: set) -> None:
     for name in sorted(set(spec) - allowed, key=str):
         raise LimitsError(f"{where}{'.' if where else ''}{name}: unknown field")
-
-
-def _mapping(where: str, spec) -> dict:
-    if not isinstance(spec, dict):
-        raise LimitsError(f"{where}: must be a mapping")
-    return spec

@@ -25,7 +25,7 @@ import typing
 from decimal import Decimal
 
 import apache_beam as beam
-from apache_beam.io.gcp.pubsub import PubsubMessage, WriteToPubSub
+from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.transforms.window import GlobalWindows
@@ -37,6 +37,7 @@ from schemas.pricing import PriceBook
 from schemas.tables import USAGE_ALERTS
 from schemas.values import format_decimal, format_time, parse_rfc3339
 from transforms.bigquery import BigQueryTarget, QueryRows
+from transforms.pubsub import PublishMessages
 
 PANE, RESTORED_WINDOW, RESTORED_ALERT = "pane", "restored_window", "restored_alert"
 CROSSED = "crossed"
@@ -231,14 +232,8 @@ def alert_message(alert_row: dict) -> PubsubMessage:
                           for name in ("alert_id", "status", "subject", "meter", "threshold")})
 
 
-class PublishAlerts(beam.PTransform):
+class PublishAlerts(PublishMessages):
     """Alerts -> a Pub/Sub topic, for the product's enforcement service."""
 
     def __init__(self, topic: str):
-        super().__init__()
-        self._topic = topic
-
-    def expand(self, alerts):
-        return (alerts
-                | "ToMessage" >> beam.Map(alert_message)
-                | "Publish" >> WriteToPubSub(self._topic, with_attributes=True))
+        super().__init__(topic, alert_message)
