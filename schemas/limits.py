@@ -180,6 +180,22 @@ def period_value(aggregation: str, windows) -> Decimal:
     return total
 
 
+def window_change(aggregation: str, before: Decimal | None, after: Decimal) -> Decimal:
+    """What a window's new value contributes to its period: the difference from the
+    window's previous value for sums, the value itself for MAX (`apply_change`)."""
+    if PERIOD_AGGREGATIONS[aggregation] == "max":
+        return after
+    return EXACT.subtract(after, before or ZERO)
+
+
+def apply_change(aggregation: str, usage: Decimal, change: Decimal) -> Decimal:
+    """The period's usage after a window's `window_change`: in any order, the changes
+    of all windows give `period_value` of their latest values."""
+    if PERIOD_AGGREGATIONS[aggregation] == "max":
+        return max(usage, change)
+    return EXACT.add(usage, change)
+
+
 def newly_crossed(levels, value: Decimal, alerted) -> list[Level]:
     """Levels `value` reaches (>=) that have not alerted yet in the period, lowest first:
     one pane that jumps several thresholds crosses each of them, in order."""

@@ -19,7 +19,7 @@ from tests.test_streaming import GAME, NS, Feed, run
 from transforms.aggregate import event_timestamp
 from transforms.dedup import REPLAYED
 from transforms.limits import (PANE, RESTORED_ALERT, RESTORED_WINDOW, CrossThresholds,
-                               UsageAlerts, alert_message)
+                               UsageAlerts, WindowChanges, alert_message)
 
 PRICES = parse_price_book({
     "plans": [{"id": "game", "currency": "USD", "versions": [{
@@ -34,9 +34,13 @@ NOVEMBER = "2026-11-01T00:00:00Z"
 WINDOW_S, LATENESS_S = 60, 600
 
 
-def alerts_of(feed, restored=()):
+def alerts_of(feed, windows=(), alerts=()):
+    """The alerts of the feed's panes; `windows` and `alerts`: what a restore seeds."""
     pipeline, out = run(feed, window_s=WINDOW_S, lateness_s=LATENESS_S)
-    seeds = pipeline | "Seeds" >> beam.Create(list(restored)) if restored else None
+    seeds = None
+    if windows or alerts:
+        seeds = {"windows": pipeline | "Windows" >> beam.Create(list(windows)),
+                 "alerts": pipeline | "Alerts" >> beam.Create(list(alerts))}
     alerts = out["usage"] | UsageAlerts(BOOK, PRICES, GAME, LATENESS_S * NS, seeds)
     return pipeline, alerts
 
@@ -118,15 +122,15 @@ def test_a_restored_job_neither_realerts_nor_counts_a_window_twice():
     (its 2) and a live one of 3 make the open window 5 and the period 9: 80% only."""
     period = ("team-a", "score", NOVEMBER)
     end_ns = parse_rfc3339("2026-12-01T00:00:00Z")
-    restored = [(period, (RESTORED_ALERT, "50%")),
-                (period, (RESTORED_WINDOW, ("{}", "2026-11-02T09:00:00Z"), 4, end_ns)),
-                (period, (RESTORED_WINDOW, ("{}", "2026-11-02T12:00:00Z"), 2, end_ns))]
+    windows = [(("team-a", "score", "{}", f"2026-11-02T{hour}:00:00Z"),
+                (RESTORED_WINDOW, Decimal(value), period, end_ns))
+               for hour, value in (("09", 4), ("12", 2))]
     feed = (Feed("12:00:30")
             .send("old", 2, "12:00:05", message_id=f"{REPLAYED}m0")
             .send("old", 2, "12:00:05", message_id="m0")   # the seek redelivers it: a replay
             .send("new", 3, "12:00:20")
             .watermark("12:30:00"))
-    pipeline, alerts = alerts_of(feed, restored)
+    pipeline, alerts = alerts_of(feed, windows, [(period, (RESTORED_ALERT, "50%"))])
     with pipeline:
         assert_that(summary(alerts), equal_to([
             (NOVEMBER, "80%", "8", "9", "12:00:00", "ON_TIME", 0)]))
@@ -162,24 +166,32 @@ def pane(window_start: str, index: int, value: str, timing: str = "EARLY") -> di
 
 
 def test_crossings_come_out_in_threshold_order_and_duplicate_panes_change_nothing():
-    fn = CrossThresholds(GAME, LATENESS_S * NS)
-    windows, alerted, timer = Cell(), Cell(), Timer()
-    levels = tuple(Level(label, Decimal(q)) for label, q in (("a", 1), ("b", 2), ("c", 3), ("d", 40)))
+    """Both stateful steps called as functions, with their state in memory."""
+    changes, crossings = WindowChanges(GAME, LATENESS_S * NS), CrossThresholds(GAME,
+                                                                               LATENESS_S * NS)
+    latest = {}  # window start -> its state cell
+    usage, alerted, timer = Cell(), Cell(), Timer()
+    levels = tuple(Level(label, Decimal(q)) for label, q in (("a", 1), ("b", 2), ("c", 3),
+                                                             ("d", 40)))
     end_ns = parse_rfc3339("2026-12-01T00:00:00Z")
     key = ("team-a", "score", NOVEMBER)
 
     def feed(row):
-        return [a["threshold"] for a in fn.process(
-            (key, (PANE, row, levels, end_ns)), windows, alerted, timer)]
+        window_key = ("team-a", "score", "{}", row["window_start"])
+        out = changes.process((window_key, (PANE, row, levels, key, end_ns)),
+                              latest.setdefault(row["window_start"], Cell()), Timer())
+        return [a["threshold"] for element in out
+                for a in crossings.process(element, usage, alerted, timer)]
 
     assert feed(pane("2026-11-02T12:00:00Z", 0, "3")) == ["a", "b", "c"]
     assert feed(pane("2026-11-02T12:00:00Z", 0, "3")) == []        # the same pane again
     assert feed(pane("2026-11-02T12:00:00Z", 2, "39", "LATE")) == []
     assert feed(pane("2026-11-02T12:00:00Z", 1, "50")) == []       # an older pane, late
+    assert usage.read() == 39
     assert feed(pane("2026-11-02T12:01:00Z", 0, "1")) == ["d"]     # 39 + 1
     assert timer.at == Timestamp(micros=(end_ns + LATENESS_S * NS) // 1000)
-    fn.forget(windows, alerted)
-    assert windows.read() is None and alerted.read() is None
+    crossings.forget(usage, alerted)
+    assert usage.read() is None and alerted.read() is None
 
 
 @pytest.mark.parametrize("name", ["alert_id", "status", "subject", "meter", "threshold"])

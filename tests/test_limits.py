@@ -6,8 +6,9 @@ import pytest
 import yaml
 
 from schemas.catalog import load_catalog
-from schemas.limits import (Level, LimitsError, alert_id, billing_period, newly_crossed,
-                            parse_limits, parse_limits_text, period_value)
+from schemas.limits import (Level, LimitsError, alert_id, apply_change, billing_period,
+                            newly_crossed, parse_limits, parse_limits_text, period_value,
+                            window_change)
 from schemas.pricing import load_price_book
 from tallyflow.examples import LIMITS, METERS, PRICES
 
@@ -106,6 +107,25 @@ def test_period_values_sum_additive_meters_and_take_the_highest_window_of_max():
     assert period_value("COUNT", [Decimal(3), Decimal(4)]) == 7
     assert period_value("MAX", windows) == Decimal("0.2")
     assert period_value("SUM", []) == 0
+
+
+@pytest.mark.parametrize("aggregation", ["SUM", "MAX"])
+def test_window_changes_in_any_order_give_the_period_value_of_the_latest_panes(aggregation):
+    # window -> its panes' values, in order (accumulating: a later pane replaces)
+    panes = {"w1": [Decimal("1.5"), Decimal("4")], "w2": [Decimal("0.25")],
+             "w3": [Decimal(2), Decimal(2), Decimal("7.125")]}
+    changes = []
+    for values in panes.values():
+        before = None
+        for value in values:
+            changes.append(window_change(aggregation, before, value))
+            before = value
+    expected = period_value(aggregation, [values[-1] for values in panes.values()])
+    for order in (changes, changes[::-1], changes[1::2] + changes[::2]):
+        usage = Decimal(0)
+        for change in order:
+            usage = apply_change(aggregation, usage, change)
+        assert usage == expected
 
 
 def test_alert_ids_are_deterministic_and_distinct():

@@ -32,7 +32,8 @@ from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.timestamp import Timestamp
 
 from schemas.catalog import MeterCatalog
-from schemas.limits import LimitBook, alert_id, newly_crossed, period_value
+from schemas.limits import (ZERO, LimitBook, alert_id, apply_change, newly_crossed,
+                            window_change)
 from schemas.pricing import PriceBook
 from schemas.tables import USAGE_ALERTS
 from schemas.values import format_decimal, format_time, parse_rfc3339
@@ -40,6 +41,7 @@ from transforms.bigquery import BigQueryTarget, QueryRows
 from transforms.pubsub import PublishMessages
 
 PANE, RESTORED_WINDOW, RESTORED_ALERT = "pane", "restored_window", "restored_alert"
+CHANGE, RESTORED_CHANGE = "change", "restored_change"
 CROSSED = "crossed"
 NS_PER_US = 1000
 # The oldest window a restore reads: an open period began at most a month and
@@ -47,6 +49,7 @@ NS_PER_US = 1000
 LONGEST_PERIOD_S = 32 * 86400
 
 Key = typing.Tuple[str, str, str]  # subject, meter, period start (RFC 3339)
+WindowKey = typing.Tuple[str, str, str, str]  # subject, meter, dimensions, window start
 
 
 def period_key(book: LimitBook, prices: PriceBook, subject: str, meter: str,
@@ -57,9 +60,9 @@ def period_key(book: LimitBook, prices: PriceBook, subject: str, meter: str,
     return (subject, meter, format_time(start)), end
 
 
-class KeyByPeriod(beam.DoFn):
-    """Usage pane rows -> (key, (PANE, row, levels, period end)) for metered rows with
-    thresholds; the rest have no limit and are dropped here."""
+class KeyByWindow(beam.DoFn):
+    """Usage pane rows with thresholds -> (window key, (PANE, row, levels, period key,
+    period end)); rows of meters without a limit stop here."""
 
     def __init__(self, book: LimitBook, prices: PriceBook):
         self._book, self._prices = book, prices
@@ -72,7 +75,8 @@ class KeyByPeriod(beam.DoFn):
         if levels:
             key, end_ns = period_key(self._book, self._prices, row["subject"], row["meter"],
                                      start_ns)
-            yield key, (PANE, row, levels, end_ns)
+            yield ((row["subject"], row["meter"], row["dimensions"], row["window_start"]),
+                   (PANE, row, levels, key, end_ns))
 
 
 def alert(key: Key, period_end_ns: int, level, value, row: dict, crossed_ns: int) -> dict:
@@ -97,62 +101,95 @@ def alert(key: Key, period_end_ns: int, level, value, row: dict, crossed_ns: int
     }
 
 
-class CrossThresholds(beam.DoFn):
-    """Per customer x meter x period: each window's latest value, the thresholds already
-    alerted, and an alert for each threshold the period's value newly reaches."""
-
-    WINDOWS = ReadModifyWriteStateSpec("window_values", beam.coders.PickleCoder())
-    ALERTED = ReadModifyWriteStateSpec("alerted_thresholds", beam.coders.PickleCoder())
-    EXPIRY = TimerSpec("period_closed", TimeDomain.WATERMARK)
+class _ExpiresWithPeriod:
+    """State that a timer clears once the period's end + allowed lateness has passed:
+    no pane can change the period after that."""
 
     def __init__(self, catalog: MeterCatalog, allowed_lateness_ns: int):
         self._aggregations = {m.key: m.aggregation for m in catalog.meters}
         self._lateness_ns = allowed_lateness_ns
 
-    def process(self, keyed, windows=beam.DoFn.StateParam(WINDOWS),
+    def _expire_after(self, expiry, period_end_ns: int) -> None:
+        expiry.set(Timestamp(micros=(period_end_ns + self._lateness_ns) // NS_PER_US))
+
+
+class WindowChanges(_ExpiresWithPeriod, beam.DoFn):
+    """Per customer x meter x dimensions x window: its latest pane, and what each newer
+    pane changes in the period (`window_change`), keyed by period. Panes accumulate, so a
+    duplicate or older pane (same or lower index) changes nothing; a restored value
+    (RESTORED_WINDOW) counts until the job's own first pane of the window replaces it."""
+
+    LATEST = ReadModifyWriteStateSpec("latest_pane", beam.coders.PickleCoder())
+    EXPIRY = TimerSpec("period_closed", TimeDomain.WATERMARK)
+
+    def process(self, keyed, latest=beam.DoFn.StateParam(LATEST),
+                expiry=beam.DoFn.TimerParam(EXPIRY)):
+        (_, meter, _, _), (kind, *payload) = keyed
+        seen = latest.read()
+        if kind == RESTORED_WINDOW:
+            value, key, end_ns = payload
+            rank, out = (0,), (RESTORED_CHANGE,)
+        else:
+            row, levels, key, end_ns = payload
+            value, rank = Decimal(row["value"]), (1, row["pane_index"])
+            out = (CHANGE, row, levels)
+        if seen is not None and seen[0] >= rank:
+            return []
+        latest.write((rank, value))
+        self._expire_after(expiry, end_ns)
+        change = window_change(self._aggregations[meter], seen and seen[1], value)
+        return [(key, (*out, change, end_ns))]
+
+    @on_timer(EXPIRY)
+    def forget(self, latest=beam.DoFn.StateParam(LATEST)):
+        latest.clear()
+
+
+class CrossThresholds(_ExpiresWithPeriod, beam.DoFn):
+    """Per customer x meter x period: the usage to date, the thresholds already alerted,
+    and an alert for each threshold a change newly makes it reach, lowest first."""
+
+    USAGE = ReadModifyWriteStateSpec("period_usage", beam.coders.PickleCoder())
+    ALERTED = ReadModifyWriteStateSpec("alerted_thresholds", beam.coders.PickleCoder())
+    EXPIRY = TimerSpec("period_closed", TimeDomain.WATERMARK)
+
+    def process(self, keyed, usage=beam.DoFn.StateParam(USAGE),
                 alerted=beam.DoFn.StateParam(ALERTED), expiry=beam.DoFn.TimerParam(EXPIRY)):
         key, (kind, *payload) = keyed
         done = alerted.read() or frozenset()
         if kind == RESTORED_ALERT:
             alerted.write(done | {payload[0]})
             return []
-        values = windows.read() or {}
-        if kind == RESTORED_WINDOW:
-            slot, value, end_ns = payload
-            if slot not in values:  # a pane of this job is newer than what was restored
-                values[slot] = ((0,), value)
-                windows.write(values)
-            self._expire_after(expiry, end_ns)
-            return []
-        row, levels, end_ns = payload
-        slot, rank = (row["dimensions"], row["window_start"]), (1, row["pane_index"])
-        if slot in values and values[slot][0] >= rank:
-            return []  # a duplicate or an older pane of the window
-        values[slot] = (rank, Decimal(row["value"]))
-        windows.write(values)
+        *pane, change, end_ns = payload
+        value = apply_change(self._aggregations[key[1]], usage.read() or ZERO, change)
+        usage.write(value)
         self._expire_after(expiry, end_ns)
-        value = period_value(self._aggregations[key[1]], (v for _, v in values.values()))
+        if kind == RESTORED_CHANGE:
+            return []
+        row, levels = pane
         crossed = newly_crossed(levels, value, done)
         if crossed:
             alerted.write(done | {level.label for level in crossed})
         now = time.time_ns()
         return [alert(key, end_ns, level, value, row, now) for level in crossed]
 
-    def _expire_after(self, expiry, period_end_ns: int) -> None:
-        """After the period's end + allowed lateness no pane can change it."""
-        expiry.set(Timestamp(micros=(period_end_ns + self._lateness_ns) // NS_PER_US))
-
     @on_timer(EXPIRY)
-    def forget(self, windows=beam.DoFn.StateParam(WINDOWS),
+    def forget(self, usage=beam.DoFn.StateParam(USAGE),
                alerted=beam.DoFn.StateParam(ALERTED)):
-        windows.clear()
+        usage.clear()
         alerted.clear()
+
+
+def _after(pcoll, done, name: str, key_type):
+    """`pcoll`, held back until `done` (a bounded PCollection) has been read."""
+    return pcoll | name >> beam.Map(lambda element, _done: element, beam.pvalue.AsIter(
+        done)).with_output_types(typing.Tuple[key_type, typing.Any])
 
 
 class UsageAlerts(beam.PTransform):
     """Usage pane rows -> alerts (dicts, one per threshold crossing per period).
 
-    `restored`: keyed RESTORED_WINDOW / RESTORED_ALERT seeds (RestoreLimitState);
+    `restored` (RestoreLimitState): {"windows": window seeds, "alerts": alert seeds};
     panes wait until they are read, so no threshold alerts twice after a restart.
     """
 
@@ -164,24 +201,32 @@ class UsageAlerts(beam.PTransform):
         self._restored = restored
 
     def expand(self, usage):
-        keyed = (usage
-                 | "KeyByPeriod" >> beam.ParDo(KeyByPeriod(self._book, self._prices))
-                 .with_output_types(typing.Tuple[Key, typing.Any])
+        panes = (usage
+                 | "KeyByWindow" >> beam.ParDo(KeyByWindow(self._book, self._prices))
+                 .with_output_types(typing.Tuple[WindowKey, typing.Any])
                  | "GlobalWindow" >> beam.WindowInto(GlobalWindows()))
         if self._restored is not None:
-            restored_done = self._restored | "RestoredDone" >> beam.Map(lambda _seed: None)
-            keyed = ((keyed | "AfterRestore" >> beam.Map(
-                lambda pane, _done: pane, beam.pvalue.AsIter(restored_done))
-                .with_output_types(typing.Tuple[Key, typing.Any]), self._restored)
-                | "WithRestored" >> beam.Flatten())
-        return keyed | "CrossThresholds" >> beam.ParDo(
+            seeds = self._restored
+            done = ((seeds["windows"], seeds["alerts"]) | "Restored" >> beam.Flatten()
+                    | "RestoredDone" >> beam.Map(lambda _seed: None))
+            panes = ((_after(panes, done, "AfterRestore", WindowKey), seeds["windows"])
+                     | "WithRestoredWindows" >> beam.Flatten())
+        changes = (panes
+                   | "WindowChanges" >> beam.ParDo(
+                       WindowChanges(self._catalog, self._lateness_ns))
+                   .with_output_types(typing.Tuple[Key, typing.Any]))
+        if self._restored is not None:
+            changes = ((changes, self._restored["alerts"])
+                       | "WithRestoredAlerts" >> beam.Flatten())
+        return changes | "CrossThresholds" >> beam.ParDo(
             CrossThresholds(self._catalog, self._lateness_ns))
 
 
 class RestoreLimitState(beam.PTransform):
     """The state of open periods, for a restarted job, from BigQuery: the thresholds
     `usage_alerts` recorded as crossed, and each window's value in the `usage` view
-    (the latest recompute, else the latest pane), as keyed seeds for UsageAlerts."""
+    (the latest recompute, else the latest pane), as {"windows", "alerts"} seeds for
+    UsageAlerts."""
 
     def __init__(self, target: BigQueryTarget, book: LimitBook, prices: PriceBook,
                  allowed_lateness_ns: int):
@@ -201,27 +246,28 @@ class RestoreLimitState(beam.PTransform):
                        f"FROM `{self._target.table_id('usage')}` WHERE window_start >= "
                        f"TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL @span SECOND)")
 
-        def restored_window(r):
+        def window_seed(r):
             if r["meter"] not in book.meters:
                 return
             start_ns = r["start_us"] * NS_PER_US
             key, end_ns = period_key(book, prices, r["subject"], r["meter"], start_ns)
             value = r["value"] if r["value"] is not None else r["value_bignumeric"]
-            yield key, (RESTORED_WINDOW, (r["dimensions"], format_time(start_ns)), value,
-                        end_ns)
+            yield ((r["subject"], r["meter"], r["dimensions"], format_time(start_ns)),
+                   (RESTORED_WINDOW, value, key, end_ns))
 
         alerts = (pbegin
                   | "QueryAlerts" >> QueryRows(self._target, alerts_sql,
                                                [("lateness", "INT64", self._lateness_s)])
                   | "AlertSeeds" >> beam.Map(lambda r: (
                       (r["subject"], r["meter"], format_time(r["start_us"] * NS_PER_US)),
-                      (RESTORED_ALERT, r["threshold"]))))
+                      (RESTORED_ALERT, r["threshold"]))).with_output_types(
+                          typing.Tuple[Key, typing.Any]))
         windows = (pbegin
                    | "QueryWindows" >> QueryRows(self._target, windows_sql, [
                        ("span", "INT64", self._lateness_s + LONGEST_PERIOD_S)])
-                   | "WindowSeeds" >> beam.FlatMap(restored_window))
-        return (alerts, windows) | "Seeds" >> beam.Flatten().with_output_types(
-            typing.Tuple[Key, typing.Any])
+                   | "WindowSeeds" >> beam.FlatMap(window_seed).with_output_types(
+                       typing.Tuple[WindowKey, typing.Any]))
+        return {"windows": windows, "alerts": alerts}
 
 
 def alert_message(alert_row: dict) -> PubsubMessage:

@@ -16,8 +16,13 @@ from decimal import Decimal
 import pytest
 import yaml
 
+from schemas.catalog import load_catalog
 from schemas.limits import alert_id, billing_period
-from schemas.values import format_time
+from schemas.values import format_time, parse_rfc3339
+from tallyflow.examples import METERS
+from tallyflow.reports import alerts as settle_alerts
+from tallyflow.reports.explain import Dataset
+from transforms.rows import usage_alert_row
 from tests.e2e.test_streaming_e2e import (StreamJob, event, lane, publish_messages,  # noqa: F401
                                           query, table, wait_for)
 
@@ -116,3 +121,61 @@ def test_crossing_50_80_and_100_percent_alerts_exactly_three_times(lane, alerts_
     assert sorted(m["alert_id"] for m in messages) == sorted(expected_ids)
     assert {m["alert_id"]: m["data"]["threshold"] for m in messages} == dict(
         zip(expected_ids, THRESHOLDS))
+
+
+def test_a_recompute_below_a_threshold_settles_its_alert_as_cleared_once(lane, bq_client,  # noqa: F811
+                                                                        capsys, tmp_path):
+    """Streaming alerted 80% (8) and 100% (10) of November at 10; the recompute found 9
+    (a duplicate past the stream's horizon): 100% is cleared, 80% stays, and a second
+    settlement records nothing more."""
+    nov, dec = "2026-11-01T00:00:00Z", "2026-12-01T00:00:00Z"
+
+    def crossing(threshold, quantity):
+        return {"alert_id": alert_id(SUBJECT, "api_requests", nov, threshold),
+                "status": "crossed", "subject": SUBJECT, "meter": "api_requests",
+                "period_start": nov, "period_end": dec, "threshold": threshold,
+                "threshold_quantity": quantity, "value": "10",
+                "crossed_at": "2026-11-03T10:00:04Z", "dimensions": '{"method": "GET"}',
+                "window_start": "2026-11-03T10:00:00Z", "window_end": "2026-11-03T10:01:00Z",
+                "pane_timing": "EARLY", "pane_index": 0}
+
+    written = [usage_alert_row(crossing(t, q), "stream-job") for t, q in (("80%", "8"),
+                                                                          ("100%", "10"))]
+    assert not bq_client.insert_rows_json(f"{lane.project}.{lane.dataset}.usage_alerts",
+                                          [row for _, row in written],
+                                          row_ids=[row_id for row_id, _ in written])
+    assert not bq_client.insert_rows_json(f"{lane.project}.{lane.dataset}.recompute_runs", [{
+        "run_id": "r1", "revision": 1, "period_start": nov, "period_end": dec,
+        "window_seconds": 60, "started_at": "2026-12-02T00:00:00Z",
+        "committed_at": "2026-12-02T00:01:00Z"}])
+    assert not bq_client.insert_rows_json(
+        f"{lane.project}.{lane.dataset}.usage_recomputed", [
+            {"subject": SUBJECT, "meter": "api_requests", "dimensions": f'{{"method": "{m}"}}',
+             "window_start": "2026-11-03T10:00:00Z", "window_end": "2026-11-03T10:01:00Z",
+             "value": value, "event_count": int(value), "fingerprint": "f", "revision": 1,
+             "run_id": "r1", "recomputed_at": "2026-12-02T00:01:00Z", "period_start": nov,
+             "period_end": dec} for m, value in (("GET", "5"), ("POST", "4"))])
+    argv = ["--period-start", nov, "--period-end", dec, "--meters", str(METERS),
+            "--bigquery_project", lane.project, "--bigquery_dataset", lane.dataset,
+            "--bigquery_endpoint", lane.bigquery_endpoint]
+    assert settle_alerts.main(argv) == 0
+    assert "2 crossed alerts checked, 1 cleared" in capsys.readouterr().out
+    assert settle_alerts.main(argv) == 0
+    assert "1 crossed alerts checked, 0 cleared" in capsys.readouterr().out
+    rows = query(bq_client, f"SELECT alert_id, status, threshold, CAST(value AS STRING) AS v "
+                            f"FROM {table(lane, 'usage_alerts')} ORDER BY status, threshold")
+    assert [(r["status"], r["threshold"], Decimal(r["v"])) for r in rows] == [
+        ("cleared", "100%", 9), ("crossed", "100%", 10), ("crossed", "80%", 10)]
+
+    (tmp_path / "prices.yaml").write_text(yaml.safe_dump(PRICES))
+    (tmp_path / "limits.yaml").write_text(yaml.safe_dump(LIMITS))
+    data = Dataset(lane.project, lane.dataset, lane.bigquery_endpoint)
+    args = type("Args", (), {"limits": str(tmp_path / "limits.yaml"),
+                             "prices": str(tmp_path / "prices.yaml")})
+    section = settle_alerts.limits_section(
+        data, load_catalog(str(METERS)), args, SUBJECT,
+        parse_rfc3339(nov), parse_rfc3339(dec)).splitlines()
+    thresholds = {line.split()[2]: line for line in section[3:]}
+    assert "not reached" in thresholds["50%"]
+    assert "2026-11-03T10:00:04Z" in thresholds["80%"] and "cleared" not in thresholds["80%"]
+    assert thresholds["100%"].rstrip().endswith("cleared (9)")
