@@ -1,21 +1,27 @@
 """UsageAlerts: period-to-date usage from the streaming panes, and an alert the first time
 it reaches each threshold of a billing period (docs/limits.md).
 
-    usage panes -> KeyByPeriod (customer x meter x period; thresholds resolved at the
-                   window's start) -> global window -> [after RestoreLimitState]
-                -> CrossThresholds: Beam state per customer x meter x period holds
-                   each window's latest value and the thresholds already alerted;
-                   a timer clears it once the period can no longer change
+    usage panes -> KeyByWindow (thresholds resolved at the window's start) -> global
+                   window -> [after RestoreLimitState]
+                -> WindowChanges: state per customer x meter x dimensions x window holds
+                   its latest pane; each newer pane emits the change it makes to the
+                   period (keyed customer x meter x period)
+                -> CrossThresholds: state per customer x meter x period holds the usage
+                   to date and the thresholds already alerted
+    (timers clear both once the period's end + allowed lateness has passed)
 
 Panes are accumulating, so a window's latest pane replaces its earlier ones: a
 redelivered or duplicate pane (same or lower index) changes nothing, an early,
-on-time or late pane updates its window, and the period's value is the sum of
-its windows (the greatest, for MAX). Because the crossed thresholds are kept in
-the same state, each alerts once per period, in threshold order when one pane
-jumps several. A restarted job (`--restore_open_windows`) loses Beam state, so
+on-time or late pane updates its window, and the period's usage is the sum of
+its windows (the greatest, for MAX). Because the crossed thresholds are kept with
+the usage, each alerts once per period, in threshold order when one pane jumps
+several. Two small keyed states rather than one map of every window: a pane
+reads and writes a few values, however many windows its period has.
+
+A restarted job (`--restore_open_windows`) has lost Beam state, so
 RestoreLimitState seeds it from BigQuery first: the alerts already recorded for
-open periods, and each window's current value from the `usage` view; the
-job's own panes then replace the restored values of their windows.
+open periods, and each window's current value from the `usage` view; the job's
+own first pane of a window then replaces its restored value.
 """
 from __future__ import annotations
 
