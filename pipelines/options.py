@@ -11,6 +11,7 @@ from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOp
 from pipelines.policy import name_option
 from schemas import names
 from schemas.catalog import CatalogError, MeterCatalog, parse_catalog_text
+from schemas.limits import LimitBook, LimitsError, parse_limits_text
 from schemas.pricing import PriceBook, PriceBookError, parse_price_book_text
 from transforms.bigquery import BigQueryTarget
 from transforms.storage_read import STORAGE_EMULATOR_ENV
@@ -33,6 +34,10 @@ def load_catalog_anywhere(path: str) -> MeterCatalog:
 
 def load_price_book_anywhere(path: str) -> PriceBook:
     return parse_price_book_text(read_config_text(path, PriceBookError), path)
+
+
+def load_limits_anywhere(path: str, catalog: MeterCatalog, prices: PriceBook) -> LimitBook:
+    return parse_limits_text(read_config_text(path, LimitsError), catalog, prices, path)
 
 
 def add_price_book(parser, purpose: str = "") -> None:

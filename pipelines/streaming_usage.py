@@ -38,14 +38,13 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines.options import (UsageOptions, add_price_book, add_switch, bigquery_target,
-                               load_catalog_anywhere, load_price_book_anywhere, print_help,
-                               read_config_text)
+                               load_catalog_anywhere, load_limits_anywhere,
+                               load_price_book_anywhere, print_help)
 from pipelines.policy import (RUNTIME_FAILURE, CommandFailed, first_line, name_option, quiet_beam,
                               run_command, stop_on_sigterm)
 from pipelines.restart_points import SNAPSHOT_SECONDS, RestartPoints
 from schemas import names
 from schemas.events import Limits
-from schemas.limits import LimitsError, parse_limits_text
 from schemas.tables import (DEAD_LETTER, DUPLICATE_EVENTS, EVENTS, LATE_EVENTS, USAGE_ALERTS,
                             USAGE_PANES)
 from schemas.values import format_time, parse_duration, parse_rfc3339, parse_window
@@ -192,8 +191,7 @@ def _usage_alerts(pipeline, options, catalog, target, lateness_ns, usage):
     if not options.prices:
         raise ValueError("--prices is required with --limits")
     prices = load_price_book_anywhere(options.prices)
-    book = parse_limits_text(read_config_text(options.limits, LimitsError), catalog, prices,
-                             options.limits)
+    book = load_limits_anywhere(options.limits, catalog, prices)
     restored = None
     if options.restore_open_windows:
         restored = pipeline | "RestoreLimitState" >> RestoreLimitState(target, book, prices,

@@ -21,10 +21,10 @@ import sys
 import time
 from decimal import Decimal
 
-from pipelines.options import add_table_arguments, load_catalog_anywhere
+from pipelines.options import (add_price_book, add_table_arguments, load_catalog_anywhere,
+                               load_limits_anywhere, load_price_book_anywhere)
 from pipelines.policy import run_command
-from schemas.limits import LimitBook, parse_limits_text, period_value
-from schemas.pricing import load_price_book
+from schemas.limits import period_value
 from schemas.tables import USAGE_ALERTS, USAGE_VIEW
 from schemas.values import format_decimal, format_time, parse_rfc3339, printable
 from tallyflow.reports.explain import Dataset, Instant, ns_of, text_table
@@ -120,7 +120,7 @@ def add_limits_arguments(parser: argparse.ArgumentParser) -> None:
     """The statement's optional limits file, to show thresholds not crossed too."""
     parser.add_argument("--limits", help="Usage limits YAML file: show every threshold of "
                                          "the period, crossed or not (needs --prices).")
-    parser.add_argument("--prices", help="Price book YAML file the limits refer to.")
+    add_price_book(parser, ": the plans and included quantities --limits refers to")
 
 
 def limits_section(data: Dataset, catalog, args, subject: str, start_ns: int,
@@ -163,9 +163,8 @@ def _thresholds(args, catalog, subject: str, start_ns: int, end_ns: int) -> dict
         return {}
     if not args.prices:
         raise ValueError("--prices is required with --limits")
-    prices = load_price_book(args.prices)
-    with open(args.limits, encoding="utf-8") as f:
-        book: LimitBook = parse_limits_text(f.read(), catalog, prices, args.limits)
+    prices = load_price_book_anywhere(args.prices)
+    book = load_limits_anywhere(args.limits, catalog, prices)
     found, instant = {}, start_ns
     while instant < end_ns:
         period_start, period_end = book.period(prices, subject, instant)
