@@ -14,7 +14,7 @@ from apache_beam.utils.timestamp import Timestamp
 
 from schemas.limits import Level, alert_id, parse_limits
 from schemas.pricing import parse_price_book
-from schemas.values import parse_rfc3339
+from schemas.values import format_time, parse_rfc3339
 from tests.test_streaming import GAME, NS, Feed, run
 from transforms.aggregate import event_timestamp
 from transforms.dedup import REPLAYED
@@ -160,7 +160,9 @@ class Timer:
 
 def pane(window_start: str, index: int, value: str, timing: str = "EARLY") -> dict:
     return {"subject": "team-a", "meter": "score", "dimensions": "{}",
-            "window_start": window_start, "window_end": "later", "value": value,
+            "window_start": window_start, "window_end": format_time(
+                parse_rfc3339(window_start) + WINDOW_S * NS),
+            "value": value,
             "event_count": 1, "fingerprint": "f", "pane_timing": timing, "pane_index": index,
             "is_final": False}
 

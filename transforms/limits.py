@@ -8,7 +8,7 @@ it reaches each threshold of a billing period (docs/limits.md).
                    period (keyed customer x meter x period)
                 -> CrossThresholds: state per customer x meter x period holds the usage
                    to date and the thresholds already alerted
-    (timers clear both once the period's end + allowed lateness has passed)
+    (timers clear each once its window's or period's end + allowed lateness has passed)
 
 Panes are accumulating, so a window's latest pane replaces its earlier ones: a
 redelivered or duplicate pane (same or lower index) changes nothing, an early,
@@ -107,21 +107,21 @@ def alert(key: Key, period_end_ns: int, level, value, row: dict, crossed_ns: int
     }
 
 
-class _ExpiresWithPeriod:
-    """State that a timer clears once the period's end + allowed lateness has passed:
-    no pane can change the period after that."""
+class _Expiring:
+    """State that a timer clears once a window's or period's end + allowed lateness has
+    passed: no pane can change it after that (a late pane holds the watermark back)."""
 
     def __init__(self, catalog: MeterCatalog, allowed_lateness_ns: int):
         self._aggregations = {m.key: m.aggregation for m in catalog.meters}
         self._lateness_ns = allowed_lateness_ns
 
-    def _expire_after(self, expiry, period_end_ns: int) -> None:
-        expiry.set(Timestamp(micros=(period_end_ns + self._lateness_ns) // NS_PER_US))
+    def _expire_after(self, expiry, end_ns: int) -> None:
+        expiry.set(Timestamp(micros=(end_ns + self._lateness_ns) // NS_PER_US))
 
 
-class WindowChanges(_ExpiresWithPeriod, beam.DoFn):
-    """Per customer x meter x dimensions x window: its latest pane, and what each newer
-    pane changes in the period (`window_change`), keyed by period. Panes accumulate, so a
+class WindowChanges(_Expiring, beam.DoFn):
+    """Per customer x meter x dimensions x window, until it closes: its latest pane, and
+    what each newer pane changes in the period (`window_change`), keyed by period. Panes accumulate, so a
     duplicate or older pane (same or lower index) changes nothing; a restored value
     (RESTORED_WINDOW) counts until the job's own first pane of the window replaces it."""
 
@@ -132,17 +132,17 @@ class WindowChanges(_ExpiresWithPeriod, beam.DoFn):
                 expiry=beam.DoFn.TimerParam(EXPIRY)):
         (_, meter, _, _), (kind, *payload) = keyed
         seen = latest.read()
-        if kind == RESTORED_WINDOW:
+        if kind == RESTORED_WINDOW:  # kept until its period closes (its window is unknown)
             value, key, end_ns = payload
-            rank, out = (0,), (RESTORED_CHANGE,)
+            rank, out, closes_ns = (0,), (RESTORED_CHANGE,), end_ns
         else:
             row, levels, key, end_ns = payload
             value, rank = Decimal(row["value"]), (1, row["pane_index"])
-            out = (CHANGE, row, levels)
+            out, closes_ns = (CHANGE, row, levels), parse_rfc3339(row["window_end"])
         if seen is not None and seen[0] >= rank:
             return []
         latest.write((rank, value))
-        self._expire_after(expiry, end_ns)
+        self._expire_after(expiry, closes_ns)
         change = window_change(self._aggregations[meter], seen and seen[1], value)
         return [(key, (*out, change, end_ns))]
 
@@ -151,7 +151,7 @@ class WindowChanges(_ExpiresWithPeriod, beam.DoFn):
         latest.clear()
 
 
-class CrossThresholds(_ExpiresWithPeriod, beam.DoFn):
+class CrossThresholds(_Expiring, beam.DoFn):
     """Per customer x meter x period: the usage to date, the thresholds already alerted,
     and an alert for each threshold a change newly makes it reach, lowest first."""
 
