@@ -6,7 +6,9 @@ meter, so the n-th request published crosses threshold n. One request is
 published every `--interval` seconds; a subscriber on the alert topic notes
 when each threshold's alert arrives. Latency = alert received - request
 published, p50 and p95 (threshold 1 warms the job up and is left out). Every
-threshold must alert exactly once: the script fails otherwise.
+threshold must alert exactly once: the script fails otherwise. For comparison,
+the same requests' publish -> row visible in `events` (the pipeline's floor
+on this machine at that moment, polled every 0.5 s).
 
 Target (docs/limits.md): p95 at most `--early-firing-seconds` + 5 s.
 
@@ -73,6 +75,17 @@ def listen(stack: Stack, subscription: str, arrived: dict, stop: threading.Event
             arrived.setdefault(int(m.message.attributes["threshold"]), []).append(now)
 
 
+def watch_events(stack: Stack, published: dict, visible: dict, stop: threading.Event) -> None:
+    """Notes when each published request's row appears in `events`: {n: monotonic}."""
+    while not stop.is_set():
+        pending = [n for n in list(published) if n not in visible]
+        if pending:
+            now = time.monotonic()
+            for found in stack.seen([f"req-{n}" for n in pending]):
+                visible[int(found.removeprefix("req-"))] = now
+        stop.wait(0.5)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -106,28 +119,35 @@ def main() -> int:
                 raise RuntimeError(f"no warm-up alert; see {log}")
             stack.publish([request(1)])
             time.sleep(2)
-        published = {}
+        published, visible = {}, {}
+        watcher = threading.Thread(target=watch_events, args=(stack, published, visible, stop),
+                                   daemon=True)
+        watcher.start()
         for n in range(2, args.samples + 2):
             published[n] = time.monotonic()
             stack.publish([request(n)])
             time.sleep(args.interval)
         deadline = time.monotonic() + args.timeout
-        while not published.keys() <= arrived.keys() and time.monotonic() < deadline:
+        while not (published.keys() <= arrived.keys() and published.keys() <= visible.keys()
+                   ) and time.monotonic() < deadline:
             time.sleep(0.2)
         time.sleep(2 * args.early_firing_seconds)  # time for any extra alert to show
         stop.set()
         listener.join(timeout=30)
+        watcher.join(timeout=30)
         missing = sorted(published.keys() - arrived.keys())
         repeated = sorted(n for n, times in arrived.items() if len(times) > 1)
         if missing or repeated:
             raise RuntimeError(f"thresholds without an alert: {missing}; alerted more than "
                                f"once: {repeated}")
         waits = [arrived[n][0] - published[n] for n in published]
+        stored = [visible[n] - published[n] for n in published if n in visible]
         print(f"{'early s':>7} {'samples':>7} {'p50 s':>6} {'p95 s':>6} {'max s':>6} "
-              f"{'target s':>8}")
+              f"{'target s':>8} {'events p50 s':>12} {'events p95 s':>12}")
         print(f"{args.early_firing_seconds:>7} {len(waits):>7} {percentile(waits, 50):>6.2f} "
               f"{percentile(waits, 95):>6.2f} {max(waits):>6.2f} "
-              f"{args.early_firing_seconds + 5:>8}")
+              f"{args.early_firing_seconds + 5:>8} {percentile(stored, 50):>12.2f} "
+              f"{percentile(stored, 95):>12.2f}")
     finally:
         if job is not None:
             job.send_signal(signal.SIGTERM)
