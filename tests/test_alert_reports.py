@@ -101,3 +101,18 @@ def test_the_statement_section_lists_every_threshold_its_crossing_and_its_cleari
 def test_without_limits_or_alerts_the_statement_has_no_limits_section():
     args = argparse.Namespace(limits=None, prices=None)
     assert limits_section(FakeData(), load_catalog(str(METERS)), args, "cust-009", 0, 1) == ""
+
+
+def test_a_dataset_without_the_alerts_table_still_shows_the_limits():
+    from google.api_core.exceptions import NotFound
+
+    class Older(FakeData):
+        def query(self, sql, **params):
+            raise NotFound("usage_alerts")
+
+    args = argparse.Namespace(limits=str(LIMITS), prices=str(PRICES))
+    start = int(dt.datetime(2026, 11, 20, tzinfo=UTC).timestamp()) * 10 ** 9
+    text = limits_section(Older(), load_catalog(str(METERS)), args, "cust-002", start,
+                          int(DEC.timestamp()) * 10 ** 9)
+    assert [line.split()[2:5] for line in text.splitlines()[3:]] == [
+        ["50%", "500", "not"], ["80%", "800", "not"], ["100%", "1000", "not"]]

@@ -127,10 +127,15 @@ def limits_section(data: Dataset, catalog, args, subject: str, start_ns: int,
                    end_ns: int) -> str:
     """The statement's "Limits" section: each threshold of the customer's periods within
     [start, end) and its crossing (when, at what usage, in which pane) or clearing."""
-    alerts = data.query(
-        f"SELECT * FROM {data.table(USAGE_ALERTS)} WHERE subject = @subject AND "
-        f"period_start < @end AND period_end > @start", subject=subject,
-        start=Instant(start_ns), end=Instant(end_ns))
+    from google.api_core.exceptions import NotFound
+
+    try:
+        alerts = data.query(
+            f"SELECT * FROM {data.table(USAGE_ALERTS)} WHERE subject = @subject AND "
+            f"period_start < @end AND period_end > @start", subject=subject,
+            start=Instant(start_ns), end=Instant(end_ns))
+    except NotFound:  # a dataset from before limits existed: no alerts to show
+        alerts = []
     limits = _thresholds(args, catalog, subject, start_ns, end_ns)
     if not alerts and not limits:
         return ""
