@@ -12,6 +12,7 @@ import pytest
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.utils.timestamp import Timestamp
 
+from schemas.catalog import parse_catalog
 from schemas.limits import Level, alert_id, parse_limits
 from schemas.pricing import parse_price_book
 from schemas.values import format_time, parse_rfc3339
@@ -158,8 +159,9 @@ class Timer:
         self.at = timestamp
 
 
-def pane(window_start: str, index: int, value: str, timing: str = "EARLY") -> dict:
-    return {"subject": "team-a", "meter": "score", "dimensions": "{}",
+def pane(window_start: str, index: int, value: str, timing: str = "EARLY",
+         meter: str = "score") -> dict:
+    return {"subject": "team-a", "meter": meter, "dimensions": "{}",
             "window_start": window_start, "window_end": format_time(
                 parse_rfc3339(window_start) + WINDOW_S * NS),
             "value": value,
@@ -167,33 +169,49 @@ def pane(window_start: str, index: int, value: str, timing: str = "EARLY") -> di
             "is_final": False}
 
 
-def test_crossings_come_out_in_threshold_order_and_duplicate_panes_change_nothing():
-    """Both stateful steps called as functions, with their state in memory."""
-    changes, crossings = WindowChanges(GAME, LATENESS_S * NS), CrossThresholds(GAME,
-                                                                               LATENESS_S * NS)
-    latest = {}  # window start -> its state cell
-    usage, alerted, timer = Cell(), Cell(), Timer()
-    levels = tuple(Level(label, Decimal(q)) for label, q in (("a", 1), ("b", 2), ("c", 3),
-                                                             ("d", 40)))
-    end_ns = parse_rfc3339("2026-12-01T00:00:00Z")
-    key = ("team-a", "score", NOVEMBER)
+class Steps:
+    """WindowChanges then CrossThresholds called as functions, their state in memory."""
 
-    def feed(row):
-        window_key = ("team-a", "score", "{}", row["window_start"])
-        out = changes.process((window_key, (PANE, row, levels, key, end_ns)),
-                              latest.setdefault(row["window_start"], Cell()), Timer())
+    def __init__(self, catalog, meter: str, thresholds):
+        self.changes = WindowChanges(catalog, LATENESS_S * NS)
+        self.crossings = CrossThresholds(catalog, LATENESS_S * NS)
+        self.latest, self.usage, self.alerted, self.timer = {}, Cell(), Cell(), Timer()
+        self.levels = tuple(Level(label, Decimal(q)) for label, q in thresholds)
+        self.end_ns = parse_rfc3339("2026-12-01T00:00:00Z")
+        self.key = ("team-a", meter, NOVEMBER)
+
+    def feed(self, row) -> list[str]:
+        """The thresholds the pane alerts, in the order they come out."""
+        window_key = ("team-a", row["meter"], "{}", row["window_start"])
+        out = self.changes.process((window_key, (PANE, row, self.levels, self.key,
+                                                 self.end_ns)),
+                                   self.latest.setdefault(row["window_start"], Cell()), Timer())
         return [a["threshold"] for element in out
-                for a in crossings.process(element, usage, alerted, timer)]
+                for a in self.crossings.process(element, self.usage, self.alerted, self.timer)]
 
-    assert feed(pane("2026-11-02T12:00:00Z", 0, "3")) == ["a", "b", "c"]
-    assert feed(pane("2026-11-02T12:00:00Z", 0, "3")) == []        # the same pane again
-    assert feed(pane("2026-11-02T12:00:00Z", 2, "39", "LATE")) == []
-    assert feed(pane("2026-11-02T12:00:00Z", 1, "50")) == []       # an older pane, late
-    assert usage.read() == 39
-    assert feed(pane("2026-11-02T12:01:00Z", 0, "1")) == ["d"]     # 39 + 1
-    assert timer.at == Timestamp(micros=(end_ns + LATENESS_S * NS) // 1000)
-    crossings.forget(usage, alerted)
-    assert usage.read() is None and alerted.read() is None
+
+def test_crossings_come_out_in_threshold_order_and_duplicate_panes_change_nothing():
+    steps = Steps(GAME, "score", (("a", 1), ("b", 2), ("c", 3), ("d", 40)))
+    assert steps.feed(pane("2026-11-02T12:00:00Z", 0, "3")) == ["a", "b", "c"]
+    assert steps.feed(pane("2026-11-02T12:00:00Z", 0, "3")) == []        # the same pane again
+    assert steps.feed(pane("2026-11-02T12:00:00Z", 2, "39", "LATE")) == []
+    assert steps.feed(pane("2026-11-02T12:00:00Z", 1, "50")) == []       # an older pane, late
+    assert steps.usage.read() == 39
+    assert steps.feed(pane("2026-11-02T12:01:00Z", 0, "1")) == ["d"]     # 39 + 1
+    assert steps.timer.at == Timestamp(micros=(steps.end_ns + LATENESS_S * NS) // 1000)
+    steps.crossings.forget(steps.usage, steps.alerted)
+    assert steps.usage.read() is None and steps.alerted.read() is None
+
+
+def test_a_max_meter_s_period_value_is_its_highest_window():
+    catalog = parse_catalog({"meters": [{"key": "peak", "event_type": "gauge",
+                                         "aggregation": "MAX", "value_property": "$.n"}]})
+    steps = Steps(catalog, "peak", (("6", 6), ("10", 10)))
+    assert steps.feed(pane("2026-11-02T12:00:00Z", 0, "5", meter="peak")) == []
+    assert steps.feed(pane("2026-11-02T12:01:00Z", 0, "4", meter="peak")) == []  # not 5 + 4
+    assert steps.usage.read() == 5
+    assert steps.feed(pane("2026-11-02T12:01:00Z", 1, "7", meter="peak")) == ["6"]
+    assert steps.feed(pane("2026-11-02T13:00:00Z", 0, "12", meter="peak")) == ["10"]
 
 
 @pytest.mark.parametrize("name", ["alert_id", "status", "subject", "meter", "threshold"])

@@ -41,7 +41,7 @@ from schemas.catalog import MeterCatalog
 from schemas.limits import (ZERO, LimitBook, alert_id, apply_change, newly_crossed,
                             window_change)
 from schemas.pricing import PriceBook
-from schemas.tables import USAGE_ALERTS
+from schemas.tables import USAGE_ALERTS, USAGE_VIEW
 from schemas.values import format_decimal, format_time, parse_rfc3339
 from transforms.bigquery import BigQueryTarget, QueryRows
 from transforms.pubsub import PublishMessages
@@ -247,19 +247,20 @@ class RestoreLimitState(beam.PTransform):
                       f"threshold FROM `{self._target.table_id(USAGE_ALERTS)}` "
                       f"WHERE status = '{CROSSED}' AND period_end >= "
                       f"TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL @lateness SECOND)")
+        # catalog keys are [a-z][a-z0-9_]*: safe as literals (NULL: no limits, no rows)
+        meters = ", ".join(f"'{key}'" for key in sorted(book.meters)) or "NULL"
         windows_sql = (f"SELECT subject, meter, dimensions, UNIX_MICROS(window_start) AS "
                        f"start_us, value, value_bignumeric "
-                       f"FROM `{self._target.table_id('usage')}` WHERE window_start >= "
-                       f"TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL @span SECOND)")
+                       f"FROM `{self._target.table_id(USAGE_VIEW.name)}` WHERE window_start >= "
+                       f"TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL @span SECOND) "
+                       f"AND meter IN ({meters})")
 
         def window_seed(r):
-            if r["meter"] not in book.meters:
-                return
             start_ns = r["start_us"] * NS_PER_US
             key, end_ns = period_key(book, prices, r["subject"], r["meter"], start_ns)
             value = r["value"] if r["value"] is not None else r["value_bignumeric"]
-            yield ((r["subject"], r["meter"], r["dimensions"], format_time(start_ns)),
-                   (RESTORED_WINDOW, value, key, end_ns))
+            return ((r["subject"], r["meter"], r["dimensions"], format_time(start_ns)),
+                    (RESTORED_WINDOW, value, key, end_ns))
 
         alerts = (pbegin
                   | "QueryAlerts" >> QueryRows(self._target, alerts_sql,
@@ -271,7 +272,7 @@ class RestoreLimitState(beam.PTransform):
         windows = (pbegin
                    | "QueryWindows" >> QueryRows(self._target, windows_sql, [
                        ("span", "INT64", self._lateness_s + LONGEST_PERIOD_S)])
-                   | "WindowSeeds" >> beam.FlatMap(window_seed).with_output_types(
+                   | "WindowSeeds" >> beam.Map(window_seed).with_output_types(
                        typing.Tuple[WindowKey, typing.Any]))
         return {"windows": windows, "alerts": alerts}
 
