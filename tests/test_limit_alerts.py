@@ -5,17 +5,21 @@ plan includes 10 points of `score` a month; thresholds 50%, 80% and 100% are
 5, 8 and 10 points. Expected alerts are worked out by hand from the events.
 """
 import json
+import re
 from decimal import Decimal
 
 import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.utils.timestamp import Timestamp
 
+from pipelines import streaming_usage
 from schemas.catalog import parse_catalog
 from schemas.limits import Level, alert_id, parse_limits
 from schemas.pricing import parse_price_book
 from schemas.values import format_time, parse_rfc3339
+from tallyflow import examples
 from tests.test_streaming import GAME, NS, Feed, run
 from transforms.aggregate import event_timestamp
 from transforms.dedup import REPLAYED
@@ -221,3 +225,20 @@ def test_an_alert_message_carries_the_alert_and_what_subscribers_filter_on(name)
     message = alert_message(alert)
     assert json.loads(message.data) == alert
     assert message.attributes[name] == alert[name]
+
+
+@pytest.mark.parametrize("extra, error", [
+    ([], "--prices is required with --limits"),
+    (["--prices", str(examples.PRICES)], "limits.yaml: limits[0] (plan developer, meter "
+                                         "active_users).meter: a period limit on a "
+                                         "UNIQUE_COUNT meter is refused"),
+])
+def test_the_stream_refuses_limits_it_cannot_apply_before_it_starts(tmp_path, extra, error):
+    limits = tmp_path / "limits.yaml"
+    limits.write_text("limits:\n  - {plan: developer, meter: active_users, thresholds: [5]}\n")
+    options = PipelineOptions(["--subscription", "projects/tallyflow-test/subscriptions/usage",
+                               "--meters", str(examples.METERS), "--bigquery_project", "tallyflow-test",
+                               "--limits", str(limits), *extra], streaming=True)
+    with pytest.raises(ValueError, match=re.escape(error)):
+        streaming_usage.build(beam.Pipeline(options=options),
+                              options.view_as(streaming_usage.StreamingUsageOptions), "job")
