@@ -94,14 +94,15 @@ class Stack:
         return {row["id"] for row in self.bq.query(
             f"SELECT id FROM {self.table} WHERE id IN ({quoted})").result()}
 
-    def start_job(self, log: Path) -> subprocess.Popen:
+    def start_job(self, log: Path, *extra: str) -> subprocess.Popen:
+        """`tallyflow stream` on this lane; `extra` options come last (and win)."""
         env = {**os.environ, "PUBSUB_EMULATOR_HOST": self.lane.pubsub_host}
         return subprocess.Popen(
             [sys.executable, "-m", "pipelines.streaming_usage",
              "--subscription", self.lane.subscription_path(), "--meters", str(METERS),
              "--bigquery_project", self.lane.project, "--bigquery_dataset", self.lane.dataset,
              "--bigquery_endpoint", self.lane.bigquery_endpoint, "--window", "1m",
-             "--allowed_lateness", "1h", "--early_firing_seconds", "5"],
+             "--allowed_lateness", "1h", "--early_firing_seconds", "5", *extra],
             cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
 

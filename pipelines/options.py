@@ -10,6 +10,8 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 from pipelines.policy import name_option
 from schemas import names
 from schemas.catalog import CatalogError, MeterCatalog, parse_catalog_text
+from schemas.limits import LimitBook, LimitsError, parse_limits_text
+from schemas.pricing import PriceBook, PriceBookError, parse_price_book_text
 from transforms.bigquery import BigQueryTarget
 from transforms.storage_read import STORAGE_EMULATOR_ENV
 
@@ -27,6 +29,19 @@ def read_config_text(path: str, error: type[ValueError]) -> str:
 
 def load_catalog_anywhere(path: str) -> MeterCatalog:
     return parse_catalog_text(read_config_text(path, CatalogError), path)
+
+
+def load_price_book_anywhere(path: str) -> PriceBook:
+    return parse_price_book_text(read_config_text(path, PriceBookError), path)
+
+
+def load_limits_anywhere(path: str, catalog: MeterCatalog, prices: PriceBook) -> LimitBook:
+    return parse_limits_text(read_config_text(path, LimitsError), catalog, prices, path)
+
+
+def add_price_book(parser, purpose: str = "") -> None:
+    """`--prices`, for each pipeline that reads the price book (defined once)."""
+    parser.add_argument("--prices", help=f"Price book YAML file (local path or gs://){purpose}.")
 
 
 class UsageOptions(PipelineOptions):

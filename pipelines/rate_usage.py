@@ -26,11 +26,11 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines.options import (UsageOptions, bigquery_target, load_catalog_anywhere,
-                               print_help, read_config_text)
+from pipelines.options import (UsageOptions, add_price_book, bigquery_target,
+                               load_catalog_anywhere, load_price_book_anywhere, print_help)
 from pipelines.policy import quiet_beam, run_command
 from schemas import names
-from schemas.pricing import PriceBook, PriceBookError, parse_price_book_text
+from schemas.pricing import PriceBook
 from schemas.tables import INVOICE_LINES, INVOICES, USAGE_VIEW
 from schemas.values import format_time, parse_rfc3339, printable
 from transforms.bigquery import WriteRows
@@ -49,7 +49,7 @@ class RateOptions(UsageOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        parser.add_argument("--prices", help="Price book YAML file (local path or gs://).")
+        add_price_book(parser)
         parser.add_argument("--period_start", "--period-start", dest="period_start",
                             help="Start of the billing period (RFC 3339, inclusive).")
         parser.add_argument("--period_end", "--period-end", dest="period_end",
@@ -72,10 +72,6 @@ def check_arguments(options: RateOptions) -> tuple[int, int]:
     if start >= end:
         raise ValueError("--period-start must be before --period-end")
     return start, end
-
-
-def load_price_book_anywhere(path: str) -> PriceBook:
-    return parse_price_book_text(read_config_text(path, PriceBookError), path)
 
 
 def build(pipeline: beam.Pipeline, options: RateOptions, book: PriceBook, run: RatingRun,

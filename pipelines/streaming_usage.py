@@ -9,6 +9,9 @@
             -> MeterReadings -> WindowUsage (fixed UTC windows; early panes every
                N s, on-time pane, late panes; accumulating) -> AggregateUsage
             -> `usage_panes` (timing, index, is-last, window, fingerprint)
+            -> with --limits: UsageAlerts (period-to-date usage per customer x
+               meter x billing period; each threshold once) -> `usage_alerts`
+               (and --alert_topic)
 
 Every message ends up in exactly one of `events` (aggregated, unmetered or too
 late; too-late ones also in `late_events`), `duplicate_events` or
@@ -33,18 +36,21 @@ import time
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines.options import (UsageOptions, add_switch, bigquery_target, load_catalog_anywhere,
-                               print_help)
+from pipelines.options import (UsageOptions, add_price_book, add_switch, bigquery_target,
+                               load_catalog_anywhere, load_limits_anywhere,
+                               load_price_book_anywhere, print_help)
 from pipelines.policy import (RUNTIME_FAILURE, CommandFailed, first_line, name_option, quiet_beam,
                               run_command, stop_on_sigterm)
 from pipelines.restart_points import SNAPSHOT_SECONDS, RestartPoints
 from schemas import names
 from schemas.events import Limits, Payload
-from schemas.tables import DEAD_LETTER, DUPLICATE_EVENTS, EVENTS, LATE_EVENTS, USAGE_PANES
+from schemas.tables import (DEAD_LETTER, DUPLICATE_EVENTS, EVENTS, LATE_EVENTS, USAGE_ALERTS,
+                            USAGE_PANES)
 from schemas.values import NS, format_time, parse_duration, parse_rfc3339, parse_window
 from transforms import rows
 from transforms.bigquery import (CLIENT_METHOD, WRITE_METHODS, BigQueryTarget,
                                  ExpansionServiceUnavailable, QueryRows, WriteRows)
+from transforms.limits import PublishAlerts, RestoreLimitState, UsageAlerts
 from transforms.pubsub import PublishDeadLetters, ReadUsageMessages
 from transforms.runner import is_dataflow
 from transforms.streaming import REPLAYED, StreamUsage
@@ -98,6 +104,14 @@ class StreamingUsageOptions(UsageOptions):
                                  "becomes safe once the job has run this long after it; must "
                                  "exceed the longest a pulled message takes to be written "
                                  "(incl. BigQuery write retries, 120 s).")
+        parser.add_argument("--limits",
+                            help="Usage limits YAML file (local path or gs://; docs/limits.md): "
+                                 "alert once per threshold crossing per billing period, to "
+                                 "usage_alerts (and --alert_topic). Needs --prices.")
+        add_price_book(parser, ": the plans and included quantities --limits refers to")
+        parser.add_argument("--alert_topic", type=name_option(names.pubsub_topic),
+                            help="Optional Pub/Sub topic that also receives every usage alert: "
+                                 "projects/PROJECT/topics/NAME.")
         parser.add_argument("--run_seconds", type=int, default=0,
                             help="DirectRunner only: stop after this many seconds (0: run until "
                                  "interrupted).")
@@ -163,6 +177,24 @@ def build(pipeline: beam.Pipeline, options: StreamingUsageOptions, job_id: str,
           lambda el: rows.late_event_row(el[0], el[1], window_ns, job_id))
     write(out["usage"], "UsagePanes", USAGE_PANES,
           lambda r: rows.usage_pane_row(r, r["meter"] in bignumeric, time.time_ns(), job_id))
+    if options.limits:
+        alerts = _usage_alerts(pipeline, options, catalog, target, lateness_ns, out["usage"])
+        write(alerts, "UsageAlerts", USAGE_ALERTS, lambda a: rows.usage_alert_row(a, job_id))
+        if options.alert_topic:
+            _ = alerts | "PublishAlerts" >> PublishAlerts(options.alert_topic)
+
+
+def _usage_alerts(pipeline, options, catalog, target, lateness_ns, usage):
+    """The alerts of `--limits` (restored from BigQuery with --restore_open_windows)."""
+    if not options.prices:
+        raise ValueError("--prices is required with --limits")
+    prices = load_price_book_anywhere(options.prices)
+    book = load_limits_anywhere(options.limits, catalog, prices)
+    restored = None
+    if options.restore_open_windows:
+        restored = pipeline | "RestoreLimitState" >> RestoreLimitState(target, book, prices,
+                                                                       lateness_ns)
+    return usage | "UsageAlerts" >> UsageAlerts(book, prices, catalog, lateness_ns, restored)
 
 
 class ReplayOpenWindows(beam.PTransform):

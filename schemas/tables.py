@@ -379,9 +379,42 @@ FAILED_WRITES = Table(
     clustering=("table_name", "error_code"),
 )
 
+USAGE_ALERTS = Table(
+    name="usage_alerts",
+    description="Usage limit alerts (docs/limits.md): one `crossed` row the first time a "
+                "customer's period-to-date usage of a meter reaches a threshold in a billing "
+                "period, from provisional streaming panes; a `cleared` row with the same "
+                "alert_id when the final usage of the period ends below it.",
+    columns=(
+        Column("alert_id", "STRING", "Deterministic: customer, meter, period and threshold.",
+               "REQUIRED"),
+        Column("status", "STRING", "crossed or cleared.", "REQUIRED"),
+        Column("subject", "STRING", "Customer id.", "REQUIRED"),
+        Column("meter", "STRING", "Meter key from the catalog.", "REQUIRED"),
+        Column("period_start", "TIMESTAMP", "Billing period start (inclusive), UTC.",
+               "REQUIRED"),
+        Column("period_end", "TIMESTAMP", "Billing period end (exclusive), UTC.", "REQUIRED"),
+        Column("threshold", "STRING", "The threshold as written: 80% or 1000.", "REQUIRED"),
+        Column("threshold_quantity", "BIGNUMERIC", "The usage that reaches it.", "REQUIRED"),
+        Column("value", "BIGNUMERIC", "Period-to-date usage when it crossed (cleared: the "
+                                      "period's final usage).", "REQUIRED"),
+        Column("crossed_at", "TIMESTAMP", "Processing time of the crossing pane (cleared: of "
+                                          "the clearing run).", "REQUIRED"),
+        Column("dimensions", "STRING", "The crossing pane's group-by values (JSON)."),
+        Column("window_start", "TIMESTAMP", "The crossing pane's window start."),
+        Column("window_end", "TIMESTAMP", "The crossing pane's window end."),
+        Column("pane_timing", "STRING", "The crossing pane's timing: EARLY, ON_TIME or LATE."),
+        Column("pane_index", "INT64", "The crossing pane's index in its window."),
+        Column("job_id", "STRING", "The job or run that wrote the row."),
+        Column("row_id", "STRING", "Insert id: alert_id and status.", "REQUIRED"),
+    ),
+    partition_field="period_start",
+    clustering=("subject", "meter"),
+)
+
 TABLES: tuple[Table, ...] = (EVENTS, USAGE_PANES, USAGE_RECOMPUTED, RECOMPUTE_RUNS, DEAD_LETTER,
                              LATE_EVENTS, DUPLICATE_EVENTS, RECONCILIATION, INVOICE_LINES,
-                             INVOICES, FAILED_WRITES)
+                             INVOICES, FAILED_WRITES, USAGE_ALERTS)
 
 # Which committed recompute run `r` is current for a row `u`: none committed later
 # (equal commit times: the greater run id) covers its window. One rule, used by the

@@ -26,6 +26,8 @@ COMMANDS = {
     "explain": ("tallyflow.reports.explain",
                 "Explain a usage number: its events, duplicates, revisions."),
     "statement": ("tallyflow.reports.statement", "A customer's usage statement (terminal and HTML)."),
+    "settle-alerts": ("tallyflow.reports.alerts",
+                      "Record `cleared` for usage alerts the final usage did not reach."),
 }
 
 

@@ -72,7 +72,9 @@ TEXT = ValueKind("TEXT")
 OPTION_KINDS: Mapping[str, ValueKind] = {
     "subscription": SUBSCRIPTION,
     "dead_letter_topic": TOPIC,
+    "alert_topic": TOPIC,
     "meters": GCS_FILE,
+    "limits": GCS_FILE,
     "prices": GCS_FILE,
     "input": GCS_FILE,
     "output_dir": GCS_FOLDER,

@@ -27,6 +27,7 @@ from google.protobuf import json_format
 
 from pipelines import streaming_usage
 from pipelines.options import parse_bool
+from tallyflow import examples
 from tallyflow import template as templates
 from schemas.values import parse_duration, parse_rfc3339
 from tests.conftest import EXAMPLE_METERS, ROOT
@@ -267,13 +268,14 @@ def launch(pipeline: str, arguments: list[str]) -> subprocess.CompletedProcess:
 
 
 def streaming_parameters(only_required: bool) -> list[str]:
-    """Parameters as the launcher passes them; the catalog is local (offline, no GCS)."""
+    """Parameters as the launcher passes them; the files are local (offline, no GCS)."""
     template = templates.FLEX_TEMPLATES["streaming_usage"]
+    local = {"meters": EXAMPLE_METERS, "limits": examples.LIMITS, "prices": examples.PRICES}
     args = []
     for p in committed_metadata(template)["parameters"]:
         if only_required and p["isOptional"]:
             continue
-        value = str(EXAMPLE_METERS) if p["name"] == "meters" else sample(template, p)
+        value = str(local[p["name"]]) if p["name"] in local else sample(template, p)
         if p["name"] == "bigquery_write_method":
             value = "STREAMING_INSERTS"  # STORAGE_WRITE_API needs the Java expansion service
         args.append(f"--{p['name']}={value}")

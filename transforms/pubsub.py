@@ -59,16 +59,23 @@ def _clip_bytes(text: str) -> str:
     return text.encode("utf-8", "replace")[:ATTRIBUTE_VALUE_BYTES].decode("utf-8", "ignore")
 
 
-class PublishDeadLetters(beam.PTransform):
+class PublishMessages(beam.PTransform):
+    """Elements -> a Pub/Sub topic, each as the PubsubMessage `to_message` makes of it."""
+
+    def __init__(self, topic: str, to_message):
+        super().__init__()
+        self._topic = topic
+        self._to_message = to_message
+
+    def expand(self, elements):
+        return (elements
+                | "ToMessage" >> beam.Map(self._to_message)
+                | "Publish" >> WriteToPubSub(self._topic, with_attributes=True))
+
+
+class PublishDeadLetters(PublishMessages):
     """Rejections -> a Pub/Sub topic, original payload as data, reason as attributes,
     so a producer's consumer can fix and re-send them."""
 
     def __init__(self, topic: str):
-        super().__init__()
-        self._topic = topic
-
-    def expand(self, rejections):
-        return (rejections
-                | "ToMessage" >> beam.Map(dead_letter_message)
-                | "Publish" >> WriteToPubSub(self._topic, with_attributes=True))
-
+        super().__init__(topic, dead_letter_message)

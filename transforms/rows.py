@@ -183,3 +183,10 @@ def failed_write_rows(table_name: str, failed_id: str, row: dict, code: str, rea
 def _seconds(ns: int) -> str:
     whole, frac = divmod(ns, NS)
     return f"{whole}.{frac:09d}".rstrip("0").rstrip(".")
+
+
+def usage_alert_row(alert: dict, job_id: str) -> tuple[str, dict]:
+    """An alert (transforms/limits.py) -> a `usage_alerts` row; one insert id per alert
+    and status, so a rewritten alert lands once."""
+    alert_row_id = row_id("usage_alert", alert["alert_id"], alert["status"])
+    return alert_row_id, {**alert, "job_id": job_id, "row_id": alert_row_id}

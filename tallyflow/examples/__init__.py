@@ -1,4 +1,4 @@
-"""The example meter catalog, price book and events, shipped as package data so the
+"""The example meter catalog, price book, limits and events, shipped as package data so the
 demo and the docs' commands work after `pip install`, not only in a checkout."""
 from pathlib import Path
 
@@ -6,3 +6,4 @@ HERE = Path(__file__).resolve().parent
 METERS = HERE / "meters.yaml"
 PRICES = HERE / "prices.yaml"
 EVENTS = HERE / "events.jsonl"
+LIMITS = HERE / "limits.yaml"

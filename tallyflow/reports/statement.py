@@ -48,6 +48,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from pipelines.policy import run_command
+from tallyflow.reports.alerts import add_limits_arguments, limits_section
 from tallyflow.reports.explain import (Dataset, ExplainError, Instant, add_dataset_arguments, load_meters,
                                        meter_of, ns_of, row_value, text_table)
 from schemas.catalog import Meter, MeterCatalog
@@ -607,6 +608,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="Only this meter (repeatable). Default: every meter with usage.")
     parser.add_argument("--html", help="Also write the statement as a self-contained HTML page.")
     add_dataset_arguments(parser)
+    add_limits_arguments(parser)
     return parser
 
 
@@ -628,6 +630,7 @@ def _statement_and_report(args) -> int:
     statement = build_statement(data, catalog, args.subject, start, end, since,
                                 args.meters_shown)
     print(render_text(statement), end="")
+    print(limits_section(data, catalog, args, args.subject, start, end), end="")
     if args.html:
         Path(args.html).write_text(render_html(statement), encoding="utf-8")
         print(f"tallyflow statement: wrote {args.html}", file=sys.stderr)
