@@ -26,6 +26,8 @@ COMMANDS = {
     "explain": ("tallyflow.reports.explain",
                 "Explain a usage number: its events, duplicates, revisions."),
     "statement": ("tallyflow.reports.statement", "A customer's usage statement (terminal and HTML)."),
+    "export": ("tallyflow.export.command",
+               "Send a closed period's usage to Stripe, Orb or Lago, exactly once."),
 }
 
 

@@ -1,0 +1,1 @@
+"""Export of exact usage to billing providers (Stripe, Orb, Lago), with a ledger (docs/export.md)."""

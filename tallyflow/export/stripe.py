@@ -1,0 +1,144 @@
+"""Stripe Billing Meters: one meter event per customer x meter x dimensions x window.
+
+Quantities are whole numbers (`quantise`: the running total of a customer x
+meter series rounded once, remainders carried in the ledger). The `identifier`
+is derived from subject, meter, dimensions, window, revision and how many
+events the window had before, so a resend is the same event. The event's
+timestamp is its window start, so it lands in the right billing period.
+
+Corrections, when a window's whole quantity changes (a restatement, or a
+remainder moved by one):
+- every event Stripe holds for the window is less than `CANCEL_SECONDS` old:
+  a meter event adjustment cancels each, then one event carries the new
+  quantity;
+- otherwise, an increase is sent as one more event for the difference, and a
+  decrease is recorded `failed` (a credit note is needed: Stripe cannot take
+  usage back after 24 hours, and it is never dropped silently).
+Windows older than 35 days are `failed` without a call (Stripe rejects them).
+"""
+from __future__ import annotations
+
+from decimal import Decimal
+
+from tallyflow.export.engine import Context, Sent, holdings, request_entry
+from tallyflow.export.keys import export_key
+from tallyflow.export.ledger import FAILED, PENDING, SENT, Entry
+from tallyflow.export.quantise import quantise
+from tallyflow.export.retry import Failure, retry_after_seconds
+from tallyflow.export.usage import UsageRow
+
+NAME = "stripe"
+API_KEY_ENV = "STRIPE_API_KEY"
+DEFAULT_API_BASE = "https://api.stripe.com"
+EVENT, CANCEL = "meter_event", "meter_event_adjustment"
+NS = 1_000_000_000
+# Stripe cancels meter events up to 24 hours after it received them; an hour is kept
+# in hand for the requests between planning and sending.
+CANCEL_SECONDS = 23 * 3600
+MAX_AGE_SECONDS = 35 * 24 * 3600
+
+
+def client(api_key: str, api_base: str | None):
+    import stripe as sdk
+
+    return sdk.StripeClient(api_key, base_addresses={"api": api_base or DEFAULT_API_BASE},
+                            max_network_retries=0)
+
+
+def classify(error: BaseException) -> Failure | None:
+    import stripe as sdk
+
+    if not isinstance(error, sdk.StripeError):
+        return None
+    status = getattr(error, "http_status", None)
+    transient = status is None or status in (409, 429) or status >= 500
+    return Failure(transient, status, error.user_message or str(error),
+                   retry_after_seconds(error.headers))
+
+
+class Stripe:
+    name = NAME
+
+    def __init__(self, sdk_client):
+        self._client = sdk_client
+
+    def classify(self, error):
+        return classify(error)
+
+    def send(self, entry: Entry) -> Sent:
+        body = entry.body()
+        options = {"idempotency_key": entry.idempotency_key}
+        if entry.object_type == EVENT:
+            result = self._client.v1.billing.meter_events.create(params=body, options=options)
+            return Sent(result.to_dict(), result.identifier)
+        result = self._client.v1.billing.meter_event_adjustments.create(params=body,
+                                                                        options=options)
+        return Sent(result.to_dict(), body["cancel"]["identifier"])
+
+    def plan(self, rows: list[UsageRow], state: dict[str, Entry], context: Context) -> list:
+        held = holdings(state, EVENT, superseding=(CANCEL,))
+        made = _events_per_window(state)
+        series: dict[tuple, dict[tuple, UsageRow | Entry]] = {}
+        for window, entries in held.items():  # windows whose usage is gone go to zero
+            series.setdefault(window[:2], {})[window] = entries[0]
+        for row in rows:
+            series.setdefault(row.window[:2], {})[row.window] = row
+        planned = []
+        for windows in series.values():
+            ordered = sorted(windows.items(), key=lambda item: (item[0][3], item[0][2]))
+            values = [about.value if isinstance(about, UsageRow) else Decimal(0)
+                      for _, about in ordered]
+            for (window, about), wanted in zip(ordered, quantise(values)):
+                planned += self._correct(about, held.get(window, []), made.get(window, 0),
+                                         wanted, context)
+        return planned
+
+    def _correct(self, about, live: list[Entry], made: int, wanted, context: Context) -> list:
+        have = sum(int(e.quantity) for e in live)
+        if have == wanted.quantity:
+            return []
+        exact = about.value if isinstance(about, UsageRow) else Decimal(0)
+
+        def event(quantity: int, status: str = "pending", reason: str | None = None) -> Entry:
+            key = export_key(NAME, "event", about.subject, about.meter, about.dimensions,
+                             about.window_start, about.revision, made)
+            customer = context.mapping.customer(about.subject)
+            body = {"event_name": context.mapping.meter(about.meter), "identifier": key,
+                    "timestamp": about.window_start // NS,
+                    "payload": {"stripe_customer_id": customer, "value": str(quantity)}}
+            return request_entry(NAME, EVENT, key, about, context, Decimal(quantity), body,
+                                 status, reason, exact_value=exact,
+                                 remainder=wanted.remainder)
+
+        if about.window_start < context.now - MAX_AGE_SECONDS * NS:
+            return [event(wanted.quantity - have, FAILED,
+                          "the window is older than Stripe's 35 days: not sendable")]
+        if all(e.requested_at > context.now - CANCEL_SECONDS * NS for e in live):
+            cancels = [request_entry(
+                NAME, CANCEL, export_key(NAME, "cancel", e.idempotency_key), e, context,
+                -e.quantity, {"event_name": e.provider_meter, "type": "cancel",
+                              "cancel": {"identifier": e.idempotency_key}},
+                supersedes=e.idempotency_key) for e in live]
+            return cancels + ([event(wanted.quantity)] if wanted.quantity else [])
+        if wanted.quantity > have:
+            return [event(wanted.quantity - have)]
+        return [event(wanted.quantity - have, FAILED,
+                      f"Stripe holds {have} and the window now needs {wanted.quantity}; its "
+                      f"events are over 24 hours old and cannot be cancelled: issue a credit "
+                      f"note for {have - wanted.quantity} units")]
+
+
+def _events_per_window(state: dict[str, Entry]) -> dict[tuple, int]:
+    """How many events each window has had that reached (or may have reached) Stripe: the
+    next event's generation, so a correction never reuses an identifier, while a
+    request never made (failed without a call, skipped) keeps its key."""
+    made: dict[tuple, int] = {}
+    for entry in state.values():
+        if entry.object_type == EVENT and (entry.status in (SENT, PENDING) or entry.attempts):
+            made[entry.window] = made.get(entry.window, 0) + 1
+    return made
+
+
+
+def build(api_key: str, api_base: str | None) -> Stripe:
+    return Stripe(client(api_key, api_base))
