@@ -10,7 +10,7 @@ class Crash(BaseException):
 class MemoryLedger:
     def __init__(self):
         self.rows = []
-        self.crash_on_write: int | None = None  # the n-th append (1-based) crashes
+        self.crash_on_write: int | None = None  # the n-th non-empty append (1-based) crashes
         self._writes = 0
 
     def load(self, provider, start_ns, end_ns):
@@ -18,6 +18,8 @@ class MemoryLedger:
                 if e.provider == provider and start_ns <= e.window_start < end_ns]
 
     def append(self, entries):
+        if not entries:
+            return
         self._writes += 1
         if self._writes == self.crash_on_write:
             raise Crash(f"killed at ledger write {self._writes}")

@@ -2,8 +2,9 @@
 
 Quantities are whole numbers (`quantise`: the running total of a customer x
 meter series rounded once, remainders carried in the ledger). The `identifier`
-is derived from subject, meter, dimensions, window, revision and how many
-events the window had before, so a resend is the same event. The event's
+is derived from subject, meter, dimensions, window, revision, how many events
+the window had before and the Stripe customer and meter it goes to, so a
+resend is the same event. The event's
 timestamp is its window start, so it lands in the right billing period.
 
 Corrections, when a window's whole quantity changes (a restatement, or a
@@ -100,10 +101,11 @@ class Stripe:
         exact = about.value if isinstance(about, UsageRow) else Decimal(0)
 
         def event(quantity: int, status: str = "pending", reason: str | None = None) -> Entry:
-            key = export_key(NAME, "event", about.subject, about.meter, about.dimensions,
-                             about.window_start, about.revision, made)
             customer = context.mapping.customer(about.subject)
-            body = {"event_name": context.mapping.meter(about.meter), "identifier": key,
+            event_name = context.mapping.meter(about.meter)
+            key = export_key(NAME, "event", about.subject, about.meter, about.dimensions,
+                             about.window_start, about.revision, made, customer, event_name)
+            body = {"event_name": event_name, "identifier": key,
                     "timestamp": about.window_start // NS,
                     "payload": {"stripe_customer_id": customer, "value": str(quantity)}}
             return request_entry(NAME, EVENT, key, about, context, Decimal(quantity), body,
