@@ -72,6 +72,8 @@ def add_provider_arguments(parser, option: str) -> None:
 
 def period(args) -> tuple[int, int]:
     start, end = parse_rfc3339(args.period_start), parse_rfc3339(args.period_end)
+    if start % 1_000_000_000 or end % 1_000_000_000:
+        raise ValueError("the period's bounds must be whole seconds (providers take seconds)")
     if end <= start:
         raise ValueError("--period-end must be after --period-start")
     if end > time.time_ns():

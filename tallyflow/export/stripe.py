@@ -24,7 +24,7 @@ from decimal import Decimal
 from tallyflow.export.engine import Context, Sent, holdings, request_entry
 from tallyflow.export.keys import export_key
 from tallyflow.export.ledger import FAILED, PENDING, SENT, Entry
-from tallyflow.export.quantise import quantise
+from tallyflow.export.quantise import quantise, round_once
 from tallyflow.export.retry import Failure, retry_after_seconds
 from tallyflow.export.usage import UsageRow
 
@@ -128,6 +128,34 @@ class Stripe:
                       f"Stripe holds {have} and the window now needs {wanted.quantity}; its "
                       f"events are over 24 hours old and cannot be cancelled: issue a credit "
                       f"note for {have - wanted.quantity} units")]
+
+
+    def expected_total(self, exact: Decimal) -> Decimal:
+        return Decimal(round_once(exact))
+
+    def ledger_totals(self, state: dict[str, Entry]) -> dict[tuple, Decimal]:
+        """Per window, the whole units the ledger says Stripe holds."""
+        return {window: sum((e.quantity for e in live), Decimal(0))
+                for window, live in holdings(state, EVENT, superseding=(CANCEL,)).items()}
+
+    def provider_totals(self, pairs: set[tuple], state: dict, context: Context,
+                        call) -> dict[tuple, Decimal]:
+        """(subject, meter) -> what Stripe's meter event summaries say for the period."""
+        meters = call(lambda: {m.event_name: m.id for m in
+                               self._client.v1.billing.meters.list().auto_paging_iter()})
+        totals = {}
+        for subject, meter in sorted(pairs):
+            meter_id = meters.get(context.mapping.meter(meter))
+            if meter_id is None:
+                totals[(subject, meter)] = None
+                continue
+            summaries = call(lambda: self._client.v1.billing.meters.event_summaries.list(
+                meter_id, {"customer": context.mapping.customer(subject),
+                           "start_time": context.period_start // NS,
+                           "end_time": context.period_end // NS}).auto_paging_iter())
+            totals[(subject, meter)] = sum((Decimal(str(s.aggregated_value)) for s in summaries),
+                                           Decimal(0))
+        return totals
 
 
 def _events_per_window(state: dict[str, Entry]) -> dict[tuple, int]:
