@@ -109,8 +109,7 @@ class BigQueryLedger:
     def load(self, provider: str, start_ns: int, end_ns: int) -> list[Entry]:
         """Every row about windows starting in [start, end): a window's state does not
         depend on which period it was exported under."""
-        sql = (f"SELECT * EXCEPT(window_start, window_end, period_start, period_end, "
-               f"requested_at, recorded_at), "
+        sql = (f"SELECT * EXCEPT({', '.join(_TIMES)}), "
                + ", ".join(f"UNIX_MICROS({c}) AS {c}" for c in _TIMES)
                + f" FROM `{self._target.table_id(EXPORTS)}` WHERE provider = @provider "
                f"AND window_start >= @start AND window_start < @end")
