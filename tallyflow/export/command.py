@@ -92,6 +92,19 @@ def run_id(kind: str) -> str:
     return f"{kind}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:6]}"
 
 
+def prepare(args, kind: str):
+    """-> (provider, BigQuery target, run context) from the shared options, checked
+    before anything is read or sent."""
+    from tallyflow.export.engine import Context
+
+    start, end = period(args)
+    module = provider_module(args.provider)
+    provider = module.build(api_key(module, args.api_key_secret), args.api_base)
+    context = Context(run_id(kind), time.time_ns(), start, end,
+                      load_mapping(args.mapping, args.provider))
+    return provider, target(args), context
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tallyflow export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -111,17 +124,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _export(args) -> int:
-    from tallyflow.export.engine import Context, export
+    from tallyflow.export.engine import export
     from tallyflow.export.ledger import BigQueryLedger
     from tallyflow.export.retry import RetryPolicy
     from tallyflow.export.usage import read_usage
 
-    start, end = period(args)
-    module = provider_module(args.provider)
-    provider = module.build(api_key(module, args.api_key_secret), args.api_base)
-    where = target(args)
-    context = Context(run_id("export"), time.time_ns(), start, end,
-                      load_mapping(args.mapping, args.provider))
+    provider, where, context = prepare(args, "export")
+    start, end = context.period_start, context.period_end
     rows = read_usage(where, start, end)
     print(f"export {context.run_id} to {args.provider}: {format_time(start)} .. "
           f"{format_time(end)}, {len(rows)} usage rows", flush=True)

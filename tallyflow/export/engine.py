@@ -57,6 +57,15 @@ class Provider(Protocol):
     def classify(self, error: BaseException) -> Failure | None: ...
 
 
+class SdkProvider:
+    """A provider over its official SDK's client; subclasses name their `classify`."""
+
+    name: str
+
+    def __init__(self, sdk_client):
+        self._client = sdk_client
+
+
 class Report(NamedTuple):
     resumed: int  # pending requests of an earlier run, resent
     counts: dict  # status -> requests of this run (resumed included)
@@ -172,6 +181,18 @@ def holdings(state: dict[str, Entry], object_type: str,
                 and entry.idempotency_key not in gone):
             held.setdefault(entry.window, []).append(entry)
     return held
+
+
+def generations(state: dict[str, Entry], object_type: str) -> dict[tuple, int]:
+    """Per window, how many requests of `object_type` reached (or may have reached) the
+    provider: the next one's generation, so a correction never reuses a key, while a
+    request never made (failed without a call, skipped) keeps its own."""
+    made: dict[tuple, int] = {}
+    for entry in state.values():
+        if entry.object_type == object_type and (entry.status in (SENT, PENDING)
+                                                 or entry.attempts):
+            made[entry.window] = made.get(entry.window, 0) + 1
+    return made
 
 
 def request_entry(provider: str, object_type: str, key: str, about, context: Context,

@@ -20,9 +20,10 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 
-from tallyflow.export.engine import Context, Sent, holdings, request_entry
+from tallyflow.export.engine import (Context, SdkProvider, Sent, generations, holdings,
+                                     request_entry)
 from tallyflow.export.keys import export_key
-from tallyflow.export.ledger import FAILED, PENDING, SENT, Entry
+from tallyflow.export.ledger import FAILED, SENT, Entry
 from tallyflow.export.retry import Failure, retry_after_seconds
 from tallyflow.export.usage import UsageRow
 
@@ -55,14 +56,9 @@ def window_totals(state: dict[str, Entry]) -> dict[tuple, Decimal]:
             for window, sent in holdings(state, EVENT).items()}
 
 
-class Lago:
+class Lago(SdkProvider):
     name = NAME
-
-    def __init__(self, sdk_client):
-        self._client = sdk_client
-
-    def classify(self, error):
-        return classify(error)
+    classify = staticmethod(classify)
 
     def send(self, entry: Entry) -> Sent:
         from lago_python_client.models import Event
@@ -72,10 +68,7 @@ class Lago:
 
     def plan(self, rows: list[UsageRow], state: dict[str, Entry], context: Context) -> list:
         held = window_totals(state)
-        made: dict[tuple, int] = {}
-        for entry in state.values():
-            if entry.status in (SENT, PENDING) or entry.attempts:
-                made[entry.window] = made.get(entry.window, 0) + 1
+        made = generations(state, EVENT)
         current = {row.window: row for row in rows}
         latest = {e.window: e for e in state.values() if e.status == SENT}
         planned = []

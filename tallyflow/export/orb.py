@@ -21,9 +21,9 @@ from dataclasses import replace
 from decimal import Decimal
 
 from schemas.values import format_time
-from tallyflow.export.engine import Context, Sent, request_entry
+from tallyflow.export.engine import Context, SdkProvider, Sent, generations, request_entry
 from tallyflow.export.keys import export_key
-from tallyflow.export.ledger import PENDING, SENT, Entry
+from tallyflow.export.ledger import SENT, Entry
 from tallyflow.export.retry import Failure, retry_after_seconds
 from tallyflow.export.usage import UsageRow
 
@@ -64,22 +64,14 @@ def window_values(state: dict[str, Entry]) -> dict[tuple, Entry]:
     return live
 
 
-class Orb:
+class Orb(SdkProvider):
     name = NAME
-
-    def __init__(self, sdk_client):
-        self._client = sdk_client
-
-    def classify(self, error):
-        return classify(error)
+    classify = staticmethod(classify)
 
     # ---------------------------------------------------------------- planning
     def plan(self, rows: list[UsageRow], state: dict[str, Entry], context: Context) -> list:
         live = window_values(state)
-        made: dict[tuple, int] = {}
-        for entry in state.values():
-            if entry.status in (SENT, PENDING) or entry.attempts:
-                made[entry.window] = made.get(entry.window, 0) + 1
+        made = generations(state, EVENT)
         current = {row.window: row for row in rows}
         groups: dict[tuple, list] = {}  # (subject, window start) -> windows to correct
         planned = []
@@ -119,9 +111,7 @@ class Orb:
                         context: Context) -> Entry:
         window_end = (rows[0] if rows else emptied[0]).window_end
         customer = context.mapping.customer(subject)
-        tries = sum(1 for e in state.values() if e.object_type == BACKFILL
-                    and e.window == (subject, ALL, "{}", start)
-                    and (e.status in (SENT, PENDING) or e.attempts))
+        tries = generations(state, BACKFILL).get((subject, ALL, "{}", start), 0)
         key = export_key(NAME, "backfill", subject, start, tries, customer)
         body = {"timeframe_start": format_time(start), "timeframe_end": format_time(window_end),
                 "external_customer_id": customer, "replace_existing_events": True,

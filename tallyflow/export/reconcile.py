@@ -13,17 +13,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from decimal import Decimal
 
 from pipelines.policy import DIFFERENCE, SUCCESS, CommandFailed, run_command
 from schemas.tables import EXPORT_RECONCILIATION
 from schemas.values import format_time, printable
-from tallyflow.export.command import (add_provider_arguments, api_key, period,
-                                      provider_module, run_id, target)
+from tallyflow.export.command import add_provider_arguments, prepare
 from tallyflow.export.engine import Context
 from tallyflow.export.ledger import BigQueryLedger, latest
-from tallyflow.export.mapping import load_mapping
 from tallyflow.export.retry import RetryPolicy
 from tallyflow.export.usage import UsageRow, read_usage
 
@@ -94,12 +91,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _reconcile(args) -> int:
-    start, end = period(args)
-    module = provider_module(args.provider)
-    provider = module.build(api_key(module, args.api_key_secret), args.api_base)
-    where = target(args)
-    context = Context(run_id("reconcile"), time.time_ns(), start, end,
-                      load_mapping(args.mapping, args.provider))
+    provider, where, context = prepare(args, "reconcile")
+    start, end = context.period_start, context.period_end
     state = latest(BigQueryLedger(where).load(args.provider, start, end))
     results = compare(provider, read_usage(where, start, end), state, context, RetryPolicy())
     record(where, args.provider, results, context)

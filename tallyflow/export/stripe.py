@@ -21,9 +21,10 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from tallyflow.export.engine import Context, Sent, holdings, request_entry
+from tallyflow.export.engine import (Context, SdkProvider, Sent, generations, holdings,
+                                     request_entry)
 from tallyflow.export.keys import export_key
-from tallyflow.export.ledger import FAILED, PENDING, SENT, Entry
+from tallyflow.export.ledger import FAILED, Entry
 from tallyflow.export.quantise import quantise, round_once
 from tallyflow.export.retry import Failure, retry_after_seconds
 from tallyflow.export.usage import UsageRow
@@ -57,14 +58,9 @@ def classify(error: BaseException) -> Failure | None:
                    retry_after_seconds(error.headers))
 
 
-class Stripe:
+class Stripe(SdkProvider):
     name = NAME
-
-    def __init__(self, sdk_client):
-        self._client = sdk_client
-
-    def classify(self, error):
-        return classify(error)
+    classify = staticmethod(classify)
 
     def send(self, entry: Entry) -> Sent:
         body = entry.body()
@@ -78,7 +74,7 @@ class Stripe:
 
     def plan(self, rows: list[UsageRow], state: dict[str, Entry], context: Context) -> list:
         held = holdings(state, EVENT, superseding=(CANCEL,))
-        made = _events_per_window(state)
+        made = generations(state, EVENT)
         series: dict[tuple, dict[tuple, UsageRow | Entry]] = {}
         for window, entries in held.items():  # windows whose usage is gone go to zero
             series.setdefault(window[:2], {})[window] = entries[0]
@@ -156,18 +152,6 @@ class Stripe:
             totals[(subject, meter)] = sum((Decimal(str(s.aggregated_value)) for s in summaries),
                                            Decimal(0))
         return totals
-
-
-def _events_per_window(state: dict[str, Entry]) -> dict[tuple, int]:
-    """How many events each window has had that reached (or may have reached) Stripe: the
-    next event's generation, so a correction never reuses an identifier, while a
-    request never made (failed without a call, skipped) keeps its key."""
-    made: dict[tuple, int] = {}
-    for entry in state.values():
-        if entry.object_type == EVENT and (entry.status in (SENT, PENDING) or entry.attempts):
-            made[entry.window] = made.get(entry.window, 0) + 1
-    return made
-
 
 
 def build(api_key: str, api_base: str | None) -> Stripe:
