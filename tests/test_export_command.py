@@ -33,14 +33,16 @@ def test_a_missing_api_key_is_a_configuration_error_naming_the_variable(
 def test_only_closed_periods_are_exported(monkeypatch, capsys):
     monkeypatch.setenv("STRIPE_API_KEY", "sk_test_x")
     code = cli.main(["export", "--to", "stripe", "--period-start", "2026-11-01T00:00:00Z",
-                     "--period-end", "2999-01-01T00:00:00Z", "--bigquery_project", "tallyflow-test"])
+                     "--period-end", "2999-01-01T00:00:00Z",
+                     "--bigquery_project", "tallyflow-test"])
     assert code == 2 and "closed" in capsys.readouterr().err
 
 
 def test_period_bounds_are_whole_seconds(monkeypatch, capsys):
     monkeypatch.setenv("STRIPE_API_KEY", "sk_test_x")
     code = cli.main(["export", "--to", "stripe", "--period-start", "2026-11-01T00:00:00.5Z",
-                     "--period-end", "2026-11-02T00:00:00Z", "--bigquery_project", "tallyflow-test"])
+                     "--period-end", "2026-11-02T00:00:00Z",
+                     "--bigquery_project", "tallyflow-test"])
     assert code == 2 and "whole seconds" in capsys.readouterr().err
 
 

@@ -126,10 +126,13 @@ def test_a_window_older_than_35_days_fails_without_a_call(server):
     assert not any(path.startswith("/v1/billing/meter_events") for _, path, _ in server.calls)
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(first=st.lists(st.decimals(min_value=0, max_value=50, places=3), min_size=1, max_size=8),
-       changes=st.dictionaries(st.integers(0, 7), st.decimals(min_value=0, max_value=50, places=3),
-                               max_size=4))
+small = st.decimals(min_value=0, max_value=50, places=3)
+
+
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(first=st.lists(small, min_size=1, max_size=8),
+       changes=st.dictionaries(st.integers(0, 7), small, max_size=4))
 def test_any_restatement_ends_with_the_exact_total_rounded_once(server, first, changes):
     mapping, ledger = customers(server, "acme"), MemoryLedger()
     values = {("acme", hour, "{}"): str(v) for hour, v in enumerate(first)}

@@ -24,7 +24,7 @@ from decimal import Decimal
 from tallyflow.export.engine import (Context, SdkProvider, Sent, generations, holdings,
                                      request_entry)
 from tallyflow.export.keys import export_key
-from tallyflow.export.ledger import FAILED, Entry
+from tallyflow.export.ledger import FAILED, PENDING, Entry
 from tallyflow.export.quantise import quantise, round_once
 from tallyflow.export.retry import Failure, retry_after_seconds
 from tallyflow.export.usage import UsageRow
@@ -96,7 +96,7 @@ class Stripe(SdkProvider):
             return []
         exact = about.value if isinstance(about, UsageRow) else Decimal(0)
 
-        def event(quantity: int, status: str = "pending", reason: str | None = None) -> Entry:
+        def event(quantity: int, status: str = PENDING, reason: str | None = None) -> Entry:
             customer = context.mapping.customer(about.subject)
             event_name = context.mapping.meter(about.meter)
             key = export_key(NAME, "event", about.subject, about.meter, about.dimensions,
@@ -124,7 +124,6 @@ class Stripe(SdkProvider):
                       f"Stripe holds {have} and the window now needs {wanted.quantity}; its "
                       f"events are over 24 hours old and cannot be cancelled: issue a credit "
                       f"note for {have - wanted.quantity} units")]
-
 
     def expected_total(self, exact: Decimal) -> Decimal:
         return Decimal(round_once(exact))

@@ -185,7 +185,8 @@ class OrbServer(ProviderServer):
         return Reply(200, backfill)
 
     def total(self, customer: str, event_name: str, start: float, end: float):
-        """What Orb sums (`SUM(CAST(value AS DECIMAL))`) for a customer and event in [start, end)."""
+        """What Orb sums (`SUM(CAST(value AS DECIMAL))`) for a customer and event name in
+        [start, end)."""
         from decimal import Decimal
 
         return sum((Decimal(e["properties"]["value"]) for e in self.events.values()
