@@ -5,6 +5,10 @@ runs (Flex Templates use FLEX_TEMPLATE_PYTHON_SETUP_FILE with this file).
 """
 from setuptools import find_packages, setup
 
+# `tallyflow export` and `reconcile --provider`: the billing providers' official SDKs
+# (docs/export.md); the tests run them against local servers, so `test` includes them.
+EXPORT = ["stripe>=16.1,<17", "orb-billing>=4.90,<5", "lago-python-client>=1.55,<2"]
+
 setup(
     name="tallyflow",
     version="0.1.0",
@@ -31,7 +35,8 @@ setup(
             "cloudevents>=1.9",
             # tests/test_architecture.py installs tallyflow with pip, without build isolation
             "wheel",
-        ],
+        ] + EXPORT,
+        "export": EXPORT,
         # profiling the benchmarks (BENCHMARKS.md): py-spy record -- python ...
         "bench": ["py-spy>=0.4"],
         # mutation score of the bill-deciding modules: benchmarks/mutation.py, docs/testing.md

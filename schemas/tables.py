@@ -412,9 +412,84 @@ USAGE_ALERTS = Table(
     clustering=("subject", "meter"),
 )
 
+EXPORTS = Table(
+    name="exports",
+    description="The billing-provider export ledger (docs/export.md), append-only: one row "
+                "per request state (pending before the call, then sent or failed) of each "
+                "thing sent to Stripe, Orb or Lago. The latest row of an idempotency key is "
+                "its state; a rerun sends only what the ledger does not already hold.",
+    columns=(
+        Column("provider", "STRING", "stripe, orb or lago.", "REQUIRED"),
+        Column("object_type", "STRING", "What was sent: meter_event, meter_event_adjustment, "
+                                        "event or backfill.", "REQUIRED"),
+        Column("idempotency_key", "STRING", "Deterministic key of the request (Stripe "
+                                            "identifier, Orb idempotency_key, Lago "
+                                            "transaction_id, or a backfill's key).", "REQUIRED"),
+        Column("provider_object", "STRING", "The provider's id of what it created."),
+        Column("supersedes", "STRING", "Key this request cancels or replaces (corrections)."),
+        Column("subject", "STRING", "tallyflow customer id.", "REQUIRED"),
+        Column("customer", "STRING", "The provider's customer (or subscription) id.",
+               "REQUIRED"),
+        Column("meter", "STRING", "tallyflow meter key.", "REQUIRED"),
+        Column("provider_meter", "STRING", "The provider's meter event name or code.",
+               "REQUIRED"),
+        Column("dimensions", "STRING", "Dimensions as a JSON object with sorted keys.",
+               "REQUIRED"),
+        Column("window_start", "TIMESTAMP", "Window start (a backfill: its timeframe start).",
+               "REQUIRED"),
+        Column("window_end", "TIMESTAMP", "Window end, exclusive.", "REQUIRED"),
+        Column("period_start", "TIMESTAMP", "Start of the exported period.", "REQUIRED"),
+        Column("period_end", "TIMESTAMP", "End (exclusive) of the exported period.", "REQUIRED"),
+        Column("revision", "INT64", "Revision of the usage row (NULL: a streaming pane)."),
+        Column("exact_value", "NUMERIC", "tallyflow's exact window value this request brings "
+                                         "the provider to."),
+        Column("quantity", "NUMERIC", "The value sent: Stripe whole units, Orb the exact "
+                                      "value, Lago the exact change.", "REQUIRED"),
+        Column("remainder", "NUMERIC", "Stripe: exact running total minus whole units sent, "
+                                       "carried to the next window of the customer x meter."),
+        Column("request", "STRING", "The request body as JSON (resent verbatim after a crash).",
+               "REQUIRED"),
+        Column("requested_at", "TIMESTAMP", "When the request was (first) made.", "REQUIRED"),
+        Column("response", "STRING", "The provider's response or error (trimmed)."),
+        Column("status", "STRING", "pending, sent, failed or cancelled.", "REQUIRED"),
+        Column("attempts", "INT64", "HTTP attempts made (retries of 429/5xx included)."),
+        Column("run_id", "STRING", "The export run.", "REQUIRED"),
+        Column("recorded_at", "TIMESTAMP", "When this state was recorded.", "REQUIRED"),
+    ),
+    partition_field="window_start",
+    clustering=("provider", "subject"),
+)
+
+EXPORT_RECONCILIATION = Table(
+    name="export_reconciliation",
+    description="A billing provider's totals vs tallyflow's, per subject x meter of an "
+                "exported period (`tallyflow reconcile --provider`).",
+    columns=(
+        Column("provider", "STRING", "stripe, orb or lago.", "REQUIRED"),
+        Column("subject", "STRING", "tallyflow customer id.", "REQUIRED"),
+        Column("customer", "STRING", "The provider's customer id."),
+        Column("meter", "STRING", "tallyflow meter key.", "REQUIRED"),
+        Column("period_start", "TIMESTAMP", "Start of the period.", "REQUIRED"),
+        Column("period_end", "TIMESTAMP", "End (exclusive) of the period.", "REQUIRED"),
+        Column("usage_value", "NUMERIC", "Exact total of the `usage` view."),
+        Column("expected_value", "NUMERIC", "What the provider should hold (Stripe: the exact "
+                                            "total rounded once)."),
+        Column("ledger_value", "NUMERIC", "What the ledger says the provider holds."),
+        Column("provider_value", "NUMERIC", "What the provider reports."),
+        Column("difference", "NUMERIC", "provider_value - expected_value."),
+        Column("status", "STRING", "MATCH or DIFFERENT.", "REQUIRED"),
+        Column("reason", "STRING", "Which sides differ."),
+        Column("run_id", "STRING", "The reconcile run.", "REQUIRED"),
+        Column("reconciled_at", "TIMESTAMP", "When it ran.", "REQUIRED"),
+    ),
+    partition_field="period_start",
+    clustering=("provider", "status"),
+)
+
 TABLES: tuple[Table, ...] = (EVENTS, USAGE_PANES, USAGE_RECOMPUTED, RECOMPUTE_RUNS, DEAD_LETTER,
                              LATE_EVENTS, DUPLICATE_EVENTS, RECONCILIATION, INVOICE_LINES,
-                             INVOICES, FAILED_WRITES, USAGE_ALERTS)
+                             INVOICES, FAILED_WRITES, USAGE_ALERTS, EXPORTS,
+                             EXPORT_RECONCILIATION)
 
 # Which committed recompute run `r` is current for a row `u`: none committed later
 # (equal commit times: the greater run id) covers its window. One rule, used by the

@@ -25,9 +25,12 @@ COMMANDS = {
     "template": ("tallyflow.template", "Build the Dataflow Flex Templates offline."),
     "explain": ("tallyflow.reports.explain",
                 "Explain a usage number: its events, duplicates, revisions."),
-    "statement": ("tallyflow.reports.statement", "A customer's usage statement (terminal and HTML)."),
+    "statement": ("tallyflow.reports.statement",
+                  "A customer's usage statement (terminal and HTML)."),
     "settle-alerts": ("tallyflow.reports.alerts",
                       "Record `cleared` for usage alerts the final usage did not reach."),
+    "export": ("tallyflow.export.command",
+               "Send a closed period's usage to Stripe, Orb or Lago, exactly once."),
 }
 
 

@@ -140,11 +140,19 @@ def _parser() -> argparse.ArgumentParser:
                         help="Start of the period (RFC 3339, inclusive).")
     parser.add_argument("--period-end", "--period_end", dest="period_end", required=True,
                         help="End of the period (RFC 3339, exclusive).")
+    parser.add_argument("--provider", choices=("stripe", "orb", "lago"),
+                        help="Reconcile a billing provider with usage and the exports ledger "
+                             "instead (`tallyflow reconcile --provider stripe --help`).")
     add_table_arguments(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a == "--provider" or a.startswith("--provider=") for a in argv):
+        from tallyflow.export import reconcile as provider_reconcile
+
+        return provider_reconcile.main(argv)
     args = _parser().parse_args(argv)
     return run_command("tallyflow reconcile", lambda: _reconcile_and_report(args))
 

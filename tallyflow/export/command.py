@@ -1,0 +1,148 @@
+"""`tallyflow export --to stripe|orb|lago`: a closed period's exact usage, sent to a
+billing provider exactly once (docs/export.md).
+
+It reads the `usage` view for the period, compares it with the `exports`
+ledger and sends only what the provider does not hold yet: new windows,
+restated windows (as the provider's correction), and requests a crashed run
+left pending (resent under the same idempotency key). Credentials come from
+the environment (STRIPE_API_KEY, ORB_API_KEY, LAGO_API_KEY) or from a Secret
+Manager secret version (--api-key-secret), never from a flag value. Exit 1
+when some request was rejected (see `exports` for the row and the reason).
+
+A command and not a Beam pipeline: the work is bounded by the providers'
+rate limits (Stripe: about 1,000 calls/s), not by compute; one process with
+a few concurrent series saturates them.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import time
+import uuid
+
+from pipelines.options import add_table_arguments
+from pipelines.policy import DIFFERENCE, SUCCESS, run_command
+from schemas.values import format_time, parse_rfc3339
+from tallyflow.export.mapping import PROVIDERS, load_mapping
+from transforms.bigquery import BigQueryTarget
+
+# provider -> module with NAME, API_KEY_ENV, DEFAULT_API_BASE and build(api_key, api_base)
+MODULES = {name: f"tallyflow.export.{name}" for name in PROVIDERS}
+
+
+def provider_module(name: str):
+    return importlib.import_module(MODULES[name])
+
+
+def api_key(module, secret: str | None) -> str:
+    """The provider's API key: a Secret Manager secret version, else its environment
+    variable. Never a flag value, never printed."""
+    if secret:
+        from google.cloud import secretmanager
+
+        version = secretmanager.SecretManagerServiceClient().access_secret_version(name=secret)
+        return version.payload.data.decode().strip()
+    key = os.environ.get(module.API_KEY_ENV)
+    if not key:
+        raise ValueError(f"set {module.API_KEY_ENV} (or --api-key-secret) to the "
+                         f"{module.NAME} API key")
+    return key
+
+
+def add_provider_arguments(parser, option: str) -> None:
+    """The options `export` and `reconcile --provider` share."""
+    parser.add_argument(option, dest="provider", required=True, choices=PROVIDERS,
+                        help="The billing provider.")
+    parser.add_argument("--period-start", "--period_start", dest="period_start", required=True,
+                        help="Start of the closed period (RFC 3339, inclusive).")
+    parser.add_argument("--period-end", "--period_end", dest="period_end", required=True,
+                        help="End of the closed period (RFC 3339, exclusive; in the past).")
+    parser.add_argument("--mapping", help="YAML file mapping subjects and meters to the "
+                                          "provider's customers and meters "
+                                          "(tallyflow.export.mapping); default: same names.")
+    parser.add_argument("--api-base", "--api_base", dest="api_base",
+                        help="The provider's API base URL (default: its public API).")
+    parser.add_argument("--api-key-secret", "--api_key_secret", dest="api_key_secret",
+                        help="Secret Manager secret version holding the API key "
+                             "(projects/P/secrets/S/versions/V); default: the environment.")
+    add_table_arguments(parser)
+
+
+def period(args) -> tuple[int, int]:
+    start, end = parse_rfc3339(args.period_start), parse_rfc3339(args.period_end)
+    if start % 1_000_000_000 or end % 1_000_000_000:
+        raise ValueError("the period's bounds must be whole seconds (providers take seconds)")
+    if end <= start:
+        raise ValueError("--period-end must be after --period-start")
+    if end > time.time_ns():
+        raise ValueError(f"the period ends {format_time(end)}, in the future: only closed "
+                         f"periods are exported")
+    return start, end
+
+
+def target(args) -> BigQueryTarget:
+    if not args.project:
+        raise ValueError("--bigquery_project (or GOOGLE_CLOUD_PROJECT) is required")
+    return BigQueryTarget(args.project, args.dataset, args.endpoint or None)
+
+
+def run_id(kind: str) -> str:
+    return f"{kind}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:6]}"
+
+
+def prepare(args, kind: str):
+    """-> (provider, BigQuery target, run context) from the shared options, checked
+    before anything is read or sent."""
+    from tallyflow.export.engine import Context
+
+    start, end = period(args)
+    module = provider_module(args.provider)
+    provider = module.build(api_key(module, args.api_key_secret), args.api_base)
+    context = Context(run_id(kind), time.time_ns(), start, end,
+                      load_mapping(args.mapping, args.provider))
+    return provider, target(args), context
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tallyflow export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_provider_arguments(parser, "--to")
+    parser.add_argument("--concurrency", type=int, default=8,
+                        help="Customer x meter series sent in parallel (each in order).")
+    parser.add_argument("--calls-per-second", "--calls_per_second", dest="calls_per_second",
+                        type=float, default=100.0,
+                        help="Most provider calls started per second (Stripe live mode "
+                             "allows about 1,000).")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    return run_command("tallyflow export", lambda: _export(args))
+
+
+def _export(args) -> int:
+    from tallyflow.export.engine import export
+    from tallyflow.export.ledger import BigQueryLedger
+    from tallyflow.export.retry import RetryPolicy
+    from tallyflow.export.usage import read_usage
+
+    provider, where, context = prepare(args, "export")
+    start, end = context.period_start, context.period_end
+    rows = read_usage(where, start, end)
+    print(f"export {context.run_id} to {args.provider}: {format_time(start)} .. "
+          f"{format_time(end)}, {len(rows)} usage rows", flush=True)
+    report = export(provider, rows, BigQueryLedger(where), context, RetryPolicy(),
+                    args.concurrency, args.calls_per_second,
+                    progress=lambda text: print(f"  {text}", flush=True))
+    for status, count in sorted(report.counts.items()):
+        print(f"  {status:<8} {count}")
+    if not report.clean:
+        print("  some requests failed: see the exports table (status failed) for each reason")
+    return SUCCESS if report.clean else DIFFERENCE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
