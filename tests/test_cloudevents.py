@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from decimal import Decimal
 
 import apache_beam as beam
@@ -29,6 +29,7 @@ from schemas.catalog import CatalogError, parse_catalog
 from schemas.events import MAX_DEPTH, Limits, Payload, Rejection, UsageEvent, parse_payload
 from schemas.values import parse_rfc3339
 from tallyflow.local.publish import Outgoing
+from tallyflow.local.synthetic import INVALID, SyntheticConfig, generate
 from tallyflow.reports import explain
 from tallyflow.local.publish import main as publish_main
 from transforms.batch_usage import ComputeUsage
@@ -455,3 +456,21 @@ def test_publish_binary_refuses_synthetic_batches():
     with pytest.raises(SystemExit) as exit_:
         publish_main(["--synthetic", "--binary", "--batch-size", "2"])
     assert exit_.value.code == 2
+
+
+def test_a_synthetic_stream_sent_in_binary_mode_keeps_its_labels_true(example_catalog):
+    config = SyntheticConfig(seed=23, customers=5, events=600, rate=50, invalid_fraction=0.2,
+                             duplicate_fraction=0.1)
+    checked = Counter()
+    for position, message in enumerate(generate(config)):
+        [outgoing] = Outgoing.of(message.data, message.emitted_ns).in_binary_mode()
+        [label] = message.labels
+        [result] = parse_payload(outgoing.data, str(position), (position,), example_catalog,
+                                 Limits(now_ns=message.emitted_ns), None, outgoing.attributes)
+        if label.kind == INVALID:
+            assert isinstance(result, Rejection) and result.error_code == label.reason, label
+        else:
+            assert isinstance(result, UsageEvent) and (result.source, result.id) == \
+                label.identity
+        checked[outgoing.attributes.get("ce-specversion") is not None] += 1
+    assert checked[True] > 400  # binary mode was exercised (malformed lines go as they are)
