@@ -269,9 +269,13 @@ def binary_message(data: bytes = b'{"tokens": 1, "model": "m", "user": "u"}', **
     (binary_message(b"\xff\xfe"), "INVALID_UNICODE"),
     (binary_message(b"[" * 70 + b"]" * 70), "TOO_DEEP"),
     (binary_message(**{"ce-data": "{}"}), "INVALID_ATTRIBUTE"),
-    (binary_message(**{"ce-Region": "eu"}), "INVALID_ATTRIBUTE"),
+    (binary_message(**{"ce-re_gion": "eu"}), "INVALID_ATTRIBUTE"),
     (binary_message(**{"ce-": "x"}), "INVALID_ATTRIBUTE"),
-    (binary_message(**{"ce-datacontenttype": "application/json"}), "INVALID_ATTRIBUTE"),
+    (binary_message(**{"ce-Region": "us"}), "INVALID_ATTRIBUTE"),  # ce-region is "eu"
+    (binary_message(**{"Content-Type": "application/xml",
+                       "content-type": "application/json"}), "INVALID_ATTRIBUTE"),
+    (binary_message(**{"ce-datacontenttype": "text/plain",
+                       "content-type": "application/json"}), "INVALID_ATTRIBUTE"),
     (binary_message(**{"ce-region": "r" * 1025}), "INVALID_ATTRIBUTE"),
     (binary_message(**{"ce-region": "\ud800"}), "INVALID_UNICODE"),
     (binary_message(**{"ce-id": "\ud800"}), "INVALID_UNICODE"),
@@ -308,6 +312,24 @@ def nested(depth: int):
     for _ in range(depth):
         value = [value]
     return value
+
+
+def test_binary_attribute_names_are_case_insensitive_and_datacontenttype_may_be_ce_():
+    """The binding: "Attribute names are case-insensitive"; its example carries the
+    content type as ce-datacontenttype."""
+    headers, data = to_binary(SAMPLE[3])
+    spelled = {("CE-" + k[3:].upper() if k.startswith("ce-") else k): v
+               for k, v in headers.items()}
+    for attributes in (spelled, {**spelled, "Content-Type": "application/json"},
+                       {**headers, "ce-datacontenttype": "application/json; charset=utf-8"},
+                       {**headers, "ce-datacontenttype": "application/json",
+                        "content-type": "application/json"}):
+        [accepted] = parsed(Payload("b", (), data, NOW, attributes))
+        assert billed(accepted) == billed(parsed(structured(SAMPLE[3], "s"))[0]), attributes
+    [structured_too] = parsed(Payload("s", (), to_structured(SAMPLE[3])[1], NOW,
+                                      {"Content-Type": "application/cloudevents+json",
+                                       "ce-specversion": "1.0"}))
+    assert billed(structured_too) == billed(accepted)
 
 
 def test_a_binary_event_without_data_is_accepted_where_no_meter_needs_a_value():
