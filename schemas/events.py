@@ -219,11 +219,12 @@ def content_mode(attributes: dict | None) -> str:
     attributes for subscription filters without changing what its data means."""
     if not attributes:
         return STRUCTURED
-    content_type = attributes.get("content-type")
+    names = {key.lower(): value for key, value in attributes.items() if isinstance(key, str)}
+    content_type = names.get("content-type")
     if isinstance(content_type, str) and _media_type(content_type).startswith(
             "application/cloudevents"):
         return STRUCTURED if is_json_content_type(content_type) else UNSUPPORTED
-    return BINARY if CE_PREFIX + "specversion" in attributes else STRUCTURED
+    return BINARY if CE_PREFIX + "specversion" in names else STRUCTURED
 
 
 def is_json_content_type(content_type) -> bool:
@@ -264,7 +265,7 @@ def _binary_event(payload: bytes, text: str, position: str, order: tuple,
         if problem:
             problems.append((problem[0], f"data: {problem[1]}"))
         else:
-            obj["data"], data_text = document, text.strip()
+            obj["data"], data_text = document, text.strip(" \t\r\n")  # JSON whitespace
     raw = _structured_text(obj, data_text)
     result = parse_event(obj, position, order, context, raw, problems)
     return _as_received(result, payload, text) if isinstance(result, Rejection) else result
@@ -277,20 +278,24 @@ def _binary_attributes(attributes: dict, problems: list) -> dict:
     own), not part of the event."""
     found = {}
     for key, value in attributes.items():
-        if key == "content-type":
+        if not isinstance(key, str):
+            continue
+        lowered = key.lower()  # the binding's attribute names are case-insensitive
+        if lowered == "content-type":
             name = "datacontenttype"
-        elif isinstance(key, str) and key.startswith(CE_PREFIX):
-            name = key[len(CE_PREFIX):]
+        elif lowered.startswith(CE_PREFIX):
+            name = lowered[len(CE_PREFIX):]
             if not ATTRIBUTE_NAME.match(name) or name in NOT_ATTRIBUTES:
                 problems.append(("INVALID_ATTRIBUTE", f"Pub/Sub attribute {clip(key)!r} is not "
-                                 "a CloudEvents attribute (ce- and 1 to 64 lowercase letters "
-                                 "and digits, not ce-data)"))
-                continue
-            if name == "datacontenttype":
-                problems.append(("INVALID_ATTRIBUTE", "binary mode carries datacontenttype in "
-                                 "the content-type attribute, not ce-datacontenttype"))
+                                 "a CloudEvents attribute (ce- and 1 to 64 letters and digits, "
+                                 "not ce-data)"))
                 continue
         else:
+            continue
+        if name in found and found[name] != value:
+            problems.append(("INVALID_ATTRIBUTE", f"attribute {name} is given twice, with "
+                             "different values (names are case-insensitive; content-type is "
+                             "datacontenttype)"))
             continue
         if isinstance(value, str) and _LONE_SURROGATE.search(value):
             problems.append(("INVALID_UNICODE", f"attribute {name} holds a lone UTF-16 "

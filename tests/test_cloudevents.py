@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from decimal import Decimal
 
 import apache_beam as beam
@@ -29,6 +29,7 @@ from schemas.catalog import CatalogError, parse_catalog
 from schemas.events import MAX_DEPTH, Limits, Payload, Rejection, UsageEvent, parse_payload
 from schemas.values import parse_rfc3339
 from tallyflow.local.publish import Outgoing
+from tallyflow.local.synthetic import INVALID, SyntheticConfig, generate
 from tallyflow.reports import explain
 from tallyflow.local.publish import main as publish_main
 from transforms.batch_usage import ComputeUsage
@@ -268,9 +269,13 @@ def binary_message(data: bytes = b'{"tokens": 1, "model": "m", "user": "u"}', **
     (binary_message(b"\xff\xfe"), "INVALID_UNICODE"),
     (binary_message(b"[" * 70 + b"]" * 70), "TOO_DEEP"),
     (binary_message(**{"ce-data": "{}"}), "INVALID_ATTRIBUTE"),
-    (binary_message(**{"ce-Region": "eu"}), "INVALID_ATTRIBUTE"),
+    (binary_message(**{"ce-re_gion": "eu"}), "INVALID_ATTRIBUTE"),
     (binary_message(**{"ce-": "x"}), "INVALID_ATTRIBUTE"),
-    (binary_message(**{"ce-datacontenttype": "application/json"}), "INVALID_ATTRIBUTE"),
+    (binary_message(**{"ce-Region": "us"}), "INVALID_ATTRIBUTE"),  # ce-region is "eu"
+    (binary_message(**{"Content-Type": "application/xml",
+                       "content-type": "application/json"}), "INVALID_ATTRIBUTE"),
+    (binary_message(**{"ce-datacontenttype": "text/plain",
+                       "content-type": "application/json"}), "INVALID_ATTRIBUTE"),
     (binary_message(**{"ce-region": "r" * 1025}), "INVALID_ATTRIBUTE"),
     (binary_message(**{"ce-region": "\ud800"}), "INVALID_UNICODE"),
     (binary_message(**{"ce-id": "\ud800"}), "INVALID_UNICODE"),
@@ -307,6 +312,24 @@ def nested(depth: int):
     for _ in range(depth):
         value = [value]
     return value
+
+
+def test_binary_attribute_names_are_case_insensitive_and_datacontenttype_may_be_ce_():
+    """The binding: "Attribute names are case-insensitive"; its example carries the
+    content type as ce-datacontenttype."""
+    headers, data = to_binary(SAMPLE[3])
+    spelled = {("CE-" + k[3:].upper() if k.startswith("ce-") else k): v
+               for k, v in headers.items()}
+    for attributes in (spelled, {**spelled, "Content-Type": "application/json"},
+                       {**headers, "ce-datacontenttype": "application/json; charset=utf-8"},
+                       {**headers, "ce-datacontenttype": "application/json",
+                        "content-type": "application/json"}):
+        [accepted] = parsed(Payload("b", (), data, NOW, attributes))
+        assert billed(accepted) == billed(parsed(structured(SAMPLE[3], "s"))[0]), attributes
+    [structured_too] = parsed(Payload("s", (), to_structured(SAMPLE[3])[1], NOW,
+                                      {"Content-Type": "application/cloudevents+json",
+                                       "ce-specversion": "1.0"}))
+    assert billed(structured_too) == billed(accepted)
 
 
 def test_a_binary_event_without_data_is_accepted_where_no_meter_needs_a_value():
@@ -455,3 +478,21 @@ def test_publish_binary_refuses_synthetic_batches():
     with pytest.raises(SystemExit) as exit_:
         publish_main(["--synthetic", "--binary", "--batch-size", "2"])
     assert exit_.value.code == 2
+
+
+def test_a_synthetic_stream_sent_in_binary_mode_keeps_its_labels_true(example_catalog):
+    config = SyntheticConfig(seed=23, customers=5, events=600, rate=50, invalid_fraction=0.2,
+                             duplicate_fraction=0.1)
+    checked = Counter()
+    for position, message in enumerate(generate(config)):
+        [outgoing] = Outgoing.of(message.data, message.emitted_ns).in_binary_mode()
+        [label] = message.labels
+        [result] = parse_payload(outgoing.data, str(position), (position,), example_catalog,
+                                 Limits(now_ns=message.emitted_ns), None, outgoing.attributes)
+        if label.kind == INVALID:
+            assert isinstance(result, Rejection) and result.error_code == label.reason, label
+        else:
+            assert isinstance(result, UsageEvent) and (result.source, result.id) == \
+                label.identity
+        checked[outgoing.attributes.get("ce-specversion") is not None] += 1
+    assert checked[True] > 400  # binary mode was exercised (malformed lines go as they are)
