@@ -11,7 +11,8 @@ from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOp
 from pipelines.policy import name_option
 from schemas import names
 from schemas.catalog import CatalogError, MeterCatalog, parse_catalog_text
-from transforms.bigquery import BigQueryTarget
+from schemas.values import parse_rfc3339
+from transforms.bigquery_target import BigQueryTarget
 from transforms.storage_read import STORAGE_EMULATOR_ENV
 
 
@@ -104,6 +105,21 @@ def own_and_shared_arguments(options_class, parser) -> None:
 def is_dataflow(options) -> bool:
     """Whether the job runs on Dataflow, where a launcher must not wait for it."""
     return "dataflow" in (options.view_as(StandardOptions).runner or "").lower()
+
+
+def table_target(args) -> BigQueryTarget:
+    """The dataset named by the arguments of `add_table_arguments`."""
+    if not args.project:
+        raise ValueError("--bigquery_project (or GOOGLE_CLOUD_PROJECT) is required")
+    return BigQueryTarget(args.project, args.dataset, args.endpoint or None)
+
+
+def parse_period(start: str, end: str) -> tuple[int, int]:
+    """A period [start, end) in ns from its RFC 3339 arguments; start must be before end."""
+    start_ns, end_ns = parse_rfc3339(start), parse_rfc3339(end)
+    if start_ns >= end_ns:
+        raise ValueError("--period-start must be before --period-end")
+    return start_ns, end_ns
 
 
 def bigquery_target(options) -> BigQueryTarget:

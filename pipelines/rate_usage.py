@@ -28,12 +28,14 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.options import (UsageOptions, bigquery_target, is_dataflow, load_catalog_anywhere,
-                              print_help, read_config_text)
+                              parse_period, print_help, read_config_text)
 from pipelines.policy import quiet_beam, run_command
 from schemas.pricing import PriceBook, PriceBookError, parse_price_book_text
-from schemas.tables import INVOICE_LINES, INVOICES, USAGE_VIEW
-from schemas.values import format_time, parse_rfc3339, printable
+from schemas import sql
+from schemas.tables import INVOICE_LINES, INVOICES
+from schemas.values import printable
 from transforms.bigquery import WriteRows
+from transforms.bigquery_target import period_parameters
 from transforms.files import WriteSortedLines
 from transforms.outcomes import WriteJson
 from transforms.storage_read import ReadQueryStreams, arrow_rows
@@ -67,10 +69,7 @@ def check_arguments(options: RateOptions) -> tuple[int, int]:
     for name in ("prices", "period_start", "period_end"):
         if not getattr(options, name):
             raise ValueError(f"--{name} is required")
-    start, end = parse_rfc3339(options.period_start), parse_rfc3339(options.period_end)
-    if start >= end:
-        raise ValueError("--period-start must be before --period-end")
-    return start, end
+    return parse_period(options.period_start, options.period_end)
 
 
 def load_price_book_anywhere(path: str) -> PriceBook:
@@ -81,23 +80,14 @@ def build(pipeline: beam.Pipeline, options: RateOptions, book: PriceBook, run: R
           output_dir: str | None):
     """Composes the rating on `pipeline`; returns the summary PCollection."""
     target = bigquery_target(options)
-    period = [("period_start", "TIMESTAMP", format_time(run.period_start_ns)),
-              ("period_end", "TIMESTAMP", format_time(run.period_end_ns))]
+    period = period_parameters(run.period_start_ns, run.period_end_ns)
     usage = (pipeline
-             | "ReadUsage" >> ReadQueryStreams(
-                 target,
-                 f"SELECT subject, meter, dimensions, UNIX_MICROS(window_start) AS start_us, "
-                 f"value, value_bignumeric, event_count "
-                 f"FROM `{target.table_id(USAGE_VIEW.name)}` "
-                 f"WHERE window_start >= @period_start AND window_start < @period_end", period)
+             | "ReadUsage" >> ReadQueryStreams(target, target.sql(sql.PERIOD_USAGE), period)
              | "UsageRows" >> beam.FlatMap(arrow_rows))
     if run.previous_revision:
         previous = (pipeline
                     | "ReadPreviousLines" >> ReadQueryStreams(
-                        target,
-                        f"SELECT * FROM `{target.table_id(INVOICE_LINES)}` "
-                        f"WHERE period_start = @period_start AND period_end = @period_end "
-                        f"AND revision = @revision AND line_type = 'charge'",
+                        target, target.sql(sql.PREVIOUS_CHARGE_LINES),
                         period + [("revision", "INT64", run.previous_revision)])
                     | "PreviousLineRows" >> beam.FlatMap(arrow_rows))
     else:

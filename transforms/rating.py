@@ -17,9 +17,10 @@ from decimal import Decimal
 import apache_beam as beam
 
 from schemas.pricing import Line, PriceBook, UsageWindow, adjustments, exact_sum, rate_subject
+from schemas import sql
 from schemas.tables import INVOICE_LINES, INVOICES, Table
 from schemas.values import EXACT, format_decimal, format_time
-from transforms.bigquery import BigQueryTarget
+from transforms.bigquery_target import BigQueryTarget, period_parameters, query
 from transforms.restate import CommitAfterWrites
 from transforms.rows import row_id, timestamp
 
@@ -222,13 +223,8 @@ class SummarizeRating(beam.PTransform):
 
 def latest_revision(client, target: BigQueryTarget, start_ns: int, end_ns: int) -> int:
     """The period's latest committed revision (0: never rated)."""
-    from google.cloud import bigquery
-
-    rows = client.query(
-        f"SELECT COALESCE(MAX(revision), 0) AS revision FROM `{target.table_id(INVOICES)}` "
-        f"WHERE period_start = @period_start AND period_end = @period_end",
-        job_config=bigquery.QueryJobConfig(query_parameters=_period(start_ns, end_ns))).result()
-    return list(rows)[0]["revision"]
+    return query(client, target.sql(sql.LATEST_RATING),
+                 period_parameters(start_ns, end_ns))[0]["revision"]
 
 
 def create_staging(client, target: BigQueryTarget, run: RatingRun) -> None:
@@ -249,11 +245,10 @@ def commit_rating(client, target: BigQueryTarget, run: RatingRun) -> None:
         drop_staging(client, target, run)
         raise RuntimeError(f"revision {latest} of the period was committed while {run.run_id} "
                            f"ran against revision {run.previous_revision}: rate again")
-    statements = "\n".join(
-        f"INSERT INTO `{target.table_id(table)}` ({', '.join(table.column_names())})\n"
-        f"SELECT {', '.join(table.column_names())} FROM `{target.table_id(run.staging(table))}`;"
-        for table in (INVOICE_LINES, INVOICES))
-    client.query(f"BEGIN TRANSACTION;\n{statements}\nCOMMIT TRANSACTION;").result()
+    copies = {key: target.sql(sql.COPY_STAGED, table=table, staging=run.staging(table),
+                              columns=", ".join(table.column_names()))
+              for key, table in (("copy_lines", INVOICE_LINES), ("copy_invoices", INVOICES))}
+    query(client, target.sql(sql.COMMIT_RATING, **copies))
     drop_staging(client, target, run)
 
 
@@ -278,9 +273,3 @@ class CommitRating(CommitAfterWrites):
     def __init__(self, target: BigQueryTarget, run: RatingRun):
         super().__init__(_Commit(target, run))
 
-
-def _period(start_ns: int, end_ns: int) -> list:
-    from google.cloud import bigquery
-
-    return [bigquery.ScalarQueryParameter("period_start", "TIMESTAMP", format_time(start_ns)),
-            bigquery.ScalarQueryParameter("period_end", "TIMESTAMP", format_time(end_ns))]

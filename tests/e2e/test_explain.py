@@ -28,10 +28,12 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from tallyflow.reports.explain import LINEAGE_SQL, Dataset, explain, ns_of
 from schemas import aggregation
 from schemas.events import Limits, UsageEvent, parse_payload
+from schemas.sql import LINEAGE as LINEAGE_SQL
 from schemas.values import format_decimal, format_time, parse_rfc3339
+from tallyflow.reports.data import Dataset, ns_of
+from tallyflow.reports.explain import explain
 from tests.conftest import EXAMPLE_METERS, ROOT
 from tests.messy import generate
 from tests.reference import expected_usage, readings
