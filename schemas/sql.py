@@ -166,9 +166,22 @@ PREVIOUS_CHARGE_LINES = ("SELECT * FROM {invoice_lines} "
                          "AND revision = @revision AND line_type = 'charge'")
 LATEST_RATING = ("SELECT COALESCE(MAX(revision), 0) AS revision FROM {invoices} "
                  "WHERE period_start = @period_start AND period_end = @period_end")
-# {copy_lines} and {copy_invoices}: INSERT ... SELECT from the run's staging tables.
+# The rating's commit: {copy_lines}, then {copy_invoices} (COPY_STAGED of each), in one
+# transaction. Both read `invoices` as it was before it: they insert nothing unless
+# the period's latest revision is still the one the run read.
 COMMIT_RATING = "BEGIN TRANSACTION;\n{copy_lines}\n{copy_invoices}\nCOMMIT TRANSACTION;"
-COPY_STAGED = "INSERT INTO {table} ({columns})\nSELECT {columns} FROM {staging};"
+COPY_STAGED = f"""INSERT INTO {{table}} ({{columns}})
+SELECT {{copied}} FROM {{staging}} s CROSS JOIN ({LATEST_RATING}) latest
+WHERE latest.revision = @previous_revision;"""
+# The runs holding a revision of the period (after a commit: whether two took the same).
+RATING_HOLDERS = ("SELECT DISTINCT run_id FROM {invoices} WHERE period_start = @period_start "
+                  "AND period_end = @period_end AND revision = @revision")
+WITHDRAW_RATING = """
+BEGIN TRANSACTION;
+DELETE FROM {invoice_lines} WHERE run_id = @run_id;
+DELETE FROM {invoices} WHERE run_id = @run_id;
+COMMIT TRANSACTION;
+"""
 
 # ---------------------------------------------------------------- explain and statement
 

@@ -110,6 +110,16 @@ def query(client, sql: str, params=()) -> list[dict]:
             .result()]
 
 
+def exists(client, target: BigQueryTarget, table: Table) -> bool:
+    from google.api_core.exceptions import NotFound
+
+    try:
+        client.get_table(target.table_id(table))
+    except NotFound:
+        return False
+    return True
+
+
 def timestamp(name: str, ns: int) -> tuple:
     """A TIMESTAMP parameter; BigQuery keeps microseconds, so the nanoseconds are cut."""
     return name, "TIMESTAMP", format_time(ns - ns % 1000)

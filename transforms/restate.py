@@ -21,7 +21,8 @@ from schemas import sql
 from schemas.tables import EVENTS, USAGE_RECOMPUTED, Table
 from schemas.values import format_time
 from transforms.bigquery import Written, total_written
-from transforms.bigquery_target import BigQueryTarget, period_parameters, query, timestamp
+from transforms.bigquery_target import (BigQueryTarget, exists, period_parameters, query,
+                                        timestamp)
 from transforms.rows import checked_usage, usage_value_columns
 from transforms.storage_read import ReadTableStreams
 
@@ -149,31 +150,34 @@ def commit_run(client, target: BigQueryTarget, run: RecomputeRun, summary: dict)
             if revision is None:
                 raise RuntimeError(f"the commit of run {run.run_id} did not land")
         holders = {r["run_id"] for r in query(client, target.sql(sql.SAME_REVISION_RUNS), mine)}
-        rivals = holders - {run.run_id}
-        if not rivals:
+        step = settle(run.run_id, holders,
+                      lambda run_id: exists(client, target, staging_table_of(run_id)))
+        if step == FINAL:
             client.delete_table(target.table_id(run.staging_table), not_found_ok=True)
             return revision
-        if not _staged(client, target, run.run_id):  # final already: a rival takes itself back
-            return revision
-        if min(holders) == run.run_id and all(_staged(client, target, r) for r in rivals):
-            time.sleep(random.uniform(0.2, 0.5))  # the first by run id waits for the others
-            continue
-        withdraw()
+        if step == WITHDRAW:
+            withdraw()
         time.sleep(random.uniform(0.2, 0.5))
     withdraw()
     raise ConcurrentCommit(f"run {run.run_id}: concurrent recomputes of the period kept "
                            f"taking the same revision ({COMMIT_ATTEMPTS} attempts); run again")
 
 
-def _staged(client, target: BigQueryTarget, run_id: str) -> bool:
-    """Whether the run still has its staging table: it is not final yet."""
-    from google.api_core.exceptions import NotFound
+FINAL, WAIT, WITHDRAW = "final", "wait", "withdraw"
 
-    try:
-        client.get_table(target.table_id(staging_table_of(run_id)))
-    except NotFound:
-        return False
-    return True
+
+def settle(me: str, holders: set[str], staged) -> str:
+    """What a run that committed a revision does once it sees every run of the period
+    holding that revision (`holders`, itself included); `staged(run_id)`: whether that run
+    still has its staging table, i.e. is not final yet. Alone, or final already (a rival
+    takes itself back): FINAL. The first holder by run id WAITs while no rival is final;
+    any other run takes itself back (WITHDRAW). A run never takes back another run."""
+    rivals = holders - {me}
+    if not rivals or not staged(me):
+        return FINAL
+    if min(holders) == me and all(staged(r) for r in rivals):
+        return WAIT
+    return WITHDRAW
 
 
 def committed_revision(client, target: BigQueryTarget, run_id: str) -> int | None:
