@@ -1,8 +1,9 @@
 """The BigQuery tables and views of SPEC §4, defined once.
 
 Every other representation derives from these definitions: the
-`google-cloud-bigquery` tables the local stack creates and the Beam
-`WriteToBigQuery` schemas; the view's SQL is `schemas.sql.USAGE`. Usage
+`google-cloud-bigquery` tables the local stack creates, the DDL that creates
+them on BigQuery (docs/deploy.md) and the Beam `WriteToBigQuery` schemas; the
+view's SQL is `schemas.sql.USAGE`. Usage
 values are NUMERIC (29 integer and 9 fraction digits, exact); meters declared
 `precision: BIGNUMERIC` write `value_bignumeric` instead, so no value ever
 passes through a float or a narrower decimal.
@@ -27,6 +28,10 @@ class Column:
 
         return bigquery.SchemaField(self.name, self.type, mode=self.mode,
                                     description=self.description)
+
+    def ddl(self) -> str:
+        not_null = " NOT NULL" if self.mode == "REQUIRED" else ""
+        return f"  `{self.name}` {self.type}{not_null} OPTIONS(description={_sql_string(self.description)})"
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,17 @@ class Table:
             table.clustering_fields = list(self.clustering)
         return table
 
+    def ddl(self, project: str, dataset: str) -> str:
+        columns = ",\n".join(c.ddl() for c in self.columns)
+        parts = [f"CREATE TABLE IF NOT EXISTS {names.table_reference(project, dataset, self.name)} "
+                 f"(\n{columns}\n)"]
+        if self.partition_field:
+            parts.append(f"PARTITION BY DATE(`{self.partition_field}`)")
+        if self.clustering:
+            parts.append("CLUSTER BY " + ", ".join(f"`{c}`" for c in self.clustering))
+        parts.append(f"OPTIONS(description={_sql_string(self.description)})")
+        return "\n".join(parts)
+
 
 @dataclass(frozen=True)
 class View:
@@ -75,6 +91,14 @@ class View:
         return self.sql.format(**{t.name: names.table_reference(project, dataset, t.name)
                                   for t in TABLES})
 
+    def ddl(self, project: str, dataset: str) -> str:
+        return (f"CREATE OR REPLACE VIEW {names.table_reference(project, dataset, self.name)} "
+                f"OPTIONS(description={_sql_string(self.description)}) AS\n"
+                + self.query(project, dataset))
+
+
+def _sql_string(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _usage_key_columns() -> tuple[Column, ...]:
