@@ -114,6 +114,14 @@ def table_target(args) -> BigQueryTarget:
     return BigQueryTarget(args.project, args.dataset, args.endpoint or None)
 
 
+def add_period_arguments(parser) -> None:
+    """--period-start and --period-end, for commands that take a period (`parse_period`)."""
+    parser.add_argument("--period-start", "--period_start", dest="period_start", required=True,
+                        help="Start of the period (RFC 3339, inclusive).")
+    parser.add_argument("--period-end", "--period_end", dest="period_end", required=True,
+                        help="End of the period (RFC 3339, exclusive).")
+
+
 def parse_period(start: str, end: str) -> tuple[int, int]:
     """A period [start, end) in ns from its RFC 3339 arguments; start must be before end."""
     start_ns, end_ns = parse_rfc3339(start), parse_rfc3339(end)

@@ -16,7 +16,8 @@ import sys
 import time
 import uuid
 
-from pipelines.options import add_table_arguments, parse_period, table_target
+from pipelines.options import (add_period_arguments, add_table_arguments, parse_period,
+                               table_target)
 from pipelines.policy import DIFFERENCE, SUCCESS, run_command
 from schemas import sql
 from schemas.values import format_time, printable
@@ -63,10 +64,7 @@ def differences(client, target: BigQueryTarget, run_id: str, limit: int = 20) ->
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tallyflow reconcile", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--period-start", "--period_start", dest="period_start", required=True,
-                        help="Start of the period (RFC 3339, inclusive).")
-    parser.add_argument("--period-end", "--period_end", dest="period_end", required=True,
-                        help="End of the period (RFC 3339, exclusive).")
+    add_period_arguments(parser)
     add_table_arguments(parser)
     return parser
 

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
-from pipelines.options import parse_period
+from pipelines.options import add_period_arguments, parse_period
 from pipelines.policy import run_command
 from schemas.catalog import Meter, MeterCatalog
 from schemas.pricing import MINOR_UNITS
@@ -556,10 +556,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tallyflow statement", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--subject", required=True, help="The customer (CloudEvents subject).")
-    parser.add_argument("--period-start", "--period_start", dest="period_start", required=True,
-                        help="Start of the period (RFC 3339, inclusive).")
-    parser.add_argument("--period-end", "--period_end", dest="period_end", required=True,
-                        help="End of the period (RFC 3339, exclusive).")
+    add_period_arguments(parser)
     parser.add_argument("--since",
                         help="When the previous statement was produced (RFC 3339): corrections "
                              "are what recomputes committed after it changed. Default: "
