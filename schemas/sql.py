@@ -35,6 +35,7 @@ def usage_parts(as_of: str | None = None, scope: str | None = None, prefix: str 
     of each window's current run), as the tables stood at the timestamp `as_of`
     (None: now); `scope` filters the usage rows; without `runs`, no run counts (the
     usage as the stream alone had it)."""
+    scoped = f"({scope})\n    AND " if scope else ""
     return f"""{prefix}latest_pane AS (
   SELECT subject, meter, dimensions, window_start, window_end, value, value_bignumeric,
          event_count, fingerprint, 'stream' AS origin, CAST(NULL AS INT64) AS revision,
@@ -54,7 +55,8 @@ def usage_parts(as_of: str | None = None, scope: str | None = None, prefix: str 
          r.revision AS revision, r.committed_at AS as_of
   FROM {{usage_recomputed}} u
   JOIN {prefix}runs r ON u.run_id = r.run_id
-  WHERE {"(" + scope + ") AND " if scope else ""}NOT EXISTS (SELECT 1 FROM {prefix}runs newer WHERE {NEWER_RUN_COVERS})
+  WHERE {scoped}NOT EXISTS (
+    SELECT 1 FROM {prefix}runs newer WHERE {NEWER_RUN_COVERS})
 )"""
 
 

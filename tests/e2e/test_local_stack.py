@@ -105,8 +105,6 @@ def test_every_table_has_the_schema_partitioning_and_clustering_of_schemas(local
 def test_the_ddl_of_the_deploy_guide_creates_the_same_tables(local_stack, bq_client):
     """docs/deploy.md creates BigQuery's tables with the DDL of `schemas/tables.py`: run
     as documented, into a dataset of its own, it must create what `up` creates."""
-    import re
-
     guide = (ROOT / "docs" / "deploy.md").read_text()
     program = re.search(r'python -c "(.*?)" \\\n', guide, re.S).group(1)
     project, dataset = local_stack.project, "ddl_test"
