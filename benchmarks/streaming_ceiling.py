@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 sys.path.insert(0, str(ROOT))
 
-from tallyflow.local.stack import bigquery_client, down, up  # noqa: E402
+from tallyflow.local.stack import down, up  # noqa: E402
+from transforms.bigquery_target import BigQueryTarget  # noqa: E402
 from streaming import Stack, follow, messages  # noqa: E402
 
 
@@ -62,7 +63,8 @@ class InsertPerBundle(beam.DoFn):
         self._endpoint, self._project, self._table = endpoint, project, table
 
     def setup(self):
-        self._client = bigquery_client(self._endpoint, self._project)
+        self._client = BigQueryTarget(self._project, self._table.split(".")[1],
+                                      self._endpoint).client()
 
     def start_bundle(self):
         self._rows = []

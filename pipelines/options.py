@@ -12,7 +12,8 @@ from schemas import names
 from schemas.catalog import CatalogError, MeterCatalog, parse_catalog_text
 from schemas.limits import LimitBook, LimitsError, parse_limits_text
 from schemas.pricing import PriceBook, PriceBookError, parse_price_book_text
-from transforms.bigquery import BigQueryTarget
+from schemas.values import parse_rfc3339
+from transforms.bigquery_target import BigQueryTarget
 from transforms.storage_read import STORAGE_EMULATOR_ENV
 
 
@@ -113,6 +114,29 @@ def own_and_shared_arguments(options_class, parser) -> None:
     for cls in reversed(options_class.mro()):
         if cls is not PipelineOptions and "_add_argparse_args" in vars(cls):
             cls._add_argparse_args(parser)
+
+
+def table_target(args) -> BigQueryTarget:
+    """The dataset named by the arguments of `add_table_arguments`."""
+    if not args.project:
+        raise ValueError("--bigquery_project (or GOOGLE_CLOUD_PROJECT) is required")
+    return BigQueryTarget(args.project, args.dataset, args.endpoint or None)
+
+
+def add_period_arguments(parser) -> None:
+    """--period-start and --period-end, for commands that take a period (`parse_period`)."""
+    parser.add_argument("--period-start", "--period_start", dest="period_start", required=True,
+                        help="Start of the period (RFC 3339, inclusive).")
+    parser.add_argument("--period-end", "--period_end", dest="period_end", required=True,
+                        help="End of the period (RFC 3339, exclusive).")
+
+
+def parse_period(start: str, end: str) -> tuple[int, int]:
+    """A period [start, end) in ns from its RFC 3339 arguments; start must be before end."""
+    start_ns, end_ns = parse_rfc3339(start), parse_rfc3339(end)
+    if start_ns >= end_ns:
+        raise ValueError("--period-start must be before --period-end")
+    return start_ns, end_ns
 
 
 def bigquery_target(options) -> BigQueryTarget:

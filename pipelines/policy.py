@@ -112,9 +112,11 @@ def classify(error: BaseException, usage_errors=()) -> tuple[int, str]:
 
 def _runtime(error: BaseException, where: str) -> tuple[int, str]:
     from transforms.files import UnreadableInput
+    from transforms.rating import StaleRating
     from transforms.restate import ConcurrentCommit, IncompleteWrite
 
-    if isinstance(error, (UnreadableInput, CommandFailed, ConcurrentCommit, IncompleteWrite)):
+    if isinstance(error, (UnreadableInput, CommandFailed, ConcurrentCommit, IncompleteWrite,
+                          StaleRating)):
         return RUNTIME_FAILURE, first_line(error)
     if _service_error(error):
         service, call = _service_call(error)

@@ -27,13 +27,15 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines.options import (UsageOptions, add_price_book, bigquery_target,
-                               load_catalog_anywhere, load_price_book_anywhere, print_help)
+                               load_catalog_anywhere, load_price_book_anywhere, parse_period,
+                               print_help)
 from pipelines.policy import quiet_beam, run_command
-from schemas import names
+from schemas import names, sql
 from schemas.pricing import PriceBook
-from schemas.tables import INVOICE_LINES, INVOICES, USAGE_VIEW
-from schemas.values import format_time, parse_rfc3339, printable
+from schemas.tables import INVOICE_LINES, INVOICES
+from schemas.values import printable
 from transforms.bigquery import WriteRows
+from transforms.bigquery_target import period_parameters
 from transforms.files import WriteSortedLines
 from transforms.outcomes import WriteJson
 from transforms.storage_read import ReadQueryStreams, arrow_rows
@@ -68,33 +70,21 @@ def check_arguments(options: RateOptions) -> tuple[int, int]:
     for name in ("prices", "period_start", "period_end"):
         if not getattr(options, name):
             raise ValueError(f"--{name} is required")
-    start, end = parse_rfc3339(options.period_start), parse_rfc3339(options.period_end)
-    if start >= end:
-        raise ValueError("--period-start must be before --period-end")
-    return start, end
+    return parse_period(options.period_start, options.period_end)
 
 
 def build(pipeline: beam.Pipeline, options: RateOptions, book: PriceBook, run: RatingRun,
           output_dir: str | None):
     """Composes the rating on `pipeline`; returns the summary PCollection."""
     target = bigquery_target(options)
-    period = [("period_start", "TIMESTAMP", format_time(run.period_start_ns)),
-              ("period_end", "TIMESTAMP", format_time(run.period_end_ns))]
+    period = period_parameters(run.period_start_ns, run.period_end_ns)
     usage = (pipeline
-             | "ReadUsage" >> ReadQueryStreams(
-                 target,
-                 f"SELECT subject, meter, dimensions, UNIX_MICROS(window_start) AS start_us, "
-                 f"value, value_bignumeric, event_count "
-                 f"FROM `{target.table_id(USAGE_VIEW.name)}` "
-                 f"WHERE window_start >= @period_start AND window_start < @period_end", period)
+             | "ReadUsage" >> ReadQueryStreams(target, target.sql(sql.PERIOD_USAGE), period)
              | "UsageRows" >> beam.FlatMap(arrow_rows))
     if run.previous_revision:
         previous = (pipeline
                     | "ReadPreviousLines" >> ReadQueryStreams(
-                        target,
-                        f"SELECT * FROM `{target.table_id(INVOICE_LINES)}` "
-                        f"WHERE period_start = @period_start AND period_end = @period_end "
-                        f"AND revision = @revision AND line_type = 'charge'",
+                        target, target.sql(sql.PREVIOUS_CHARGE_LINES),
                         period + [("revision", "INT64", run.previous_revision)])
                     | "PreviousLineRows" >> beam.FlatMap(arrow_rows))
     else:

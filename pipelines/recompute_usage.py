@@ -37,15 +37,16 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines.options import (UsageOptions, bigquery_target, load_catalog_anywhere,
-                               print_help)
+                               parse_period, print_help)
 from pipelines.policy import DIFFERENCE, SUCCESS, CommandFailed, quiet_beam, run_command
-from schemas import names
+from schemas import names, sql
 from schemas.events import Limits
-from schemas.tables import DEAD_LETTER, LATE_EVENTS, RECOMPUTE_RUNS
-from schemas.values import format_time, parse_duration, parse_rfc3339, parse_window
+from schemas.tables import DEAD_LETTER
+from schemas.values import format_time, parse_duration, parse_window
 from transforms import rows
 from transforms.batch_usage import ComputeUsage
 from transforms.bigquery import WriteRows
+from transforms.bigquery_target import query
 from transforms.files import (PublishResults, ReadPayloadBatches, WriteSortedLines,
                               discard_staging, remove_results, staging_dir)
 from transforms.outcomes import SummarizeCounts, WriteJson, dead_letter_line, usage_line
@@ -112,9 +113,7 @@ def period_bounds(options: RecomputeOptions, window_ns: int) -> tuple[int | None
         raise ValueError("--period-start and --period-end go together")
     if options.period_start is None:
         return None, None
-    start, end = parse_rfc3339(options.period_start), parse_rfc3339(options.period_end)
-    if start >= end:
-        raise ValueError("--period-start must be before --period-end")
+    start, end = parse_period(options.period_start, options.period_end)
     for name, bound in (("--period-start", start), ("--period-end", end)):
         if bound % window_ns:
             raise ValueError(f"{name} must align to the {options.window} window")
@@ -172,12 +171,7 @@ def build(pipeline: beam.Pipeline, options: RecomputeOptions, limits: Limits,
 
 def dirty_periods(client, target, window_ns: int) -> list[tuple[int, int]]:
     """Runs of consecutive windows with too-late events no later recompute has covered."""
-    sql = (f"SELECT DISTINCT UNIX_MICROS(window_start) AS start_us "
-           f"FROM `{target.table_id(LATE_EVENTS)}` l WHERE NOT EXISTS ("
-           f"SELECT 1 FROM `{target.table_id(RECOMPUTE_RUNS)}` r "
-           f"WHERE r.period_start <= l.window_start AND l.window_start < r.period_end "
-           f"AND r.committed_at > l.ingest_time) ORDER BY start_us")
-    starts = [row["start_us"] * 1000 for row in client.query(sql).result()]
+    starts = [row["start_us"] * 1000 for row in query(client, target.sql(sql.DIRTY_WINDOWS))]
     periods: list[list[int]] = []
     for start in starts:
         if periods and periods[-1][1] == start:
@@ -244,13 +238,7 @@ def run_files(options: PipelineOptions, recompute: RecomputeOptions, limits: Lim
 
 
 def committed_summary(client, target, run_id: str) -> dict:
-    from google.cloud import bigquery
-
-    found = list(client.query(
-        f"SELECT revision, summary FROM `{target.table_id(RECOMPUTE_RUNS)}` "
-        f"WHERE run_id = @run_id",
-        job_config=bigquery.QueryJobConfig(query_parameters=[
-            bigquery.ScalarQueryParameter("run_id", "STRING", run_id)])).result())
+    found = query(client, target.sql(sql.COMMITTED_RUN), [("run_id", "STRING", run_id)])
     if not found:
         raise CommandFailed(f"run {run_id} finished but did not commit")
     return {**json.loads(found[0]["summary"]), "run_id": run_id,

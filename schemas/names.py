@@ -59,6 +59,11 @@ def bigquery_table(text) -> str:
     return text
 
 
+def table_reference(project: str, dataset: str, table: str) -> str:
+    """A table as SQL names it: `project.dataset.table`, every part checked first."""
+    return f"`{bigquery_project(project)}.{bigquery_dataset(dataset)}.{bigquery_table(table)}`"
+
+
 def pubsub_subscription(text) -> str:
     return _checked("Pub/Sub subscription", text, SUBSCRIPTION,
                     "projects/PROJECT/subscriptions/NAME, NAME 3-255 characters "

@@ -1,8 +1,9 @@
 """The BigQuery tables and views of SPEC §4, defined once.
 
 Every other representation derives from these definitions: the
-`google-cloud-bigquery` schemas the local stack creates tables with, the DDL,
-the Beam `WriteToBigQuery` schemas and the table reference in the docs. Usage
+`google-cloud-bigquery` tables the local stack creates, the DDL that creates
+them on BigQuery (docs/deploy.md) and the Beam `WriteToBigQuery` schemas; the
+view's SQL is `schemas.sql.USAGE`. Usage
 values are NUMERIC (29 integer and 9 fraction digits, exact); meters declared
 `precision: BIGNUMERIC` write `value_bignumeric` instead, so no value ever
 passes through a float or a narrower decimal.
@@ -10,6 +11,9 @@ passes through a float or a narrower decimal.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+
+from schemas import names
+from schemas.sql import USAGE as USAGE_SQL
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,8 @@ class Table:
 
     def ddl(self, project: str, dataset: str) -> str:
         columns = ",\n".join(c.ddl() for c in self.columns)
-        parts = [f"CREATE TABLE IF NOT EXISTS `{project}.{dataset}.{self.name}` (\n{columns}\n)"]
+        parts = [f"CREATE TABLE IF NOT EXISTS {names.table_reference(project, dataset, self.name)} "
+                 f"(\n{columns}\n)"]
         if self.partition_field:
             parts.append(f"PARTITION BY DATE(`{self.partition_field}`)")
         if self.clustering:
@@ -75,33 +80,21 @@ class Table:
         parts.append(f"OPTIONS(description={_sql_string(self.description)})")
         return "\n".join(parts)
 
-    def markdown(self) -> str:
-        lines = [f"### `{self.name}`", "", self.description, ""]
-        if self.partition_field:
-            lines.append(f"Partitioned by day of `{self.partition_field}`.")
-        if self.clustering:
-            lines.append("Clustered by " + ", ".join(f"`{c}`" for c in self.clustering) + ".")
-        lines += ["", "| column | type | mode | description |", "|---|---|---|---|"]
-        lines += [f"| `{c.name}` | {c.type} | {c.mode} | {c.description} |" for c in self.columns]
-        return "\n".join(lines) + "\n"
-
 
 @dataclass(frozen=True)
 class View:
     name: str
     description: str
-    sql: str  # uses {project} and {dataset}
+    sql: str  # names the tables it reads `{table}`, as schemas.sql does
 
     def query(self, project: str, dataset: str) -> str:
-        return self.sql.format(project=project, dataset=dataset)
+        return self.sql.format(**{t.name: names.table_reference(project, dataset, t.name)
+                                  for t in TABLES})
 
     def ddl(self, project: str, dataset: str) -> str:
-        return (f"CREATE OR REPLACE VIEW `{project}.{dataset}.{self.name}` "
+        return (f"CREATE OR REPLACE VIEW {names.table_reference(project, dataset, self.name)} "
                 f"OPTIONS(description={_sql_string(self.description)}) AS\n"
                 + self.query(project, dataset))
-
-    def markdown(self) -> str:
-        return f"### `{self.name}` (view)\n\n{self.description}\n\n```sql\n{self.sql.strip()}\n```\n"
 
 
 def _sql_string(text: str) -> str:
@@ -491,47 +484,12 @@ TABLES: tuple[Table, ...] = (EVENTS, USAGE_PANES, USAGE_RECOMPUTED, RECOMPUTE_RU
                              INVOICES, FAILED_WRITES, USAGE_ALERTS, EXPORTS,
                              EXPORT_RECONCILIATION)
 
-# Which committed recompute run `r` is current for a row `u`: none committed later
-# (equal commit times: the greater run id) covers its window. One rule, used by the
-# `usage` view and by reconcile.
-NEWER_RUN_COVERS = """newer.period_start <= u.window_start AND u.window_start < newer.period_end
-      AND (newer.committed_at > r.committed_at
-           OR (newer.committed_at = r.committed_at AND newer.run_id > r.run_id))"""
-
 USAGE_VIEW = View(
     name="usage",
     description="Exact current usage per subject x meter x dimensions x window: for a window "
                 "some committed recompute covers, the rows of the latest such run; otherwise "
                 "the latest streaming pane.",
-    sql="""
-WITH latest_pane AS (
-  SELECT subject, meter, dimensions, window_start, window_end, value, value_bignumeric,
-         event_count, fingerprint, 'stream' AS origin, CAST(NULL AS INT64) AS revision,
-         emitted_at AS as_of
-  FROM `{project}.{dataset}.usage_panes`
-  QUALIFY ROW_NUMBER() OVER (
-    PARTITION BY subject, meter, dimensions, window_start
-    ORDER BY emitted_at DESC, pane_index DESC) = 1
-),
-runs AS (
-  SELECT run_id, revision, period_start, period_end, committed_at
-  FROM `{project}.{dataset}.recompute_runs`
-),
-recomputed AS (
-  SELECT u.subject, u.meter, u.dimensions, u.window_start, u.window_end, u.value,
-         u.value_bignumeric, u.event_count, u.fingerprint, 'recompute' AS origin,
-         r.revision AS revision, r.committed_at AS as_of
-  FROM `{project}.{dataset}.usage_recomputed` u
-  JOIN runs r ON u.run_id = r.run_id
-  WHERE NOT EXISTS (SELECT 1 FROM runs newer WHERE """ + NEWER_RUN_COVERS + """)
-)
-SELECT * FROM recomputed
-UNION ALL
-SELECT * FROM latest_pane p
-WHERE NOT EXISTS (
-  SELECT 1 FROM runs r
-  WHERE r.period_start <= p.window_start AND p.window_start < r.period_end)
-""",
+    sql=USAGE_SQL,
 )
 
 VIEWS: tuple[View, ...] = (USAGE_VIEW,)

@@ -15,15 +15,14 @@ import random
 import re
 import time
 import typing
-from dataclasses import dataclass
 
 import apache_beam as beam
 from apache_beam.io.gcp.bigquery_tools import RetryStrategy
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
-from schemas import names
 from schemas.tables import FAILED_WRITES, Table
+from transforms.bigquery_target import BigQueryTarget, query_config
 from transforms.rows import UnwritableRow, failed_write_rows
 from transforms.rows import row_id as content_id
 
@@ -45,46 +44,6 @@ FAILED = "failed"
 class ExpansionServiceUnavailable(RuntimeError):
     """A Beam cross-language write (STORAGE_WRITE_API) cannot be built: no Java
     expansion service (its jar is downloaded from Maven on first use)."""
-
-
-@dataclass(frozen=True)
-class BigQueryTarget:
-    """Where tables live: a project and dataset, on BigQuery or an emulator endpoint."""
-
-    project: str
-    dataset: str
-    endpoint: str | None = None  # e.g. http://127.0.0.1:9050 for the emulator
-    retry_seconds: float = 120.0
-    storage_endpoint: str | None = None  # the emulator's Storage API gRPC host:port
-
-    def __post_init__(self):
-        """Names go into SQL between backticks: only names BigQuery itself allows."""
-        names.bigquery_project(self.project)
-        names.bigquery_dataset(self.dataset)
-
-    def table_id(self, table: Table | str) -> str:
-        name = table if isinstance(table, str) else table.name
-        return f"{self.project}.{self.dataset}.{names.bigquery_table(name)}"
-
-    def client(self):
-        from google.cloud import bigquery
-
-        if not self.endpoint:
-            return bigquery.Client(project=self.project)
-        from google.api_core.client_options import ClientOptions
-        from google.auth.credentials import AnonymousCredentials
-
-        return bigquery.Client(project=self.project, credentials=AnonymousCredentials(),
-                               client_options=ClientOptions(api_endpoint=self.endpoint))
-
-    def read_client(self):
-        """A Storage Read API client for this target (`transforms.storage_read`)."""
-        from transforms.storage_read import read_client
-
-        if self.endpoint and not self.storage_endpoint:
-            raise ValueError("an emulator endpoint needs its Storage API gRPC address too: "
-                             "--bigquery_storage_endpoint (or BIGQUERY_STORAGE_EMULATOR_HOST)")
-        return read_client(self.storage_endpoint)
 
 
 class Written(typing.NamedTuple):
@@ -413,14 +372,6 @@ class WriteRows(beam.PTransform):
                 f"({jar.group(0) if jar else 'from Maven'}) could not be fetched: stage "
                 f"it in ~/.apache_beam/cache/jars/ (Java on PATH), or use "
                 f"STREAMING_INSERTS or {CLIENT_METHOD}") from error
-
-
-def query_config(params):
-    """A query's job configuration from (name, type, value) parameters."""
-    from google.cloud import bigquery
-
-    return bigquery.QueryJobConfig(query_parameters=[
-        bigquery.ScalarQueryParameter(name, kind, value) for name, kind, value in params])
 
 
 class _RunQuery(beam.DoFn):

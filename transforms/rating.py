@@ -10,6 +10,8 @@ transaction, after its staged rows are written, as a recompute does.
 from __future__ import annotations
 
 import json
+import random
+import time
 from collections import Counter
 from dataclasses import dataclass
 from decimal import Decimal
@@ -17,10 +19,11 @@ from decimal import Decimal
 import apache_beam as beam
 
 from schemas.pricing import Line, PriceBook, UsageWindow, adjustments, exact_sum, rate_subject
+from schemas import sql
 from schemas.tables import INVOICE_LINES, INVOICES, Table
 from schemas.values import EXACT, format_decimal, format_time
-from transforms.bigquery import BigQueryTarget
-from transforms.restate import CommitAfterWrites
+from transforms.bigquery_target import BigQueryTarget, exists, period_parameters, query
+from transforms.restate import FINAL, WITHDRAW, CommitAfterWrites, settle
 from transforms.rows import row_id, timestamp
 
 NS_PER_US = 1000
@@ -39,8 +42,9 @@ class RatingRun:
     def previous_revision(self) -> int:
         return self.revision - 1
 
-    def staging(self, table: Table) -> Table:
-        return table.renamed(f"{table.name}__staging_{self.run_id.replace('-', '_')}")
+    def staging(self, table: Table, run_id: str | None = None) -> Table:
+        """This run's (or another rating run's) staging table of `table`."""
+        return table.renamed(f"{table.name}__staging_{(run_id or self.run_id).replace('-', '_')}")
 
     def common(self) -> dict:
         return {"period_start": format_time(self.period_start_ns),
@@ -222,13 +226,8 @@ class SummarizeRating(beam.PTransform):
 
 def latest_revision(client, target: BigQueryTarget, start_ns: int, end_ns: int) -> int:
     """The period's latest committed revision (0: never rated)."""
-    from google.cloud import bigquery
-
-    rows = client.query(
-        f"SELECT COALESCE(MAX(revision), 0) AS revision FROM `{target.table_id(INVOICES)}` "
-        f"WHERE period_start = @period_start AND period_end = @period_end",
-        job_config=bigquery.QueryJobConfig(query_parameters=_period(start_ns, end_ns))).result()
-    return list(rows)[0]["revision"]
+    return query(client, target.sql(sql.LATEST_RATING),
+                 period_parameters(start_ns, end_ns))[0]["revision"]
 
 
 def create_staging(client, target: BigQueryTarget, run: RatingRun) -> None:
@@ -241,20 +240,48 @@ def drop_staging(client, target: BigQueryTarget, run: RatingRun) -> None:
         client.delete_table(target.table_id(run.staging(table)), not_found_ok=True)
 
 
+class StaleRating(RuntimeError):
+    """Another rating of the period committed a revision while this one ran: its
+    adjustments are relative to a revision that is no longer the latest."""
+
+
+COMMIT_ATTEMPTS = 40
+
+
 def commit_rating(client, target: BigQueryTarget, run: RatingRun) -> None:
-    """Appends the staged lines and invoices in one transaction, unless another run
-    committed a revision of the period since this one read the previous revision."""
-    latest = latest_revision(client, target, run.period_start_ns, run.period_end_ns)
-    if latest != run.previous_revision:
-        drop_staging(client, target, run)
-        raise RuntimeError(f"revision {latest} of the period was committed while {run.run_id} "
-                           f"ran against revision {run.previous_revision}: rate again")
-    statements = "\n".join(
-        f"INSERT INTO `{target.table_id(table)}` ({', '.join(table.column_names())})\n"
-        f"SELECT {', '.join(table.column_names())} FROM `{target.table_id(run.staging(table))}`;"
-        for table in (INVOICE_LINES, INVOICES))
-    client.query(f"BEGIN TRANSACTION;\n{statements}\nCOMMIT TRANSACTION;").result()
+    """Appends the staged lines and invoices in one transaction, which inserts nothing
+    unless the period's latest revision is still the one this run read (StaleRating).
+
+    Two ratings that read the same revision can still both commit (appends do not
+    conflict, on BigQuery or the emulator), so each checks after its commit which
+    runs hold its revision and settles as a recompute does (`restate.settle`): the
+    one that must give way takes its rows back and is stale. Idempotent: a retried
+    commit of a committed run inserts nothing and finds itself committed.
+    """
+    params = period_parameters(run.period_start_ns, run.period_end_ns) + [
+        ("run_id", "STRING", run.run_id), ("revision", "INT64", run.revision),
+        ("previous_revision", "INT64", run.previous_revision)]
+    copies = {key: target.sql(sql.COPY_STAGED, table=table, staging=run.staging(table),
+                              columns=", ".join(table.column_names()),
+                              copied=", ".join(f"s.{c}" for c in table.column_names()))
+              for key, table in (("copy_lines", INVOICE_LINES), ("copy_invoices", INVOICES))}
+    query(client, target.sql(sql.COMMIT_RATING, **copies), params)
+    for _ in range(COMMIT_ATTEMPTS):
+        holders = {r["run_id"] for r in query(client, target.sql(sql.RATING_HOLDERS), params)}
+        step = (settle(run.run_id, holders, lambda run_id: exists(
+                    client, target, run.staging(INVOICES, run_id)))
+                if run.run_id in holders else WITHDRAW)
+        if step == FINAL:
+            drop_staging(client, target, run)
+            return
+        if step == WITHDRAW:
+            break
+        time.sleep(random.uniform(0.2, 0.5))  # the first by run id waits for the others
+    query(client, target.sql(sql.WITHDRAW_RATING), params)
     drop_staging(client, target, run)
+    latest = latest_revision(client, target, run.period_start_ns, run.period_end_ns)
+    raise StaleRating(f"revision {latest} of the period was committed while {run.run_id} "
+                      f"ran against revision {run.previous_revision}: rate again")
 
 
 class _Commit(beam.DoFn):
@@ -278,9 +305,3 @@ class CommitRating(CommitAfterWrites):
     def __init__(self, target: BigQueryTarget, run: RatingRun):
         super().__init__(_Commit(target, run))
 
-
-def _period(start_ns: int, end_ns: int) -> list:
-    from google.cloud import bigquery
-
-    return [bigquery.ScalarQueryParameter("period_start", "TIMESTAMP", format_time(start_ns)),
-            bigquery.ScalarQueryParameter("period_end", "TIMESTAMP", format_time(end_ns))]

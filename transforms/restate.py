@@ -17,10 +17,13 @@ from dataclasses import dataclass
 
 import apache_beam as beam
 
+from schemas import sql
 from schemas.events import Payload
-from schemas.tables import EVENTS, RECOMPUTE_RUNS, USAGE_RECOMPUTED, Table
+from schemas.tables import EVENTS, USAGE_RECOMPUTED, Table
 from schemas.values import format_time
-from transforms.bigquery import BigQueryTarget, Written, query_config, total_written
+from transforms.bigquery import Written, total_written
+from transforms.bigquery_target import (BigQueryTarget, exists, period_parameters, query,
+                                        timestamp)
 from transforms.rows import checked_usage, usage_value_columns
 from transforms.storage_read import ReadTableStreams
 
@@ -106,42 +109,6 @@ def create_staging(client, target: BigQueryTarget, run: RecomputeRun) -> None:
     client.create_table(run.staging_table.bigquery_table(target.project, target.dataset))
 
 
-# The commit transaction. Every statement reads the same snapshot, so both take the
-# same next revision; both are no-ops when the run already committed (a retried
-# commit), and the staged rows are deduplicated by key (a staging batch re-inserted
-# after BigQuery's insert-id window is not counted twice).
-_COMMIT_SQL = """
-BEGIN TRANSACTION;
-INSERT INTO `{usage}` ({columns})
-SELECT {copied}
-FROM `{staging}` s
-CROSS JOIN ({next_revision}) n
-WHERE NOT EXISTS (SELECT 1 FROM `{runs}` WHERE run_id = @run_id)
-QUALIFY ROW_NUMBER() OVER (PARTITION BY s.subject, s.meter, s.dimensions, s.window_start
-                           ORDER BY s.fingerprint, s.event_count) = 1;
-INSERT INTO `{runs}` (run_id, revision, period_start, period_end, window_seconds, reason,
-                      started_at, committed_at, summary)
-SELECT @run_id, n.revision, @period_start, @period_end, @window_seconds, @reason, @started_at,
-       @committed_at, @summary
-FROM ({next_revision}) n
-WHERE NOT EXISTS (SELECT 1 FROM `{runs}` WHERE run_id = @run_id);
-COMMIT TRANSACTION;
-"""
-_NEXT_REVISION_SQL = ("SELECT COALESCE(MAX(revision), 0) + 1 AS revision FROM `{runs}` "
-                      "WHERE period_start = @period_start AND period_end = @period_end")
-# The runs of the period that hold the same revision as this one (itself included).
-_SAME_REVISION_SQL = """
-SELECT o.run_id FROM `{runs}` o JOIN `{runs}` mine
-  ON o.period_start = mine.period_start AND o.period_end = mine.period_end
-     AND o.revision = mine.revision
-WHERE mine.run_id = @run_id
-"""
-_WITHDRAW_SQL = """
-BEGIN TRANSACTION;
-DELETE FROM `{usage}` WHERE run_id = @run_id;
-DELETE FROM `{runs}` WHERE run_id = @run_id;
-COMMIT TRANSACTION;
-"""
 COMMIT_ATTEMPTS = 40
 # Columns of `usage_recomputed` the commit sets rather than copies from staging.
 _COMMITTED = {"revision": "n.revision", "recomputed_at": "@committed_at", "run_id": "@run_id"}
@@ -166,76 +133,69 @@ def commit_run(client, target: BigQueryTarget, run: RecomputeRun, summary: dict)
     pause = float(os.environ.get(PAUSE_BEFORE_COMMIT_ENV, "0") or 0)  # float-ok: seconds
     if pause:
         time.sleep(pause)
-    tables = {"runs": target.table_id(RECOMPUTE_RUNS), "usage": target.table_id(USAGE_RECOMPUTED)}
+    mine = [("run_id", "STRING", run.run_id)]
 
     def withdraw():
-        _query(client, _WITHDRAW_SQL.format(**tables), [("run_id", "STRING", run.run_id)])
+        query(client, target.sql(sql.WITHDRAW_RECOMPUTE), mine)
 
     for _ in range(COMMIT_ATTEMPTS):
         revision = committed_revision(client, target, run.run_id)
         if revision is None:
-            _query(client, _COMMIT_SQL.format(
-                **tables, staging=target.table_id(run.staging_table),
-                next_revision=_NEXT_REVISION_SQL.format(**tables),
+            query(client, target.sql(
+                sql.COMMIT_RECOMPUTE, staging=run.staging_table,
                 columns=", ".join(USAGE_RECOMPUTED.column_names()),
                 copied=", ".join(_COMMITTED.get(c, f"s.{c}")
                                  for c in USAGE_RECOMPUTED.column_names())),
-                   _commit_parameters(run, summary))
+                  _commit_parameters(run, summary))
             revision = committed_revision(client, target, run.run_id)
             if revision is None:
                 raise RuntimeError(f"the commit of run {run.run_id} did not land")
-        holders = {r["run_id"] for r in _query(client, _SAME_REVISION_SQL.format(**tables),
-                                               [("run_id", "STRING", run.run_id)])}
-        rivals = holders - {run.run_id}
-        if not rivals:
+        holders = {r["run_id"] for r in query(client, target.sql(sql.SAME_REVISION_RUNS), mine)}
+        step = settle(run.run_id, holders,
+                      lambda run_id: exists(client, target, staging_table_of(run_id)))
+        if step == FINAL:
             client.delete_table(target.table_id(run.staging_table), not_found_ok=True)
             return revision
-        if not _staged(client, target, run.run_id):  # final already: a rival takes itself back
-            return revision
-        if min(holders) == run.run_id and all(_staged(client, target, r) for r in rivals):
-            time.sleep(random.uniform(0.2, 0.5))  # the first by run id waits for the others
-            continue
-        withdraw()
+        if step == WITHDRAW:
+            withdraw()
         time.sleep(random.uniform(0.2, 0.5))
     withdraw()
     raise ConcurrentCommit(f"run {run.run_id}: concurrent recomputes of the period kept "
                            f"taking the same revision ({COMMIT_ATTEMPTS} attempts); run again")
 
 
-def _staged(client, target: BigQueryTarget, run_id: str) -> bool:
-    """Whether the run still has its staging table: it is not final yet."""
-    from google.api_core.exceptions import NotFound
+FINAL, WAIT, WITHDRAW = "final", "wait", "withdraw"
 
-    try:
-        client.get_table(target.table_id(staging_table_of(run_id)))
-    except NotFound:
-        return False
-    return True
+
+def settle(me: str, holders: set[str], staged) -> str:
+    """What a run that committed a revision does once it sees every run of the period
+    holding that revision (`holders`, itself included); `staged(run_id)`: whether that run
+    still has its staging table, i.e. is not final yet. Alone, or final already (a rival
+    takes itself back): FINAL. The first holder by run id WAITs while no rival is final;
+    any other run takes itself back (WITHDRAW). A run never takes back another run."""
+    rivals = holders - {me}
+    if not rivals or not staged(me):
+        return FINAL
+    if min(holders) == me and all(staged(r) for r in rivals):
+        return WAIT
+    return WITHDRAW
 
 
 def committed_revision(client, target: BigQueryTarget, run_id: str) -> int | None:
-    found = _query(client, f"SELECT revision FROM `{target.table_id(RECOMPUTE_RUNS)}` "
-                           f"WHERE run_id = @run_id", [("run_id", "STRING", run_id)])
+    found = query(client, target.sql(sql.COMMITTED_RUN), [("run_id", "STRING", run_id)])
     return found[0]["revision"] if found else None
 
 
 def _commit_parameters(run: RecomputeRun, summary: dict) -> list:
     committed_at = time.time_ns()
-    return [
-        ("period_start", "TIMESTAMP", format_time(run.period_start_ns)),
-        ("period_end", "TIMESTAMP", format_time(run.period_end_ns)),
+    return period_parameters(run.period_start_ns, run.period_end_ns) + [
         ("run_id", "STRING", run.run_id),
         ("window_seconds", "INT64", run.window_ns // 10 ** 9),
         ("reason", "STRING", run.reason),
-        ("started_at", "TIMESTAMP", format_time(run.started_ns - run.started_ns % 1000)),
-        ("committed_at", "TIMESTAMP", format_time(committed_at - committed_at % 1000)),
+        timestamp("started_at", run.started_ns),
+        timestamp("committed_at", committed_at),
         ("summary", "STRING", json.dumps(summary, sort_keys=True)),
     ]
-
-
-def _query(client, sql: str, params: list[tuple]) -> list:
-    job = client.query(sql, job_config=query_config(params))
-    return [dict(row.items()) for row in job.result()]
 
 
 class _Commit(beam.DoFn):

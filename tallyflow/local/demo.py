@@ -34,7 +34,9 @@ from tallyflow.local.publish import Outgoing, Progress, publish
 from tallyflow.reports.reconcile import STATUSES, reconcile
 from tallyflow.local.synthetic import SyntheticConfig, count_kinds, generate
 from tallyflow.examples import METERS
+from schemas import sql
 from schemas.values import NS, format_decimal, format_time
+from transforms.bigquery_target import query
 
 WINDOW_NS = 60 * NS
 LATENESS_NS = 5 * 60 * NS
@@ -111,7 +113,7 @@ class Demo:
         self._tallyflow("recompute", "--meters", str(METERS), "--window", "1m",
                         "--period-start", format_time(start), "--period-end", format_time(end),
                         "--reason", "demo: close the period")
-        run_id, statuses = reconcile(self.client, self._target(), start, end)
+        run_id, statuses = reconcile(self.client, self.stack.target(), start, end)
         say(f"   recomputed {format_time(start)} .. {format_time(end)}; reconciliation "
             f"{run_id}: " + ", ".join(f"{statuses.get(s, 0)} {s}" for s in STATUSES))
 
@@ -163,15 +165,10 @@ class Demo:
     def _wait_for_last_panes(self, timeout: float = 120) -> None:
         """Records land before the panes that count them: wait until the latest panes of
         `api_requests` (a COUNT) count every in-time api.request event."""
-        expected = self._query(
-            f"SELECT COUNT(*) AS n FROM `{self._table('events')}` e WHERE type = 'api.request' "
-            f"AND NOT EXISTS (SELECT 1 FROM `{self._table('late_events')}` l "
-            f"WHERE l.source = e.source AND l.id = e.id)")[0]["n"]
+        expected = self._query(sql.DEMO_UNCOUNTED_REQUESTS)[0]["n"]
         deadline = time.monotonic() + timeout
         while True:
-            counted = self._query(
-                f"SELECT COALESCE(SUM(event_count), 0) AS n FROM `{self._table('usage')}` "
-                f"WHERE meter = 'api_requests'")[0]["n"]
+            counted = self._query(sql.DEMO_COUNTED_REQUESTS)[0]["n"]
             if counted == expected:
                 return
             if time.monotonic() > deadline:
@@ -179,20 +176,15 @@ class Demo:
             time.sleep(2)
 
     def _count(self, table: str) -> int:
-        return self._query(f"SELECT COUNT(*) AS n FROM `{self._table(table)}`")[0]["n"]
+        return self._query(sql.ROW_COUNT, table=table)[0]["n"]
 
     def _period(self) -> tuple[int, int]:
-        row = self._query(f"SELECT UNIX_MICROS(MIN(time)) AS lo, UNIX_MICROS(MAX(time)) AS hi "
-                          f"FROM `{self._table('events')}`")[0]
+        row = self._query(sql.EVENT_TIME_SPAN)[0]
         lo, hi = row["lo"] * 1000, row["hi"] * 1000
         return lo - lo % WINDOW_NS, hi - hi % WINDOW_NS + WINDOW_NS
 
     def _show_usage(self, title: str, origin: str) -> None:
-        rows = self._query(
-            f"SELECT subject, meter, SUM(value) AS total, SUM(event_count) AS events, "
-            f"COUNT(*) AS windows FROM `{self._table('usage')}` WHERE origin = '{origin}' "
-            f"AND meter IN ('api_requests', 'bytes_out', 'llm_input_tokens', 'llm_cost_usd') "
-            f"GROUP BY subject, meter ORDER BY subject, meter")
+        rows = self._query(sql.DEMO_USAGE_BY_ORIGIN, [("origin", "STRING", origin)])
         say(f"\n   usage, {title}: additive meters summed over the period")
         say(f"   {'customer':<12} {'meter':<18} {'total':>22} {'events':>7} {'windows':>7}")
         for r in rows:
@@ -201,8 +193,7 @@ class Demo:
 
     def _conservation(self, records: int, landed: Counter) -> None:
         late = self._count("late_events")
-        codes = self._query(f"SELECT error_code, COUNT(*) AS n FROM `{self._table('dead_letter')}`"
-                            f" GROUP BY error_code ORDER BY n DESC")
+        codes = self._query(sql.DEAD_LETTERS_BY_CODE)
         say("\n   where every record went")
         say(f"   accepted (events table)      {landed['events']:>6}   of which too late: {late}")
         say(f"   duplicates dropped           {landed['duplicate_events']:>6}")
@@ -213,12 +204,7 @@ class Demo:
         say(f"   published {records} = {total} accounted for: conservation {verdict}")
 
     def _changes(self, reconciliation_run: str) -> None:
-        rows = self._query(
-            f"SELECT window_start, subject, meter, dimensions, stream_value, batch_value, "
-            f"stream_event_count, batch_event_count, status "
-            f"FROM `{self._table('reconciliation')}` WHERE run_id = '{reconciliation_run}' "
-            f"AND status != 'match' "
-            f"ORDER BY status = 'value_mismatch' DESC, window_start, subject, meter LIMIT 12")
+        rows = self._query(sql.DEMO_CHANGES, [("run_id", "STRING", reconciliation_run)])
         say("\n   what the recompute changed, and why (too-late events the stream could not "
             "count)")
         for r in rows:
@@ -236,17 +222,11 @@ class Demo:
         if result.returncode:
             raise CommandFailed(f"tallyflow {args[0]} failed: {result.stderr.strip()[-500:]}")
 
-    def _target(self):
-        from transforms.bigquery import BigQueryTarget
-
-        return BigQueryTarget(self.stack.project, self.stack.dataset,
-                              self.stack.bigquery_endpoint)
-
-    def _table(self, name: str) -> str:
-        return f"{self.stack.project}.{self.stack.dataset}.{name}"
-
-    def _query(self, sql: str) -> list[dict]:
-        return [dict(r.items()) for r in self.client.query(sql).result()]
+    def _query(self, statement: str, params=(), table: str | None = None) -> list[dict]:
+        """Rows of a `schemas.sql` statement on the demo's dataset."""
+        target = self.stack.target()
+        return query(self.client, target.sql(statement, **({"table": target.table(table)}
+                                                            if table else {})), params)
 
 
 def _plain(value) -> str:

@@ -56,11 +56,6 @@ LOCAL_BIGQUERY = "local-bigquery==0.4.0"
 DUCKDB_VERSION = "1.5.5"  # 0.4.0's DuckDB 2.0 downloads extensions at run time
 DUCKDB_EXTENSIONS = ("ducklake", "icu", "spatial")
 
-# Emulator errors are bugs or bad requests, not outages: give up in seconds
-# instead of the client's default ten minutes, which looks like a hang.
-BIGQUERY_RETRY_SECONDS = 20.0
-BIGQUERY_REQUEST_TIMEOUT = 60.0
-
 _INSTALL_EXTENSIONS = """
 import importlib, pathlib, sys, duckdb
 con = duckdb.connect()
@@ -122,8 +117,15 @@ class LocalStack:
                 "BIGQUERY_STORAGE_EMULATOR_HOST": self.bigquery_grpc_address,
                 "GOOGLE_CLOUD_PROJECT": self.project}
 
+    def target(self):
+        """The stack's dataset as every BigQuery caller reaches it."""
+        from transforms.bigquery_target import BigQueryTarget
+
+        return BigQueryTarget(self.project, self.dataset, self.bigquery_endpoint,
+                              storage_endpoint=self.bigquery_grpc_address)
+
     def bigquery_client(self):
-        return bigquery_client(self.bigquery_endpoint, self.project)
+        return self.target().client()
 
     def publisher_client(self, **kwargs):
         return publisher_client(self.pubsub_host, **kwargs)
@@ -151,30 +153,6 @@ class ServiceStatus:
 
 
 # ---------------------------------------------------------------- clients
-
-def bigquery_client(endpoint: str, project: str):
-    """A `bigquery.Client` on the emulator: anonymous, with short retries and timeouts."""
-    from google.api_core.client_options import ClientOptions
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import bigquery
-
-    class EmulatorClient(bigquery.Client):
-        def _call_api(self, retry, *args, **kwargs):
-            if retry is not None:
-                retry = retry.with_timeout(BIGQUERY_RETRY_SECONDS)
-            if kwargs.get("timeout") is None:
-                kwargs["timeout"] = BIGQUERY_REQUEST_TIMEOUT
-            return super()._call_api(retry, *args, **kwargs)
-
-        def query(self, *args, **kwargs):
-            from google.cloud.bigquery.retry import DEFAULT_JOB_RETRY
-
-            kwargs.setdefault("job_retry", DEFAULT_JOB_RETRY.with_timeout(BIGQUERY_RETRY_SECONDS))
-            return super().query(*args, **kwargs)
-
-    return EmulatorClient(project=project, credentials=AnonymousCredentials(),
-                          client_options=ClientOptions(api_endpoint=endpoint))
-
 
 def publisher_client(pubsub_host: str, **kwargs):
     """A `pubsub_v1.PublisherClient` on the emulator, without touching os.environ."""

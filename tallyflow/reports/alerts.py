@@ -27,7 +27,8 @@ from pipelines.policy import run_command
 from schemas.limits import period_value
 from schemas.tables import USAGE_ALERTS, USAGE_VIEW
 from schemas.values import format_decimal, format_time, parse_rfc3339, printable
-from tallyflow.reports.explain import Dataset, Instant, ns_of, text_table
+from tallyflow.reports.data import Dataset, Instant, ns_of
+from tallyflow.reports.explain import text_table
 from tallyflow.reports.reconcile import uncovered
 from transforms.bigquery import BigQueryTarget
 from transforms.limits import CROSSED, alert_message

@@ -28,169 +28,30 @@ stream keeps the first copy it sees) and leaves out the late events (the
 stream never counted them).
 
 Every query filters by the customer (`subject`, a query parameter): nothing of
-another customer is read into the output. Exit status: 0 when every row
-matches, 1 on any MISMATCH, 2 on bad arguments, an unknown customer or meter,
-or an unreachable BigQuery.
+another customer is read into the output. Exit status (the one error
+policy, pipelines/policy.py): 0 when every row matches, 1 on any MISMATCH, 2
+on bad arguments or an unknown customer or meter, 3 when a BigQuery call fails
+(naming the call) or on an unexpected error (its type and where it happened).
 """
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
+from pipelines.options import parse_period
 from pipelines.policy import run_command
-from pipelines.options import add_table_arguments
 from schemas import aggregation
-from schemas.catalog import CatalogError, Meter, MeterCatalog, load_catalog
+from schemas.catalog import Meter, MeterCatalog
 from schemas.events import Limits, UsageEvent, parse_payload
 from schemas.metering import conflicts, metering_signature, value_text
-from schemas.tables import (DUPLICATE_EVENTS, EVENTS, LATE_EVENTS, RECOMPUTE_RUNS, USAGE_PANES,
-                            USAGE_RECOMPUTED, USAGE_VIEW)
+from schemas.sql import CUSTOMER_METER_USAGE, EXPLAIN_SURROUNDING, LINEAGE
 from schemas.values import format_decimal, format_time, parse_rfc3339, printable
-
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-
-# Usage row -> its events. docs/analysts.md shows it verbatim (with `metering.`
-# tables); tests/e2e/test_explain.py checks the two never drift apart.
-LINEAGE_SQL = """
-WITH run AS (
-  SELECT period_start, period_end
-  FROM {recompute_runs}
-  WHERE period_start <= @window_start AND @window_start < period_end
-  ORDER BY committed_at DESC
-  LIMIT 1
-),
-scope AS (
-  SELECT (SELECT period_start FROM run) AS scope_start,
-         (SELECT period_end FROM run) AS scope_end
-),
-identities AS (
-  SELECT DISTINCT source, id
-  FROM {events}
-  WHERE subject = @subject AND type = @event_type
-    AND time >= @window_start AND time < @window_end
-),
-copies AS (
-  SELECT e.source, e.id, e.subject, e.type, e.time, e.data, e.raw, e.ingest_time,
-         e.message_id,
-         ROW_NUMBER() OVER (PARTITION BY e.source, e.id
-                            ORDER BY e.ingest_time, COALESCE(e.message_id, '')) AS copy_rank
-  FROM {events} e
-  JOIN identities i ON e.source = i.source AND e.id = i.id
-  CROSS JOIN scope s
-  WHERE s.scope_start IS NULL OR (e.time >= s.scope_start AND e.time < s.scope_end)
-)
-SELECT source, id, copy_rank,
-       copy_rank = 1 AND type = @event_type
-         AND time >= @window_start AND time < @window_end AS counted,
-       time, data, ingest_time, message_id, raw
-FROM copies
-WHERE subject = @subject
-ORDER BY time, source, id, copy_rank
-"""
-
-
-class ExplainError(ValueError):
-    """A one-line, user-facing reason (unknown customer or meter, bad arguments)."""
-
-
-# ---------------------------------------------------------------- arguments and access
-
-
-def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
-    """--meters and where the tables live (shared by explain and statement)."""
-    parser.add_argument("--meters", required=True,
-                        help="Meter catalog YAML file (the one the pipelines use).")
-    add_table_arguments(parser)
-
-
-class Dataset:
-    """The tallyflow tables of one dataset, queried with parameters only."""
-
-    def __init__(self, project: str | None, dataset: str, endpoint: str | None = None,
-                 client=None):
-        if not project:
-            raise ExplainError("--bigquery_project (or GOOGLE_CLOUD_PROJECT) is required")
-        self.project, self.dataset = project, dataset
-        if client is None:
-            if endpoint:  # an emulator: short retries, so a dead one fails in seconds
-                from tallyflow.local.stack import bigquery_client
-                client = bigquery_client(endpoint, project)
-            else:
-                from google.cloud import bigquery
-                client = bigquery.Client(project=project)
-        self.client = client
-
-    @classmethod
-    def from_args(cls, args) -> "Dataset":
-        return cls(args.project, args.dataset, args.endpoint or None)
-
-    def table(self, name) -> str:
-        return f"`{self.project}.{self.dataset}.{getattr(name, 'name', name)}`"
-
-    def query(self, sql: str, **params) -> list[dict]:
-        from google.cloud import bigquery
-
-        config = bigquery.QueryJobConfig(query_parameters=[
-            _parameter(name, value) for name, value in params.items()])
-        return [dict(row.items()) for row in self.client.query_and_wait(sql, job_config=config)]
-
-    def require_subject(self, subject: str) -> None:
-        """ExplainError unless the customer has usage or events (no other customer is read)."""
-        found = self.query(
-            f"SELECT 1 AS found FROM {self.table(USAGE_VIEW)} WHERE subject = @subject "
-            f"UNION ALL SELECT 1 AS found FROM {self.table(EVENTS)} WHERE subject = @subject "
-            f"LIMIT 1", subject=subject)
-        if not found:
-            raise ExplainError(f"unknown customer {subject!r}: no usage and no events in "
-                               f"{self.project}.{self.dataset}")
-
-
-def _parameter(name: str, value):
-    from google.cloud import bigquery
-
-    if isinstance(value, Instant):
-        return bigquery.ScalarQueryParameter(name, "TIMESTAMP", format_time(value.ns))
-    if isinstance(value, int):
-        return bigquery.ScalarQueryParameter(name, "INT64", value)
-    return bigquery.ScalarQueryParameter(name, "STRING", value)
-
-
-class Instant:
-    """A TIMESTAMP query parameter (nanoseconds since the epoch, microsecond-truncated)."""
-
-    def __init__(self, ns: int):
-        self.ns = ns - ns % 1000
-
-
-def ns_of(value: dt.datetime) -> int:
-    """A BigQuery TIMESTAMP (datetime, microseconds) -> nanoseconds since the epoch."""
-    return (value - _EPOCH) // dt.timedelta(microseconds=1) * 1000
-
-
-def meter_of(catalog: MeterCatalog, key: str) -> Meter:
-    try:
-        return catalog.meter(key)
-    except KeyError:
-        known = ", ".join(m.key for m in catalog.meters)
-        raise ExplainError(f"unknown meter {key!r} (the catalog has: {known})") from None
-
-
-def load_meters(path: str) -> MeterCatalog:
-    try:
-        return load_catalog(path)
-    except (CatalogError, OSError) as e:
-        raise ExplainError(str(e).splitlines()[0]) from None
-
-
-def row_value(row: dict) -> Decimal:
-    """The exact value of a usage row (NUMERIC or BIGNUMERIC column)."""
-    value = row["value"] if row.get("value") is not None else row.get("value_bignumeric")
-    return Decimal(0) if value is None else Decimal(value)
-
+from tallyflow.reports.data import (Dataset, Instant, ReportError, add_dataset_arguments,
+                                    load_meters, meter_of, ns_of, row_value)
+from transforms.bigquery_target import period_parameters
 
 # ---------------------------------------------------------------- explaining
 
@@ -204,18 +65,15 @@ def explain(data: Dataset, catalog: MeterCatalog, subject: str, meter_key: str,
     the whole span, all concurrently.
     """
     meter = meter_of(catalog, meter_key)
-    rows = data.query(
-        f"SELECT * FROM {data.table(USAGE_VIEW)} WHERE subject = @subject AND meter = @meter "
-        f"AND window_start >= @period_start AND window_start < @period_end "
-        f"ORDER BY window_start, dimensions", subject=subject, meter=meter.key,
-        period_start=Instant(start_ns), period_end=Instant(end_ns))
+    rows = data.query(CUSTOMER_METER_USAGE, period_parameters(start_ns, end_ns),
+                      subject=subject, meter=meter.key)
     if dimensions is not None:
         rows = [r for r in rows if r["dimensions"] == dimensions]
     if not rows:
         data.require_subject(subject)
-        raise ExplainError(f"no {meter.key} usage for customer {subject!r} in "
-                           f"{format_time(start_ns)} .. {format_time(end_ns)}"
-                           + (f" with dimensions {dimensions}" if dimensions else ""))
+        raise ReportError(f"no {meter.key} usage for customer {subject!r} in "
+                          f"{format_time(start_ns)} .. {format_time(end_ns)}"
+                          + (f" with dimensions {dimensions}" if dimensions else ""))
     windows = sorted({(ns_of(r["window_start"]), ns_of(r["window_end"])) for r in rows})
     span = dict(subject=subject, event_type=meter.event_type, meter=meter.key,
                 span_start=Instant(windows[0][0]), span_end=Instant(max(e for _, e in windows)))
@@ -223,15 +81,11 @@ def explain(data: Dataset, catalog: MeterCatalog, subject: str, meter_key: str,
         progress(f"{len(rows)} usage rows in {len(windows)} windows")
     with ThreadPoolExecutor(max_workers=8) as pool:
         lineage = {start: pool.submit(
-            data.query, LINEAGE_SQL.format(recompute_runs=data.table(RECOMPUTE_RUNS),
-                                           events=data.table(EVENTS)),
-            subject=subject, event_type=meter.event_type, window_start=Instant(start),
-            window_end=Instant(end)) for start, end in windows}
-        surrounding = {name: pool.submit(data.query, sql.format(**{
-            t.name: data.table(t) for t in (LATE_EVENTS, DUPLICATE_EVENTS, EVENTS, USAGE_PANES,
-                                            RECOMPUTE_RUNS, USAGE_RECOMPUTED)}), **{
+            data.query, LINEAGE, subject=subject, event_type=meter.event_type,
+            window_start=Instant(start), window_end=Instant(end)) for start, end in windows}
+        surrounding = {name: pool.submit(data.query, sql, **{
             k: v for k, v in span.items() if "@" + k in sql})
-            for name, sql in _SURROUNDING_SQL.items()}
+            for name, sql in EXPLAIN_SURROUNDING.items()}
         found = {name: future.result() for name, future in surrounding.items()}
         copies = {start: [{**row, "event": _parse_stored(catalog, row)}
                           for row in future.result()] for start, future in lineage.items()}
@@ -255,33 +109,6 @@ def explain(data: Dataset, catalog: MeterCatalog, subject: str, meter_key: str,
                      for r in runs if r["start"] <= window < r["end"]]}
         explanations.append(explain_row(catalog, meter, row, evidence, history))
     return explanations
-
-
-_SURROUNDING_SQL = {
-    "late": "SELECT source, id, time, ingest_time, lateness_seconds, job_id FROM {late_events} "
-            "WHERE subject = @subject AND type = @event_type "
-            "AND time >= @span_start AND time < @span_end ORDER BY time, source, id",
-    # copies the stream dropped, of identities this customer's events hold
-    "stream_dropped": "SELECT d.source, d.id, d.message_id, d.kept_message_id, d.conflict, "
-                      "d.seen_at, mine.time AS kept_time FROM {duplicate_events} d JOIN ("
-                      "SELECT DISTINCT source, id, time FROM {events} "
-                      "WHERE subject = @subject AND type = @event_type "
-                      "AND time >= @span_start AND time < @span_end) mine "
-                      "ON d.source = mine.source AND d.id = mine.id "
-                      "ORDER BY d.seen_at, d.source, d.id",
-    "panes": "SELECT dimensions, window_start, pane_index, pane_timing, is_final, emitted_at, "
-             "value, value_bignumeric, event_count, fingerprint, job_id FROM {usage_panes} "
-             "WHERE subject = @subject AND meter = @meter "
-             "AND window_start >= @span_start AND window_start < @span_end "
-             "ORDER BY emitted_at, pane_index",
-    "runs": "SELECT run_id, revision, committed_at, reason, period_start, period_end "
-            "FROM {recompute_runs} WHERE period_start < @span_end AND period_end > @span_start "
-            "ORDER BY committed_at",
-    "restated": "SELECT run_id, dimensions, window_start, value, value_bignumeric, event_count, "
-                "fingerprint FROM {usage_recomputed} WHERE subject = @subject "
-                "AND meter = @meter AND window_start >= @span_start "
-                "AND window_start < @span_end",
-}
 
 
 def _figures(row: dict | None) -> dict:
@@ -516,19 +343,13 @@ def text_table(rows: list[tuple], indent: str = "    ") -> list[str]:
 def window_bounds(args) -> tuple[int, int]:
     """[start, end) of the windows to explain: one window start, or a period."""
     if args.window_start and (args.period_start or args.period_end):
-        raise ExplainError("give --window-start or --period-start/--period-end, not both")
-    try:
-        if args.window_start:
-            start = parse_rfc3339(args.window_start)
-            return start, start + 1000  # the window starting exactly there
-        if not (args.period_start and args.period_end):
-            raise ExplainError("give --window-start, or --period-start and --period-end")
-        start, end = parse_rfc3339(args.period_start), parse_rfc3339(args.period_end)
-    except ValueError as e:
-        raise ExplainError(str(e)) from None
-    if start >= end:
-        raise ExplainError("--period-start must be before --period-end")
-    return start, end
+        raise ReportError("give --window-start or --period-start/--period-end, not both")
+    if args.window_start:
+        start = parse_rfc3339(args.window_start)
+        return start, start + 1000  # the window starting exactly there
+    if not (args.period_start and args.period_end):
+        raise ReportError("give --window-start, or --period-start and --period-end")
+    return parse_period(args.period_start, args.period_end)
 
 
 def _parser() -> argparse.ArgumentParser:

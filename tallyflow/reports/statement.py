@@ -34,8 +34,10 @@ total. Lines of a plan's minimum or maximum have no meter and are listed on
 their own. Without a rating the statement says "not rated yet".
 
 Every query filters by the customer with a query parameter; nothing of
-another customer is read into the statement. Exit status 2 on bad arguments,
-an unknown customer or meter, or an unreachable BigQuery.
+another customer is read into the statement. Exit status (the one error
+policy, pipelines/policy.py): 2 on bad arguments or an unknown customer or
+meter, 3 when a BigQuery call fails (naming the call) or on an unexpected
+error (its type and where it happened).
 """
 from __future__ import annotations
 
@@ -47,15 +49,17 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
+from pipelines.options import add_period_arguments, parse_period
 from pipelines.policy import run_command
-from tallyflow.reports.alerts import add_limits_arguments, limits_section
-from tallyflow.reports.explain import (Dataset, ExplainError, Instant, add_dataset_arguments, load_meters,
-                                       meter_of, ns_of, row_value, text_table)
 from schemas.catalog import Meter, MeterCatalog
 from schemas.pricing import MINOR_UNITS
-from schemas.tables import (INVOICE_LINES, INVOICES, RECOMPUTE_RUNS, USAGE_PANES,
-                            USAGE_RECOMPUTED, USAGE_VIEW)
+from schemas.sql import CUSTOMER_USAGE, RATING_LINES, RATING_TOTALS, corrections
 from schemas.values import EXACT, format_decimal, format_time, parse_rfc3339, printable
+from tallyflow.reports.data import (Dataset, Instant, add_dataset_arguments, load_meters,
+                                    meter_of, ns_of, row_value)
+from tallyflow.reports.alerts import add_limits_arguments, limits_section
+from tallyflow.reports.explain import text_table
+from transforms.bigquery_target import period_parameters
 
 DAY_NS = 86400 * 10 ** 9
 ADDITIVE = ("SUM", "COUNT")
@@ -150,43 +154,17 @@ def build_statement(data: Dataset, catalog: MeterCatalog, subject: str, start_ns
                     meter_keys: list[str] | None = None) -> Statement:
     chosen = [meter_of(catalog, key) for key in meter_keys] if meter_keys else None
     data.require_subject(subject)
-    period = dict(subject=subject, period_start=Instant(start_ns), period_end=Instant(end_ns))
-    current = data.query(
-        f"SELECT meter, dimensions, window_start, window_end, value, value_bignumeric, "
-        f"event_count, origin, revision FROM {data.table(USAGE_VIEW)} "
-        f"WHERE subject = @subject AND window_start >= @period_start "
-        f"AND window_start < @period_end", **period)
-    runs = data.query(
-        f"SELECT run_id, revision, period_start, period_end, committed_at, reason "
-        f"FROM {data.table(RECOMPUTE_RUNS)} "
-        f"WHERE period_start < @period_end AND period_end > @period_start "
-        f"ORDER BY committed_at", period_start=period["period_start"],
-        period_end=period["period_end"])
-    since_filter = "" if since_ns is None else " AND emitted_at <= @since"
-    since = {} if since_ns is None else {"since": Instant(since_ns)}
-    panes = data.query(
-        f"SELECT meter, dimensions, window_start, value, value_bignumeric "
-        f"FROM {data.table(USAGE_PANES)} WHERE subject = @subject "
-        f"AND window_start >= @period_start AND window_start < @period_end{since_filter} "
-        f"QUALIFY ROW_NUMBER() OVER (PARTITION BY meter, dimensions, window_start "
-        f"ORDER BY emitted_at DESC, pane_index DESC) = 1", **period, **since)
-    restated = data.query(
-        f"SELECT run_id, meter, dimensions, window_start, value, value_bignumeric "
-        f"FROM {data.table(USAGE_RECOMPUTED)} WHERE subject = @subject "
-        f"AND window_start >= @period_start AND window_start < @period_end", **period)
-    statement = assemble(catalog, subject, start_ns, end_ns, since_ns, current, runs, panes,
-                         restated, chosen)
-    rating_lines = data.query(
-        f"SELECT meter, kind, line_type, amount, currency, revision, run_id "
-        f"FROM {data.table(INVOICE_LINES)} WHERE subject = @subject "
-        f"AND period_start = @period_start AND period_end = @period_end", **period)
+    period = period_parameters(start_ns, end_ns)
+    current = data.query(CUSTOMER_USAGE, period, subject=subject)
+    corrected = data.query(corrections(since_ns is not None), period, subject=subject,
+                           **({} if since_ns is None else {"since": Instant(since_ns)}))
+    statement = assemble(catalog, subject, start_ns, end_ns, since_ns, current, corrected,
+                         chosen)
+    rating_lines = data.query(RATING_LINES, period, subject=subject)
     totals = []
     if rating_lines:
-        totals = data.query(
-            f"SELECT currency, total, revision FROM {data.table(INVOICES)} "
-            f"WHERE subject = @subject AND period_start = @period_start "
-            f"AND period_end = @period_end AND revision = @revision",
-            revision=max(int(r["revision"]) for r in rating_lines), **period)
+        totals = data.query(RATING_TOTALS, period, subject=subject,
+                            revision=max(int(r["revision"]) for r in rating_lines))
     statement.rating = rating_of(rating_lines, totals)
     return statement
 
@@ -217,12 +195,10 @@ def rating_of(lines: list[dict], invoices: list[dict]) -> Rating | None:
 
 
 def assemble(catalog: MeterCatalog, subject: str, start_ns: int, end_ns: int,
-             since_ns: int | None, current: list[dict], runs: list[dict], panes: list[dict],
-             restated: list[dict], chosen: list[Meter] | None = None) -> Statement:
+             since_ns: int | None, current: list[dict], corrected: list[dict],
+             chosen: list[Meter] | None = None) -> Statement:
     """The statement from the query results (pure)."""
-    runs = [{**r, "start": ns_of(r["period_start"]), "end": ns_of(r["period_end"]),
-             "committed": ns_of(r["committed_at"])} for r in runs]
-    corrections = _corrections(since_ns, current, runs, panes, restated)
+    corrections = _corrections(corrected)
     corrected = {}
     for c in corrections:
         corrected.setdefault((c.meter, c.window_start_ns), []).append(c)
@@ -290,37 +266,22 @@ def _add(bucket: Bucket, meter: Meter, row: dict, window_ns: int) -> None:
         bucket.figure, bucket.latest_ns = value, window_ns
 
 
-def _corrections(since_ns: int | None, current: list[dict], runs: list[dict],
-                 panes: list[dict], restated: list[dict]) -> list[Correction]:
-    """Windows restated by a run committed after `since`: the figure now vs at `since`."""
-    def key(row):
-        return row["meter"], row["dimensions"], ns_of(row["window_start"])
-
-    def latest_run(window_ns, until_ns=None):
-        covering = [r for r in runs if r["start"] <= window_ns < r["end"]
-                    and (until_ns is None or r["committed"] <= until_ns)]
-        return max(covering, key=lambda r: r["committed"]) if covering else None
-
-    rows_of_run: dict[str, dict] = {}
-    for row in restated:
-        rows_of_run.setdefault(row["run_id"], {})[key(row)] = row_value(row)
-    pane_values = {key(p): row_value(p) for p in panes}
-    now = {key(r): row_value(r) for r in current if r["origin"] == "recompute"}
-    candidates = set(now) | set(pane_values) | {k for rows in rows_of_run.values() for k in rows}
+def _corrections(corrected: list[dict]) -> list[Correction]:
+    """The windows restated since `since` (rows of `schemas.sql.corrections`) whose
+    figure changed: the figure now vs the figure then."""
     found = []
-    for k in sorted(candidates):
-        window = k[2]
-        run = latest_run(window)
-        if run is None or (since_ns is not None and run["committed"] <= since_ns):
-            continue
-        before_run = latest_run(window, since_ns) if since_ns is not None else None
-        before = (rows_of_run.get(before_run["run_id"], {}).get(k) if before_run
-                  else pane_values.get(k))
-        after = now.get(k)
+    for row in corrected:
+        before = row_value(_prefixed(row, "was_")) if row["was_found"] else None
+        after = row_value(_prefixed(row, "now_")) if row["now_found"] else None
         if (before or Decimal(0)) != (after or Decimal(0)) or (before is None) != (after is None):
-            found.append(Correction(k[0], k[1], window, before, after, run["revision"],
-                                    run["run_id"], run["reason"] or "", run["committed"]))
+            found.append(Correction(row["meter"], row["dimensions"], ns_of(row["window_start"]),
+                                    before, after, row["revision"], row["run_id"],
+                                    row["reason"] or "", ns_of(row["committed_at"])))
     return found
+
+
+def _prefixed(row: dict, prefix: str) -> dict:
+    return {"value": row[f"{prefix}value"], "value_bignumeric": row[f"{prefix}value_bignumeric"]}
 
 
 # ---------------------------------------------------------------- terminal
@@ -596,10 +557,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tallyflow statement", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--subject", required=True, help="The customer (CloudEvents subject).")
-    parser.add_argument("--period-start", "--period_start", dest="period_start", required=True,
-                        help="Start of the period (RFC 3339, inclusive).")
-    parser.add_argument("--period-end", "--period_end", dest="period_end", required=True,
-                        help="End of the period (RFC 3339, exclusive).")
+    add_period_arguments(parser)
     parser.add_argument("--since",
                         help="When the previous statement was produced (RFC 3339): corrections "
                              "are what recomputes committed after it changed. Default: "
@@ -618,10 +576,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _statement_and_report(args) -> int:
-    start, end = parse_rfc3339(args.period_start), parse_rfc3339(args.period_end)
+    start, end = parse_period(args.period_start, args.period_end)
     since = parse_rfc3339(args.since) if args.since else None
-    if start >= end:
-        raise ExplainError("--period-start must be before --period-end")
     catalog = load_meters(args.meters)
     for key in args.meters_shown or ():
         meter_of(catalog, key)

@@ -28,10 +28,12 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from tallyflow.reports.explain import LINEAGE_SQL, Dataset, explain, ns_of
 from schemas import aggregation
 from schemas.events import Limits, UsageEvent, parse_payload
+from schemas.sql import LINEAGE as LINEAGE_SQL
 from schemas.values import format_decimal, format_time, parse_rfc3339
+from tallyflow.reports.data import Dataset, ns_of
+from tallyflow.reports.explain import explain
 from tests.conftest import EXAMPLE_METERS, ROOT
 from tests.messy import generate
 from tests.reference import expected_usage, readings
@@ -138,7 +140,8 @@ def world(stack, example_catalog):
                          "--period-end", DAY_ONE[1], "--reason", "late upload from eu gateway")
     assert restated.returncode == 0, restated.stderr[-3000:]
     return {"client": client, "final": truth_by_key(messy.accepted + [EXTRA]),
-            "stream": stream_ids, "late": late_ids, "copies": copies}
+            "stream": stream_ids, "late": late_ids, "copies": copies,
+            "accepted": messy.accepted + [EXTRA], "streamed": streamed}
 
 
 def view_rows(world, stack, subject=None) -> list[dict]:
@@ -331,6 +334,29 @@ def test_statement_corrections_since_the_last_statement(stack, world):
     assert corrections[0].endswith(": 2")  # the upload: api_requests and bytes_out
     assert "+123456789012345678901234567" in result.stdout
     assert "late upload from eu gateway" in result.stdout
+
+
+def test_statement_corrections_against_the_streamed_figures(stack, world):
+    """Without --since, a correction is every window of a recompute whose figure differs
+    from the stream's (its latest pane): here, from the generator's ground truth."""
+    meters = yaml.safe_load(EXAMPLE_METERS.read_text())["meters"]
+    streamed = expected_usage(world["streamed"], meters, HOUR)
+    final = expected_usage(world["accepted"], meters, HOUR)
+    closed = range(parse_rfc3339(CLOSED[0]), parse_rfc3339(CLOSED[1]))
+    figure = lambda found: "-" if found is None else format_decimal(found[0])  # noqa: E731
+    expected = sorted(
+        (meter, dims, format_time(window), figure(streamed.get(k)), figure(final.get(k)))
+        for k in set(streamed) | set(final) for subject, meter, dims, window in [k]
+        if subject == SUBJECT and window in closed
+        and figure(streamed.get(k)) != figure(final.get(k)))
+    result = tallyflow(stack, "statement", "--meters", str(EXAMPLE_METERS), "--bigquery_dataset",
+                       DATASET, "--subject", SUBJECT, "--period-start", PERIOD[0],
+                       "--period-end", PERIOD[1])
+    assert result.returncode == 0, result.stderr[-2000:]
+    section = result.stdout.split("Corrections since the provisional figures: ")[1]
+    count, _, *rows = section.splitlines()
+    assert int(count) == len(expected) > 0
+    assert sorted(tuple(re.split(r"\s{2,}", row.strip())[:5]) for row in rows) == expected
 
 
 def test_lineage_query_in_the_docs_is_the_one_explain_runs():

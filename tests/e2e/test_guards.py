@@ -4,9 +4,11 @@
   restarted job (pane index from 0 again) supersedes the job before it;
 - reconcile calls a row that differs only in its fingerprint a mismatch, BIGNUMERIC
   values included, and exits 1;
-- a rating commits only against the revision it read (stale guard), and a rating with
-  nothing to bill commits nothing.
+- a rating commits only against the revision it read (stale guard), checked inside its
+  commit's transaction, and of two ratings that committed the same revision one stays;
+  a rating with nothing to bill commits nothing.
 """
+import dataclasses
 import os
 import subprocess
 import sys
@@ -20,7 +22,9 @@ from tests.e2e.test_rate import write_prices
 from transforms.bigquery import BigQueryTarget
 from schemas.tables import INVOICES
 from schemas.values import parse_rfc3339
-from transforms.rating import RatingRun, commit_rating, create_staging, latest_revision
+from schemas.tables import INVOICE_LINES
+from transforms.rating import (RatingRun, StaleRating, commit_rating, create_staging,
+                               latest_revision)
 
 DATASET = "guards_test"
 SUBJECT = "guard-co"
@@ -156,3 +160,107 @@ def test_a_rating_with_nothing_to_bill_commits_no_revision(stack, client, tmp_pa
     count = list(client.query(f"SELECT COUNT(*) AS n FROM `{table(stack, 'invoices')}`")
                  .result())[0]["n"]
     assert count == 0
+
+
+# ---------------------------------------------------------------- two ratings at once
+
+
+def staged_rows(run: RatingRun) -> dict:
+    """One invoice line and one invoice of the run, as its staging tables hold them."""
+    common = {**run.common(), "subject": SUBJECT, "currency": "USD"}
+    return {INVOICE_LINES: {**common, "plan": "std", "plan_version": 1, "dimensions": "{}",
+                            "kind": "usage", "line_type": "charge", "unrounded_amount": "1",
+                            "amount": "1.00"},
+            INVOICES: {**common, "total": "1.00", "line_count": 1}}
+
+
+def stage(client, target, run: RatingRun) -> None:
+    create_staging(client, target, run)
+    for table, row in staged_rows(run).items():
+        assert client.insert_rows_json(target.table_id(run.staging(table)), [row]) == []
+
+
+def holders(client, stack, period, revision: int) -> dict:
+    """{table: run ids} holding `revision` of the period."""
+    found = {}
+    for name in ("invoice_lines", "invoices"):
+        rows = client.query(
+            f"SELECT DISTINCT run_id FROM `{table(stack, name)}` WHERE revision = {revision} "
+            f"AND period_start = TIMESTAMP_MICROS({period[0] // 1000}) "
+            f"AND period_end = TIMESTAMP_MICROS({period[1] // 1000})").result()
+        found[name] = {r["run_id"] for r in rows}
+    return found
+
+
+class Interleaved:
+    """The client, except that `before_commit` runs just before, and `after_commit` just
+    after, the first commit transaction sent through it."""
+
+    def __init__(self, client, before_commit=None, after_commit=None):
+        self._client, self._before, self._after = client, before_commit, after_commit
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    def query(self, sql, *args, **kwargs):
+        commit = sql.startswith("BEGIN TRANSACTION") and "INSERT INTO" in sql
+        before, after = (self._before, self._after) if commit else (None, None)
+        if commit:
+            self._before = self._after = None
+        if before:
+            before()
+        job = self._client.query(sql, *args, **kwargs)
+        if after:
+            job.result()
+            after()
+        return job
+
+
+def named_run(period, name: str) -> RatingRun:
+    return dataclasses.replace(rating_run(period, revision=1), run_id=f"rate-guard-{name}")
+
+
+def month(n: int):
+    return (parse_rfc3339(f"2026-0{n}-01T00:00:00Z"), parse_rfc3339(f"2026-0{n + 1}-01T00:00:00Z"))
+
+
+def test_a_rating_committed_while_another_commits_makes_the_other_stale(stack, client):
+    """B commits between A's last look at the revisions and A's own commit: A's
+    transaction itself sees B's revision and inserts nothing."""
+    period = month(5)
+    target = BigQueryTarget(stack.project, DATASET, stack.bigquery_endpoint)
+    first, second = named_run(period, "first"), named_run(period, "second")
+    for run in (first, second):
+        stage(client, target, run)
+    racing = Interleaved(client, before_commit=lambda: commit_rating(client, target, second))
+    with pytest.raises(StaleRating, match="revision 1 of the period was committed while "
+                                          f"{first.run_id} ran against revision 0: rate again"):
+        commit_rating(racing, target, first)
+    assert holders(client, stack, period, 1) == {"invoice_lines": {second.run_id},
+                                                 "invoices": {second.run_id}}
+    assert latest_revision(client, target, *period) == 1
+    staging = {target.table_id(first.staging(t)) for t in (INVOICE_LINES, INVOICES)}
+    assert not [t for t in client.list_tables(f"{stack.project}.{DATASET}")
+                if f"{t.project}.{t.dataset_id}.{t.table_id}" in staging]
+
+
+@pytest.mark.parametrize("rival_final", [False, True])
+def test_of_two_ratings_that_committed_the_same_revision_one_stays(stack, client, rival_final):
+    """Both transactions landed (they overlapped): the run that committed here gives way
+    to a rival that is final, or that is first by run id, and takes its rows back."""
+    period = month(6 + rival_final)
+    target = BigQueryTarget(stack.project, DATASET, stack.bigquery_endpoint)
+    a, b = named_run(period, f"a{rival_final:d}"), named_run(period, f"b{rival_final:d}")
+    mine, rival = (a, b) if rival_final else (b, a)  # a is the first by run id
+    stage(client, target, mine)
+    if not rival_final:
+        create_staging(client, target, rival)  # still staged: not final yet
+
+    def rival_lands():
+        for t, row in staged_rows(rival).items():
+            assert client.insert_rows_json(target.table_id(t), [row]) == []
+
+    with pytest.raises(StaleRating, match="rate again"):
+        commit_rating(Interleaved(client, after_commit=rival_lands), target, mine)
+    assert holders(client, stack, period, 1) == {"invoice_lines": {rival.run_id},
+                                                 "invoices": {rival.run_id}}
