@@ -7,7 +7,7 @@ from decimal import Decimal
 from tallyflow.examples import LIMITS, METERS, PRICES
 from schemas.catalog import load_catalog
 from tallyflow.reports.alerts import (CLEARED, cleared_alerts, final_values, limits_section)
-from tallyflow.reports.explain import Instant
+from tallyflow.reports.data import Instant
 
 UTC = dt.timezone.utc
 NOV, DEC = dt.datetime(2026, 11, 1, tzinfo=UTC), dt.datetime(2026, 12, 1, tzinfo=UTC)
