@@ -325,3 +325,26 @@ DEMO_CHANGES = (
     "stream_event_count, batch_event_count, status FROM {reconciliation} "
     "WHERE run_id = @run_id AND status != 'match' "
     "ORDER BY status = 'value_mismatch' DESC, window_start, subject, meter LIMIT 12")
+
+# ---------------------------------------------------------------- limits (tallyflow settle-alerts, statement)
+
+# Alerts of periods within [@start, @end) that no `cleared` row has settled yet.
+OPEN_ALERTS = """
+SELECT * EXCEPT (job_id, row_id) FROM {usage_alerts}
+WHERE period_start >= @start AND period_end <= @end
+QUALIFY COUNTIF(status = @cleared) OVER (PARTITION BY alert_id) = 0
+"""
+METER_PERIOD_VALUES = ("SELECT value, value_bignumeric FROM {usage} WHERE subject = @subject "
+                       "AND meter = @meter AND window_start >= @start AND window_start < @end")
+CUSTOMER_ALERTS = ("SELECT * FROM {usage_alerts} WHERE subject = @subject "
+                   "AND period_start < @end AND period_end > @start")
+
+# ---------------------------------------------------------------- export (tallyflow export)
+
+EXPORT_USAGE = ("SELECT subject, meter, dimensions, UNIX_MICROS(window_start) AS ws, "
+                "UNIX_MICROS(window_end) AS we, value, value_bignumeric, revision "
+                "FROM {usage} WHERE " + PERIOD_WINDOWS
+                + " ORDER BY subject, meter, window_start, dimensions")
+# {columns}: every column but the timestamps, which come as UNIX_MICROS(column) AS column
+EXPORT_LEDGER = ("SELECT {columns} FROM {exports} WHERE provider = @provider AND "
+                 + PERIOD_WINDOWS)

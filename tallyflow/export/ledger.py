@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Iterable
 
+from schemas import sql
 from schemas.tables import EXPORTS
 from schemas.values import format_time
-from transforms.bigquery import BigQueryTarget, query_config
+from transforms.bigquery_target import BigQueryTarget, period_parameters, query
 
 PENDING, SENT, FAILED, SKIPPED = "pending", "sent", "failed", "skipped"
 _ORDER = {PENDING: 0, SENT: 1, FAILED: 1, SKIPPED: 1}
@@ -109,13 +110,10 @@ class BigQueryLedger:
     def load(self, provider: str, start_ns: int, end_ns: int) -> list[Entry]:
         """Every row about windows starting in [start, end): a window's state does not
         depend on which period it was exported under."""
-        sql = (f"SELECT * EXCEPT({', '.join(_TIMES)}), "
-               + ", ".join(f"UNIX_MICROS({c}) AS {c}" for c in _TIMES)
-               + f" FROM `{self._target.table_id(EXPORTS)}` WHERE provider = @provider "
-               f"AND window_start >= @start AND window_start < @end")
-        rows = self._client.query(sql, job_config=query_config([
-            ("provider", "STRING", provider), ("start", "TIMESTAMP", format_time(start_ns)),
-            ("end", "TIMESTAMP", format_time(end_ns))])).result()
+        columns = (f"* EXCEPT({', '.join(_TIMES)}), "
+                   + ", ".join(f"UNIX_MICROS({c}) AS {c}" for c in _TIMES))
+        rows = query(self._client, self._target.sql(sql.EXPORT_LEDGER, columns=columns),
+                     [("provider", "STRING", provider)] + period_parameters(start_ns, end_ns))
         return [Entry(**{k: (v * 1000 if k in _TIMES else v) for k, v in row.items()})
                 for row in rows]
 

@@ -24,33 +24,25 @@ from decimal import Decimal
 from pipelines.options import (add_price_book, add_table_arguments, load_catalog_anywhere,
                                load_limits_anywhere, load_price_book_anywhere)
 from pipelines.policy import run_command
+from schemas import sql
 from schemas.limits import period_value
-from schemas.tables import USAGE_ALERTS, USAGE_VIEW
+from schemas.tables import USAGE_ALERTS
 from schemas.values import format_decimal, format_time, parse_rfc3339, printable
 from tallyflow.reports.data import Dataset, Instant, ns_of
 from tallyflow.reports.explain import text_table
 from tallyflow.reports.reconcile import uncovered
-from transforms.bigquery import BigQueryTarget
+from transforms.bigquery_target import BigQueryTarget
 from transforms.limits import CROSSED, alert_message
 from transforms.rows import usage_alert_row
 
 CLEARED = "cleared"
-_OPEN_ALERTS = """
-SELECT * EXCEPT (job_id, row_id) FROM {alerts}
-WHERE period_start >= @start AND period_end <= @end
-QUALIFY COUNTIF(status = '{cleared}') OVER (PARTITION BY alert_id) = 0
-"""
-
-
 def final_values(data: Dataset, alerts: list[dict], aggregations: dict) -> dict:
     """{(subject, meter, period_start): the period's value in the `usage` view}."""
     values: dict = {}
     for subject, meter, start, end in sorted({(a["subject"], a["meter"], a["period_start"],
                                                 a["period_end"]) for a in alerts}):
         rows = data.query(
-            f"SELECT value, value_bignumeric FROM {data.table(USAGE_VIEW)} WHERE subject = "
-            f"@subject AND meter = @meter AND window_start >= @start AND window_start < @end",
-            subject=subject, meter=meter, start=Instant(ns_of(start)), end=Instant(ns_of(end)))
+            sql.METER_PERIOD_VALUES, subject=subject, meter=meter, start=Instant(ns_of(start)), end=Instant(ns_of(end)))
         windows = [r["value"] if r["value"] is not None else r["value_bignumeric"] for r in rows]
         values[(subject, meter, start)] = period_value(aggregations[meter], windows)
     return values
@@ -89,9 +81,8 @@ def settle(data: Dataset, target: BigQueryTarget, aggregations: dict, start_ns: 
         spans = ", ".join(f"{format_time(s)}..{format_time(e)}" for s, e in gaps)
         raise ValueError(f"no recompute covers {spans}: final usage is the recompute's, run "
                          "tallyflow recompute first")
-    alerts = [a for a in data.query(_OPEN_ALERTS.format(
-        alerts=data.table(USAGE_ALERTS), cleared=CLEARED),
-        start=Instant(start_ns), end=Instant(end_ns)) if a["status"] == CROSSED]
+    alerts = [a for a in data.query(sql.OPEN_ALERTS, cleared=CLEARED, start=Instant(start_ns),
+                                    end=Instant(end_ns)) if a["status"] == CROSSED]
     if not alerts:
         return 0, []
     cleared = cleared_alerts(alerts, final_values(data, alerts, aggregations), time.time_ns())
@@ -131,10 +122,8 @@ def limits_section(data: Dataset, catalog, args, subject: str, start_ns: int,
     from google.api_core.exceptions import NotFound
 
     try:
-        alerts = data.query(
-            f"SELECT * FROM {data.table(USAGE_ALERTS)} WHERE subject = @subject AND "
-            f"period_start < @end AND period_end > @start", subject=subject,
-            start=Instant(start_ns), end=Instant(end_ns))
+        alerts = data.query(sql.CUSTOMER_ALERTS, subject=subject, start=Instant(start_ns),
+                            end=Instant(end_ns))
     except NotFound:  # a dataset from before limits existed: no alerts to show
         alerts = []
     limits = _thresholds(args, catalog, subject, start_ns, end_ns)
