@@ -227,7 +227,8 @@ def run_files(options: PipelineOptions, recompute: RecomputeOptions, limits: Lim
     remove_results(recompute.output_dir, RESULT_FILES)
     try:
         result = pipeline.run()
-        if is_dataflow(options.view_as(StandardOptions).runner):  # a template launch must not wait for its job
+        # a template launch must not wait for its job
+        if is_dataflow(options.view_as(StandardOptions).runner):
             return {"output_dir": recompute.output_dir, "submitted": True}
         result.wait_until_finish()
     except BaseException:

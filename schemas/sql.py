@@ -326,7 +326,7 @@ DEMO_CHANGES = (
     "WHERE run_id = @run_id AND status != 'match' "
     "ORDER BY status = 'value_mismatch' DESC, window_start, subject, meter LIMIT 12")
 
-# ---------------------------------------------------------------- limits (tallyflow settle-alerts, statement)
+# ------------------------------------------------ limits (tallyflow settle-alerts, statement)
 
 # Alerts of periods within [@start, @end) that no `cleared` row has settled yet.
 OPEN_ALERTS = """
