@@ -38,7 +38,7 @@ from google.cloud import bigquery
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from batch_recompute import PYTHON, ROOT, measure, synthetic_file  # noqa: E402
+from batch_recompute import PYTHON, ROOT, measure_cpu, synthetic_file  # noqa: E402
 from tallyflow.local.stack import down, up  # noqa: E402
 from schemas.catalog import parse_catalog_text  # noqa: E402
 from schemas.events import Limits, UsageEvent, parse_payload  # noqa: E402
@@ -189,19 +189,19 @@ def main() -> int:
         period = ["--period-start", format_time(start), "--period-end", format_time(end)]
         print(f"{rows} stored events, period {format_time(start)} .. {format_time(end)}; "
               f"load average {os.getloadavg()[0]:.1f}")
-        print(f"{'run':<34} {'seconds':>8} {'events/s':>9} {'peak MiB':>9} {'load':>5}",
-              flush=True)
+        print(f"{'run':<34} {'seconds':>8} {'events/s':>9} {'CPU s':>7} {'ev/CPU-s':>9} "
+              f"{'peak MiB':>9} {'load':>5}", flush=True)
         out = data / "storage-read-files"
-        seconds, mib = measure([PYTHON, "-m", "tallyflow.cli", "recompute", "--meters",
+        seconds, mib, cpu = measure_cpu([PYTHON, "-m", "tallyflow.cli", "recompute", "--meters",
                                 str(METERS), "--input", str(events_file), "--output-dir",
                                 str(out), *period])
-        print(f"{'files, in memory':<34} {seconds:>8.1f} {rows / seconds:>9.0f} {mib:>9.0f} "
-              f"{os.getloadavg()[0]:>5.1f}", flush=True)
+        print(f"{'files, in memory':<34} {seconds:>8.1f} {rows / seconds:>9.0f} {cpu:>7.1f} "
+              f"{rows / cpu:>9.0f} {mib:>9.0f} {os.getloadavg()[0]:>5.1f}", flush=True)
         expected = files_usage(out)
         env = {**stack.env()}
         for streams in args.streams:
             summary = data / f"storage-read-{streams}.json"
-            seconds, mib = measure(
+            seconds, mib, cpu = measure_cpu(
                 ["env", *(f"{k}={v}" for k, v in env.items()), PYTHON, "-c",
                  "import json, sys; from pipelines.recompute_usage import run; "
                  f"open({str(summary)!r}, 'w').write(json.dumps(run(sys.argv[1:])))",
@@ -212,8 +212,8 @@ def main() -> int:
             if committed_usage(stack, result["run_id"]) != expected:
                 raise RuntimeError(f"the BigQuery run with {streams} streams differs from files")
             label = f"BigQuery, {streams} stream(s) and worker(s)"
-            print(f"{label:<34} {seconds:>8.1f} {rows / seconds:>9.0f} {mib:>9.0f} "
-                  f"{os.getloadavg()[0]:>5.1f}", flush=True)
+            print(f"{label:<34} {seconds:>8.1f} {rows / seconds:>9.0f} {cpu:>7.1f} "
+                  f"{rows / cpu:>9.0f} {mib:>9.0f} {os.getloadavg()[0]:>5.1f}", flush=True)
         for label, (read_s, read_rows) in replay_reads(stack, start).items():
             print(f"replay read, {label:<32} {read_s:>6.1f} s {read_rows:>9} rows "
                   f"{read_rows / read_s:>9.0f} rows/s", flush=True)

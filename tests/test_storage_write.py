@@ -118,7 +118,7 @@ def fake_target(fake) -> Target:
 def test_a_bundle_is_one_stream_in_requests_bounded_by_bytes(monkeypatch):
     rows = [usage_row(n) for n in range(40)]
     size = len(storage_write.row_encoder(USAGE_RECOMPUTED)(rows[0][1]))
-    monkeypatch.setattr(storage_write, "MAX_REQUEST_BYTES", 10 * size + size // 2)
+    monkeypatch.setattr(storage_write, "MAX_APPEND_BYTES", 10 * size + size // 2)
     fake = FakeWriteClient()
     written, failed = bundle(fake, rows)
     assert not failed
@@ -146,7 +146,7 @@ def test_rows_bigquery_rejects_are_given_up_and_the_rest_land_once():
 def test_a_row_too_large_for_any_request_is_given_up_alone(monkeypatch):
     rows = [usage_row(n) for n in range(3)]
     rows[1][1]["reason"] = "x" * 400
-    monkeypatch.setattr(storage_write, "MAX_REQUEST_BYTES", 300)
+    monkeypatch.setattr(storage_write, "MAX_APPEND_BYTES", 300)
     fake = FakeWriteClient()
     written, failed = bundle(fake, rows)
     assert written[0].rows == 2

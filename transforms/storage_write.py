@@ -1,7 +1,7 @@
 """Staging a restatement over the Storage Write API in pending mode.
 
 Each bundle appends its rows to a pending stream of its own, in requests
-bounded by bytes (MAX_REQUEST_BYTES, as insertAll), finalizes the stream when
+bounded by bytes (MAX_APPEND_BYTES), finalizes the stream when
 the bundle ends and outputs its name. Rows in a pending stream are invisible
 until a batch commit, which the run's commit step does once every write is
 done (`commit_streams`), before its transaction. A bundle that fails and is
@@ -24,7 +24,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from schemas.tables import Table
 from schemas.values import parse_rfc3339
-from transforms.bigquery import MAX_REQUEST_BYTES, Written, given_up
+from transforms.bigquery import Written, given_up
 
 
 @functools.lru_cache(maxsize=4096)  # a run's rows share few window bounds
@@ -41,6 +41,9 @@ _PROTO_TYPES = {
     "TIMESTAMP": ("TYPE_INT64", _micros),
 }
 COMMIT_CHUNK = 1000  # streams per BatchCommitWriteStreams call
+# Bytes of rows per AppendRows request: BigQuery takes 10 MB, the emulator's gRPC
+# server 4 MiB (its default receive limit); the rest is room for the schema.
+MAX_APPEND_BYTES = 3 << 20
 
 
 def write_client(endpoint: str | None):
@@ -114,12 +117,12 @@ class AppendPending(beam.DoFn):
     def process(self, keyed_row):
         row_id, row = keyed_row
         data = self._encode(row)
-        if len(data) > MAX_REQUEST_BYTES:
+        if len(data) > MAX_APPEND_BYTES:
             yield given_up(self._table.name, row_id, row, "ROW_TOO_LARGE",
                            f"the row is {len(data)} bytes; a request takes at most "
-                           f"{MAX_REQUEST_BYTES}", time.time_ns())
+                           f"{MAX_APPEND_BYTES}", time.time_ns())
             return
-        if self._size + len(data) > MAX_REQUEST_BYTES:
+        if self._size + len(data) > MAX_APPEND_BYTES:
             self._append()
         self._request.append((row_id, row, data))
         self._size += len(data)

@@ -10,6 +10,7 @@ import pytest
 from tests.test_storage_write import one_bundle
 from transforms.bigquery import PENDING_METHOD, BigQueryTarget, Written, WriteRows, total_written
 from transforms.restate import RecomputeRun, commit_pending_streams
+from transforms.storage_write import row_encoder
 
 DATASET = "storage_write_test"
 HOUR = 3600 * 10 ** 9
@@ -63,6 +64,16 @@ def test_staged_rows_appear_exactly_at_the_commit_step_and_once(stack, target, t
     assert [r["subject"] for r in got] == [row["subject"] for _, row in rows]
     assert [r["value"] for r in got] == [Decimal(row["value"]) for _, row in rows]
     assert {r["window_start"].isoformat() for r in got} == {"2026-11-01T00:00:00.000001+00:00"}
+
+
+def test_a_bundle_larger_than_a_request_is_appended_in_several(stack, target):
+    """More bytes than the emulator's gRPC server takes in one message (4 MiB)."""
+    run = staging(stack, "write-3")
+    rows = usage_rows(run, 45_000)
+    encode = row_encoder(run.staging_table)
+    assert sum(len(encode(row)) for _, row in rows) > 4 << 20
+    (written,), failed = one_bundle(target, run.staging_table, rows)
+    assert written.rows == len(rows) and len(written.streams) == 1 and not failed
 
 
 def test_a_retried_bundles_stream_is_never_committed(stack, target):
