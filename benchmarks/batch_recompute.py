@@ -134,6 +134,11 @@ with open({str(path) + '.tmp'!r}, 'wb') as f:
 
 def measure(command: list[str]) -> tuple[float, float]:
     """(wall seconds, peak RSS MiB) of a command, from GNU time."""
+    return measure_cpu(command)[:2]
+
+
+def measure_cpu(command: list[str]) -> tuple[float, float, float]:
+    """(wall seconds, peak RSS MiB, CPU seconds: user + system, its children included)."""
     result = subprocess.run(["/usr/bin/time", "-v", *command], cwd=ROOT, capture_output=True,
                             text=True)
     if result.returncode:
@@ -142,7 +147,9 @@ def measure(command: list[str]) -> tuple[float, float]:
     parts = [float(p) for p in wall.group(1).split(":")]  # float-ok: seconds
     seconds = sum(p * 60 ** i for i, p in enumerate(reversed(parts)))
     rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr).group(1))
-    return seconds, rss_kb / 1024
+    cpu = sum(float(re.search(rf"{kind} time \(seconds\): (\S+)", result.stderr).group(1))
+              for kind in ("User", "System"))  # float-ok: seconds
+    return seconds, rss_kb / 1024, cpu
 
 
 def duckdb_rows(path: Path) -> dict:

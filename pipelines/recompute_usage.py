@@ -19,7 +19,8 @@ files, so a failed or killed run leaves no results that look current. An input
 that cannot be read whole (a truncated or corrupt compressed file, one that
 changes while it is read) fails the run (exit 3) naming the file.
 Otherwise it restates the period in BigQuery: the rows go to a staging table
-and one transaction appends them to `usage_recomputed` with the run's row in
+(pending Storage Write streams, committed once every row is written) and one
+transaction appends them to `usage_recomputed` with the run's row in
 `recompute_runs` (a new revision; history is kept). `--dirty` recomputes
 exactly the windows `late_events` marked since they were last recomputed.
 
@@ -45,7 +46,7 @@ from schemas.tables import DEAD_LETTER
 from schemas.values import format_time, parse_duration, parse_window
 from transforms import rows
 from transforms.batch_usage import ComputeUsage
-from transforms.bigquery import WriteRows
+from transforms.bigquery import PENDING_METHOD, WriteRows
 from transforms.bigquery_target import query
 from transforms.files import (PublishResults, ReadPayloadBatches, WriteSortedLines,
                               discard_staging, remove_results, staging_dir)
@@ -163,7 +164,8 @@ def build(pipeline: beam.Pipeline, options: RecomputeOptions, limits: Limits,
 
     bignumeric = {m.key for m in catalog.meters if m.precision == "BIGNUMERIC"}
     staged = usage | "Stage" >> WriteRows(
-        target, run.staging_table, to_row=lambda r: run.row(r, r["meter"] in bignumeric))
+        target, run.staging_table, PENDING_METHOD,
+        to_row=lambda r: run.row(r, r["meter"] in bignumeric))
     _ = dead_letters | "WriteDeadLetters" >> WriteRows(
         target, DEAD_LETTER, to_row=lambda r: rows.dead_letter_row(r, PIPELINE_NAME, run.run_id))
     return (staged, summary) | "CommitRun" >> CommitRun(target, run)

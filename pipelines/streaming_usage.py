@@ -49,10 +49,11 @@ from schemas.tables import (DEAD_LETTER, DUPLICATE_EVENTS, EVENTS, LATE_EVENTS, 
 from schemas.values import NS, format_time, parse_duration, parse_rfc3339, parse_window
 from transforms import rows
 from transforms.bigquery import (CLIENT_METHOD, WRITE_METHODS, BigQueryTarget,
-                                 ExpansionServiceUnavailable, QueryRows, WriteRows)
+                                 ExpansionServiceUnavailable, WriteRows)
 from transforms.limits import PublishAlerts, RestoreLimitState, UsageAlerts
 from transforms.pubsub import PublishDeadLetters, ReadUsageMessages
 from transforms.runner import is_dataflow
+from transforms.storage_read import ReadQueryStreams, arrow_rows
 from transforms.streaming import REPLAYED, StreamUsage
 
 PIPELINE_NAME = "streaming_usage"
@@ -224,7 +225,8 @@ class ReplayOpenWindows(beam.PTransform):
         params = [("span", "INT64", self._open_span_s), ("horizon", "INT64", self._horizon_s),
                   ("since", "INT64", self._since_us)]
         return (pbegin
-                | "Query" >> QueryRows(self._target, sql, params)
+                | "ReadStreams" >> ReadQueryStreams(self._target, sql, params)
+                | "Rows" >> beam.FlatMap(arrow_rows)
                 | "AsMessages" >> beam.Map(lambda r: Payload(
                     REPLAYED + (r["message_id"] or ""), (), r["raw"].encode("utf-8"),
                     r["ingest_us"] * 1000)))
@@ -251,7 +253,9 @@ class RecordedSince(beam.PTransform):
                f"UNION ALL SELECT '{LATE_EVENTS.name}', source, id "
                f"FROM {table(LATE_EVENTS)} WHERE ingest_time >= TIMESTAMP_MICROS(@since)")
         return (pbegin
-                | "Query" >> QueryRows(self._target, sql, [("since", "INT64", self._since_us)])
+                | "ReadStreams" >> ReadQueryStreams(self._target, sql,
+                                                    [("since", "INT64", self._since_us)])
+                | "Rows" >> beam.FlatMap(arrow_rows)
                 | "AsKeys" >> beam.Map(lambda r: (r["t"], r["a"], r["b"]) if r["b"]
                                        else (r["t"], r["a"])))
 

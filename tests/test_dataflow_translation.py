@@ -49,12 +49,26 @@ def translate(pipeline: beam.Pipeline):
     return pipeline.runner.job
 
 
-def translate_streaming(*extra: str):
+def translate_streaming(*extra: str, replay_since_ns: int | None = None):
     options = PipelineOptions(STREAMING + list(extra), streaming=True, save_main_session=False)
     pipeline = beam.Pipeline(options=options)
     streaming_usage.build(pipeline, options.view_as(streaming_usage.StreamingUsageOptions),
-                          "stream-dry-run")
+                          "stream-dry-run", replay_since_ns)
     return translate(pipeline)
+
+
+def assert_read_in_parallel_streams(job, read: str) -> None:
+    """The Storage Read transform `read` (ReadTableStreams, ReadQueryStreams) reads streams
+    that come out of a reshuffle: the read of one stream is a bundle of its own, on
+    whichever worker gets it."""
+    transforms = job.proto_pipeline.components.transforms
+    producers = {}  # a composite and its last part produce the same PCollection
+    for t in transforms.values():
+        for output in t.outputs.values():
+            producers.setdefault(output, set()).add(t.spec.urn)
+    (step,) = [t for t in transforms.values() if t.unique_name == f"{read}/ReadStream"]
+    (streams,) = step.inputs.values()
+    assert "beam:transform:reshuffle:v1" in producers[streams]
 
 
 def transform_names(job) -> set[str]:
@@ -103,6 +117,13 @@ def test_streaming_translates_with_id_label_dead_letter_topic_and_restore():
     assert (read.id_attribute, read.timestamp_attribute) == ("message-id", "event-time")
     names = transform_names(job)
     assert {"PublishDeadLetters", "ReplayOpenWindows", "AfterReplay", "WithReplay"} <= names
+
+
+def test_the_restore_reads_its_replay_in_parallel_streams():
+    job = translate_streaming("--restore_open_windows", replay_since_ns=1_793_491_200 * NS)
+    assert job.proto.type == JobType.JOB_TYPE_STREAMING
+    assert_read_in_parallel_streams(job, "ReplayOpenWindows/ReadStreams")
+    assert_read_in_parallel_streams(job, "RecordedSince/ReadStreams")
 
 
 def test_bad_pubsub_names_fail_at_construction():
@@ -180,17 +201,14 @@ def test_recompute_from_bigquery_translates():
 
 
 def test_recompute_reads_its_period_in_parallel_streams():
-    """The period's events are read by stream, each stream after a reshuffle: the read
-    of one stream is a bundle of its own, on whichever worker gets it."""
-    transforms = translate_recompute_from_bigquery().proto_pipeline.components.transforms
-    producers = {}  # a composite and its last part produce the same PCollection
-    for t in transforms.values():
-        for output in t.outputs.values():
-            producers.setdefault(output, set()).add(t.spec.urn)
-    (read,) = [t for t in transforms.values()
-               if t.unique_name == "ReadEvents/ReadStreams/ReadStream"]
-    (streams,) = read.inputs.values()
-    assert "beam:transform:reshuffle:v1" in producers[streams]
+    assert_read_in_parallel_streams(translate_recompute_from_bigquery(),
+                                    "ReadEvents/ReadStreams")
+
+
+def test_recompute_stages_through_pending_streams_committed_before_its_transaction():
+    names = transform_names(translate_recompute_from_bigquery())
+    assert {"Stage/AppendPending", "CommitRun/CommitStreams", "CommitRun/Commit"} <= names
+    assert "Stage/InsertAll" not in names
 
 
 def test_both_pipelines_options_live_in_one_process():
@@ -224,4 +242,4 @@ def test_rate_translates():
                      "gs://tallyflow-test/rate")
     job = translate(pipeline)
     assert job.proto.type == JobType.JOB_TYPE_BATCH
-    assert "ReadUsage" in transform_names(job)
+    assert_read_in_parallel_streams(job, "ReadUsage")

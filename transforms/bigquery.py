@@ -1,4 +1,4 @@
-"""BigQuery sinks and sources that behave the same on BigQuery and on the local emulator.
+"""BigQuery sinks that behave the same on BigQuery and on the emulator (reads: storage_read).
 
 Beam's `WriteToBigQuery`/`ReadFromBigQuery` cannot be pointed at an
 emulator, so the default path uses the `google-cloud-bigquery` client, whose
@@ -22,13 +22,16 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
 from schemas.tables import FAILED_WRITES, Table
-from transforms.bigquery_target import BigQueryTarget, query_config
+from transforms.bigquery_target import BigQueryTarget
 from transforms.rows import UnwritableRow, failed_write_rows
 from transforms.rows import row_id as content_id
 
 CLIENT_METHOD = "INSERT_ALL"
 BEAM_METHODS = ("STREAMING_INSERTS", "STORAGE_WRITE_API")
 WRITE_METHODS = (CLIENT_METHOD,) + BEAM_METHODS
+# Bounded writes that a commit step completes (a restatement's staging): the Storage
+# Write API's pending streams (`transforms.storage_write`); not a streaming option.
+PENDING_METHOD = "PENDING_STREAMS"
 MAX_BATCH = 500  # rows per insertAll request (BigQuery's recommendation)
 # BigQuery takes at most 10 MB per insertAll request and per row; the request body
 # is counted as the client sends it (ASCII JSON), and 2 MB stay free for overhead
@@ -48,20 +51,24 @@ class ExpansionServiceUnavailable(RuntimeError):
 
 class Written(typing.NamedTuple):
     """What a write did: rows written, and rows given up (recorded in `failed_writes`)
-    with the first few reasons, for an operator."""
+    with the first few reasons, for an operator; with PENDING_STREAMS, the pending
+    streams that hold the rows until the commit step commits them."""
 
     rows: int = 0
     failed: int = 0
     reasons: tuple = ()
+    streams: tuple = ()
 
 
 def total_written(parts: typing.Iterable[Written]) -> Written:
     rows = failed = 0
     reasons: tuple = ()
+    streams: list = []
     for part in parts:
         rows, failed = rows + part.rows, failed + part.failed
         reasons = (reasons + tuple(part.reasons))[:MAX_REASONS]
-    return Written(rows, failed, reasons)
+        streams += part.streams
+    return Written(rows, failed, reasons, tuple(streams))
 
 
 def encoded_size(row_id: str, row: dict) -> int:
@@ -285,13 +292,16 @@ class WriteRows(beam.PTransform):
     (MAX_BATCH) and by bytes (MAX_REQUEST_BYTES).
 
     With a Beam method, the rows go through `beam.io.WriteToBigQuery` instead
-    (Dataflow); row ids are then Beam's own.
+    (Dataflow); row ids are then Beam's own. With PENDING_METHOD (bounded input
+    only) each bundle's rows go to a pending stream, named in its Written, and
+    nothing is visible until the commit step commits the streams
+    (`storage_write.commit_streams`); the row id is then unused.
     """
 
     def __init__(self, target: BigQueryTarget, table: Table, method: str = CLIENT_METHOD,
                  to_row=None):
         super().__init__()
-        if method not in WRITE_METHODS:
+        if method not in WRITE_METHODS + (PENDING_METHOD,):
             raise ValueError(f"write method must be one of {', '.join(WRITE_METHODS)}")
         self._target = target
         self._table = table
@@ -314,8 +324,7 @@ class WriteRows(beam.PTransform):
             failures.append(written.failed_rows_with_errors | "BeamFailures" >> beam.Map(
                 lambda failure: beam_failure(table, failure, time.time_ns())))
         else:
-            inserted = self._batches(keyed_rows, "Batch") | "InsertAll" >> beam.ParDo(
-                _InsertBatch(self._target, self._table)).with_outputs(FAILED, main="written")
+            inserted = self._client_write(keyed_rows)
             written = inserted.written
             failures.append(inserted[FAILED])
         recorded = ((failures | "Failures" >> beam.Flatten()) if len(failures) > 1
@@ -331,6 +340,18 @@ class WriteRows(beam.PTransform):
                   | "NotTheTablesRows" >> beam.Map(lambda _written: Written()))
         # what waits for this output (a commit) also waits for failed_writes to be written
         return (written, stored, recorded[FAILED]) | "Written" >> beam.Flatten()
+
+    def _client_write(self, keyed_rows):
+        """-> (Written, FAILED) outputs of the INSERT_ALL or PENDING_METHOD write."""
+        if self._method != PENDING_METHOD:
+            return self._batches(keyed_rows, "Batch") | "InsertAll" >> beam.ParDo(
+                _InsertBatch(self._target, self._table)).with_outputs(FAILED, main="written")
+        if not keyed_rows.is_bounded:
+            raise ValueError(f"{PENDING_METHOD} writes bounded input only")
+        from transforms.storage_write import AppendPending
+
+        return keyed_rows | "AppendPending" >> beam.ParDo(AppendPending(
+            self._target, self._table)).with_outputs(FAILED, main="written")
 
     def _batches(self, keyed_rows, name: str):
         if keyed_rows.is_bounded:
@@ -374,31 +395,3 @@ class WriteRows(beam.PTransform):
                 f"STREAMING_INSERTS or {CLIENT_METHOD}") from error
 
 
-class _RunQuery(beam.DoFn):
-    def __init__(self, target: BigQueryTarget):
-        self._target = target
-
-    def process(self, query):
-        sql, params = query
-        config = query_config(params)
-        client = self._target.client()
-        for row in client.query(sql, job_config=config).result():
-            yield dict(row.items())
-
-
-class QueryRows(beam.PTransform):
-    """Runs one parameterised query and emits its rows as dicts.
-
-    A DoFn around the client rather than `ReadFromBigQuery`, for the emulator;
-    fine for the bounded reads tallyflow does (a period of events, a replay).
-    """
-
-    def __init__(self, target: BigQueryTarget, sql: str, params: list[tuple] = ()):
-        super().__init__()
-        self._target = target
-        self._query = (sql, list(params))
-
-    def expand(self, pbegin):
-        return (pbegin
-                | "Query" >> beam.Create([self._query])
-                | "Rows" >> beam.ParDo(_RunQuery(self._target)))

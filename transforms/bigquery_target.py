@@ -66,10 +66,19 @@ class BigQueryTarget:
         """A Storage Read API client for this target (`transforms.storage_read`)."""
         from transforms.storage_read import read_client
 
+        return read_client(self._storage_endpoint())
+
+    def write_client(self):
+        """A Storage Write API client for this target (`transforms.storage_write`)."""
+        from transforms.storage_write import write_client
+
+        return write_client(self._storage_endpoint())
+
+    def _storage_endpoint(self) -> str | None:
         if self.endpoint and not self.storage_endpoint:
             raise ValueError("an emulator endpoint needs its Storage API gRPC address too: "
                              "--bigquery_storage_endpoint (or BIGQUERY_STORAGE_EMULATOR_HOST)")
-        return read_client(self.storage_endpoint)
+        return self.storage_endpoint
 
 
 def _emulator_client(endpoint: str, project: str):

@@ -43,7 +43,8 @@ from schemas.limits import (ZERO, LimitBook, alert_id, apply_change, newly_cross
 from schemas.pricing import PriceBook
 from schemas.tables import USAGE_ALERTS, USAGE_VIEW
 from schemas.values import format_decimal, format_time, parse_rfc3339
-from transforms.bigquery import BigQueryTarget, QueryRows
+from transforms.bigquery_target import BigQueryTarget
+from transforms.storage_read import ReadQueryStreams, arrow_rows
 from transforms.pubsub import PublishMessages
 
 PANE, RESTORED_WINDOW, RESTORED_ALERT = "pane", "restored_window", "restored_alert"
@@ -263,15 +264,17 @@ class RestoreLimitState(beam.PTransform):
                     (RESTORED_WINDOW, value, key, end_ns))
 
         alerts = (pbegin
-                  | "QueryAlerts" >> QueryRows(self._target, alerts_sql,
-                                               [("lateness", "INT64", self._lateness_s)])
+                  | "QueryAlerts" >> ReadQueryStreams(self._target, alerts_sql,
+                                                      [("lateness", "INT64", self._lateness_s)])
+                  | "AlertRows" >> beam.FlatMap(arrow_rows)
                   | "AlertSeeds" >> beam.Map(lambda r: (
                       (r["subject"], r["meter"], format_time(r["start_us"] * NS_PER_US)),
                       (RESTORED_ALERT, r["threshold"]))).with_output_types(
                           typing.Tuple[Key, typing.Any]))
         windows = (pbegin
-                   | "QueryWindows" >> QueryRows(self._target, windows_sql, [
+                   | "QueryWindows" >> ReadQueryStreams(self._target, windows_sql, [
                        ("span", "INT64", self._lateness_s + LONGEST_PERIOD_S)])
+                   | "WindowRows" >> beam.FlatMap(arrow_rows)
                    | "WindowSeeds" >> beam.Map(window_seed).with_output_types(
                        typing.Tuple[WindowKey, typing.Any]))
         return {"windows": windows, "alerts": alerts}

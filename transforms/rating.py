@@ -303,5 +303,5 @@ class CommitRating(CommitAfterWrites):
     nothing and adds no revision."""
 
     def __init__(self, target: BigQueryTarget, run: RatingRun):
-        super().__init__(_Commit(target, run))
+        super().__init__(_Commit(target, run), target)
 

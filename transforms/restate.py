@@ -1,7 +1,8 @@
 """Restating a closed period in BigQuery: read its events, stage, commit atomically.
 
-A recompute run writes its rows to a staging table of its own, then one
-transaction appends them to `usage_recomputed` together with the run's row in
+A recompute run writes its rows to a staging table of its own (pending Storage
+Write streams, `transforms/storage_write.py`, committed by the commit step once
+every row is written), then one transaction appends them to `usage_recomputed` together with the run's row in
 `recompute_runs`. The `usage` view only shows rows of runs in
 `recompute_runs`, so a run is invisible until that commit and whole after it;
 a run that dies before it leaves only a staging table behind. History is
@@ -26,6 +27,7 @@ from transforms.bigquery_target import (BigQueryTarget, exists, period_parameter
                                         timestamp)
 from transforms.rows import checked_usage, usage_value_columns
 from transforms.storage_read import ReadTableStreams
+from transforms.storage_write import commit_streams
 
 # Fault injection for the crash test: seconds to sleep between staging and commit.
 PAUSE_BEFORE_COMMIT_ENV = "TALLYFLOW_PAUSE_BEFORE_COMMIT"
@@ -218,14 +220,16 @@ class CommitAfterWrites(beam.PTransform):
     Template launch needs no driver waiting for the job to finish.
     """
 
-    def __init__(self, commit: beam.DoFn):
+    def __init__(self, commit: beam.DoFn, target: BigQueryTarget):
         super().__init__()
         self._commit = commit
+        self._target = target
 
     def expand(self, inputs):
         written, summary = inputs
         return (written
                 | "Total" >> beam.CombineGlobally(total_written)
+                | "CommitStreams" >> beam.Map(commit_pending_streams, self._target)
                 | "Complete" >> beam.Map(rows_if_complete)
                 | "Commit" >> beam.ParDo(self._commit, beam.pvalue.AsSingleton(summary)))
 
@@ -233,6 +237,14 @@ class CommitAfterWrites(beam.PTransform):
 class IncompleteWrite(RuntimeError):
     """Some rows of a run could not be staged: committing would restate the period without
     them, so the run stops, uncommitted; `failed_writes` holds the rows and reasons."""
+
+
+def commit_pending_streams(written: Written, target: BigQueryTarget) -> Written:
+    """Makes the staged rows of pending streams (PENDING_METHOD) visible, if every row
+    was staged; before the commit transaction, which reads them."""
+    if written.streams and not written.failed:
+        commit_streams(target.write_client(), written.streams)
+    return written
 
 
 def rows_if_complete(written: Written) -> int:
@@ -248,4 +260,4 @@ class CommitRun(CommitAfterWrites):
     """Commits a recompute run: its staged rows and its `recompute_runs` row, atomically."""
 
     def __init__(self, target: BigQueryTarget, run: RecomputeRun):
-        super().__init__(_Commit(target, run))
+        super().__init__(_Commit(target, run), target)

@@ -22,7 +22,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from schemas.tables import Table
-from transforms.bigquery import query_config
+from transforms.bigquery_target import query_config
 
 # Streams asked for when the caller sets no maximum: enough to keep a few
 # hundred worker cores busy; BigQuery returns fewer for small reads (the

@@ -82,7 +82,8 @@ class StreamJob:
         self.lane, self.job_id = lane, job_id
         argv = ["--subscription", lane.subscription_path(), "--meters", str(EXAMPLE_METERS),
                 "--bigquery_project", lane.project, "--bigquery_dataset", lane.dataset,
-                "--bigquery_endpoint", lane.bigquery_endpoint, "--window", WINDOW,
+                "--bigquery_endpoint", lane.bigquery_endpoint,
+                "--bigquery_storage_endpoint", lane.bigquery_grpc_address, "--window", WINDOW,
                 "--allowed_lateness", LATENESS, "--early_firing_seconds", "1",
                 "--dedup_horizon", "48h", *extra]
         # as streaming_usage.run() does, minus its blocking wait
