@@ -21,10 +21,10 @@ from schemas.limits import alert_id, billing_period
 from schemas.values import format_time, parse_rfc3339
 from tallyflow.examples import METERS
 from tallyflow.reports import alerts as settle_alerts
-from tallyflow.reports.explain import Dataset
+from tallyflow.reports.data import Dataset
 from transforms.rows import usage_alert_row
 from tests.e2e.test_streaming_e2e import (StreamJob, event, lane, publish_messages,  # noqa: F401
-                                          query, table, wait_for)
+                                          WAIT_SECONDS, query, table, wait_for)
 
 SUBJECT = "cust-limits"
 THRESHOLDS = ("50%", "80%", "100%")
@@ -103,7 +103,8 @@ def test_crossing_50_80_and_100_percent_alerts_exactly_three_times(lane, alerts_
         wait_for(lambda: query(bq_client, f"SELECT COUNT(*) AS n FROM "
                                           f"{table(lane, 'usage_panes')} WHERE "
                                           f"job_id = 'limits-2' AND pane_timing = 'ON_TIME'"),
-                 lambda seen: seen[0]["n"] > 0, "an on-time pane of the second job")
+                 lambda seen: seen[0]["n"] > 0, "an on-time pane of the second job",
+                 timeout=3 * WAIT_SECONDS)  # a 1m window must close first, on a loaded runner
         rows = alert_rows(bq_client, lane)
 
     period_start = format_time(billing_period(
