@@ -1,10 +1,16 @@
-"""`rate_subject` line by line: every field of the lines it makes (usage, zero-usage and
-limit lines), the reasons it counts unpriced rows by, and which version a zero line
-is under; expected lines written out from docs/pricing.md's rules."""
+"""Pricing rules one at a time, with expected values written out from docs/pricing.md:
+`rate_subject` line by line (every field of usage, zero-usage and limit lines, the
+reasons unpriced rows are counted by, the version a zero line is under), adjustments
+field by field, tier bounds, and the price book's loading and messages."""
 from collections import Counter
+from dataclasses import replace
 from decimal import Decimal as D
 
-from schemas.pricing import Line, UsageWindow, parse_price_book, rate_subject
+import pytest
+
+from schemas.catalog import parse_catalog
+from schemas.pricing import (Line, Model, PriceBookError, UsageWindow, adjustments,
+                             parse_price_book, parse_price_book_text, rate_subject)
 from schemas.values import parse_rfc3339
 
 HOUR = 3600 * 10 ** 9
@@ -139,3 +145,121 @@ def test_limit_lines_name_only_what_they_limit_and_a_limit_reached_exactly_adds_
         line(price=None, meter=None, model=None, kind="minimum", amount="5"),  # 20 - 15
         line(plan_id="q", quantity="6", events=1, amount="3"),  # exactly q's minimum: none
     )
+
+
+def test_a_graduated_line_charges_the_first_tiers_flat_fee_once():
+    tiers = [{"up_to": 5, "unit_amount": 5, "flat_amount": 10},
+             {"up_to": None, "unit_amount": 4, "flat_amount": 20}]
+    book = parse_price_book({
+        "plans": [plan("p", version(1, "2026-01-01T00:00:00Z", prices=[
+            {"id": "calls", "meter": "calls", "model": "graduated", "tiers": tiers}]))],
+        "assignments": [assigned("acme", "p", "2026-01-01T00:00:00Z")]})
+    rated = rate_subject(book, "acme", NOV, DEC, [at(0, value="4"), at(1, value="3")])
+    # 5 units at 5 + 10, then 2 at 4 + 20
+    assert rated.lines == (line(model="graduated", quantity="7", events=2, amount="63"),)
+
+
+def test_usage_after_an_assignment_ends_is_not_billed_on_it():
+    book = parse_price_book({
+        "plans": [plan("p", version(1, "2026-01-01T00:00:00Z", prices=[CALLS]))],
+        "assignments": [assigned("acme", "p", "2026-01-01T00:00:00Z", "2026-11-10T00:00:00Z")]})
+    rated = rate_subject(book, "acme", NOV, DEC, [at(9 * 24 - 1, value="2"), at(11 * 24, value="5")])
+    assert rated.unpriced == Counter(no_plan_assigned=1)
+    assert rated.lines == (line(quantity="2", events=1, amount="2"),)
+
+
+def test_the_customers_of_a_period_are_those_on_a_plan_during_it():
+    book = parse_price_book({
+        "plans": [plan("p", version(1, "2025-01-01T00:00:00Z", prices=[CALLS]))],
+        "assignments": [assigned("ended", "p", "2025-01-01T00:00:00Z", "2026-11-01T00:00:00Z"),
+                        assigned("later", "p", "2026-12-01T00:00:00Z"),
+                        assigned("left", "p", "2025-01-01T00:00:00Z", "2026-11-01T00:00:01Z"),
+                        assigned("joined", "p", "2026-11-30T23:59:59Z")]})
+    assert book.subjects_in(NOV, DEC) == ["joined", "left"]
+
+
+def test_adjustments_carry_the_differences_of_quantity_events_and_unrounded_amount():
+    kept = line(quantity="10", events=4, amount="11.00")
+    dropped = line(price="bytes", meter="bytes", quantity="3", events=2, amount="6")
+    floor = line(price=None, meter=None, model=None, kind="minimum", amount="3.67")
+    same = line(price="seats", meter="seats", quantity="1", events=1, unrounded="1.001",
+                amount="1.00")
+    previous = [kept, dropped, floor, same]
+    current = [replace(kept, quantity=D(12), event_count=7, unrounded=D("9.996"),
+                       amount=D("10.00")),
+               line(price="storage", meter="storage", quantity="5", events=5,
+                    unrounded="2.5", amount="2.50"),
+               replace(same, unrounded=D("1.004"))]  # rounds to the same amount: no change
+    by_price = {(kind, diff.price_id, diff.kind): (diff, old)
+                for kind, diff, old in adjustments(previous, current)}
+    assert by_price == {
+        ("credit", "calls", "usage"): (
+            replace(kept, quantity=D(2), event_count=3, unrounded=D("-1.004"),
+                    amount=D("-1.00")), kept),
+        ("credit", "bytes", "usage"): (
+            replace(dropped, quantity=D(-3), event_count=-2, unrounded=D(-6), amount=D(-6)),
+            dropped),
+        ("credit", None, "minimum"): (replace(floor, unrounded=D("-3.67"),
+                                              amount=D("-3.67")), floor),
+        ("debit", "storage", "usage"): (current[1], None),
+    }
+
+
+BOUNDED = [{"up_to": 10, "unit_amount": "0.50"}, {"up_to": 1000, "unit_amount": "0.40"}]
+
+
+def one_price(spec: dict):
+    book = parse_price_book({"plans": [plan("p", version(1, "2026-01-01T00:00:00Z",
+                                                         prices=[spec]))],
+                             "assignments": []})
+    return book.plans[0].versions[0].prices[0]
+
+
+@pytest.mark.parametrize("model, at_the_bound", [("graduated", "401.00"), ("volume", "400.00")])
+def test_a_bounded_last_tier_prices_up_to_its_bound_and_refuses_beyond(model, at_the_bound):
+    price = one_price({"id": "calls", "meter": "calls", "model": model, "tiers": BOUNDED})
+    assert price.amount(D(1000)) == D(at_the_bound)  # 10 x 0.50 + 990 x 0.40; 1000 x 0.40
+    with pytest.raises(ValueError, match=r"^quantity 1000\.5 is beyond the last tier "
+                                         r"\(up_to 1000\); give the last tier up_to: null$"):
+        price.amount(D("1000.5"))
+
+
+def test_a_per_event_fee_is_charged_only_for_events():
+    price = one_price({"id": "calls", "meter": "calls", "model": "percentage", "percent": "2",
+                       "fixed_fee": "0.25"})
+    assert price.amount(D(100)) == D(2)  # no events given: none charged
+    assert price.amount(D(100), 4) == D(3)
+    assert Model("percentage", percent=D(2), fixed_fee=D("0.25")).amount(D(100)) == D(2)
+
+
+def test_yaml_numbers_may_group_digits_with_underscores():
+    book = parse_price_book_text(
+        "plans:\n- id: p\n  currency: USD\n  versions:\n  - version: 1\n"
+        "    starting_at: '2026-01-01T00:00:00Z'\n    prices:\n    - id: calls\n"
+        "      meter: calls\n      model: per_unit\n      unit_amount: 1_000.5\n")
+    assert book.plans[0].versions[0].prices[0].model.unit_amount == D("1000.5")
+
+
+def test_a_price_on_an_unknown_meter_or_dimensions_is_refused_in_full():
+    catalog = parse_catalog({"meters": [{"key": "calls", "event_type": "call",
+                                         "aggregation": "COUNT",
+                                         "group_by": {"region": "$.region"}}]})
+    where = "plans (p).versions (1).prices"
+    unknown_meter = parse_price_book({
+        "plans": [plan("p", version(1, "2026-01-01T00:00:00Z", prices=[
+            {**CALLS, "id": "bytes", "meter": "bytes"}]))], "assignments": []})
+    with pytest.raises(PriceBookError) as caught:
+        unknown_meter.check_meters(catalog)
+    assert str(caught.value) == f"{where} (bytes).meter: no meter 'bytes' in the catalog"
+    matrix = {"id": "calls", "meter": "calls", "model": "matrix",
+              "dimensions": ["zone", "region", "os"],
+              "cells": [{"values": {"zone": "a", "region": "eu", "os": "x"},
+                         "model": "per_unit", "unit_amount": "1"}],
+              "default": {"model": "per_unit", "unit_amount": "1"}}
+    unknown_keys = parse_price_book({
+        "plans": [plan("p", version(1, "2026-01-01T00:00:00Z", prices=[matrix]))],
+        "assignments": []})
+    with pytest.raises(PriceBookError) as caught:
+        unknown_keys.check_meters(catalog)
+    assert str(caught.value) == \
+        f"{where} (calls).dimensions: os, zone not a group-by key of meter calls"
