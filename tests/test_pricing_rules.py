@@ -10,7 +10,8 @@ import pytest
 
 from schemas.catalog import parse_catalog
 from schemas.pricing import (Line, Model, PriceBookError, UsageWindow, adjustments,
-                             parse_price_book, parse_price_book_text, rate_subject)
+                             load_price_book, parse_price_book, parse_price_book_text,
+                             rate_subject)
 from schemas.values import parse_rfc3339
 
 HOUR = 3600 * 10 ** 9
@@ -263,3 +264,142 @@ def test_a_price_on_an_unknown_meter_or_dimensions_is_refused_in_full():
         unknown_keys.check_meters(catalog)
     assert str(caught.value) == \
         f"{where} (calls).dimensions: os, zone not a group-by key of meter calls"
+
+
+PRICE = "plans[0] (p).versions[0] (version 1).prices[0] (calls)"
+CELL_MODELS = "per_unit, package, graduated, volume, percentage"
+
+
+def matrix(**fields) -> dict:
+    spec = {"id": "calls", "meter": "calls", "model": "matrix", "dimensions": ["region", "os"],
+            "cells": [{"values": {"region": "eu", "os": "x"}, "model": "per_unit",
+                       "unit_amount": "1"}],
+            "default": {"model": "per_unit", "unit_amount": "2"}}
+    return {key: value for key, value in {**spec, **fields}.items() if value is not None}
+
+
+def book_with(price=None, assignment=None) -> dict:
+    return {"plans": [plan("p", version(1, "2026-01-01T00:00:00Z", prices=[price or CALLS]))],
+            "assignments": [assignment or assigned("acme", "p", "2026-01-01T00:00:00Z")]}
+
+
+def graduated(*tiers) -> dict:
+    return {"id": "calls", "meter": "calls", "model": "graduated", "tiers": list(tiers)}
+
+
+REFUSALS = [
+    (book_with({**CALLS, "meter": "Calls"}),
+     f"{PRICE}.meter: required; the key of a meter in the catalog"),
+    (book_with({**CALLS, "model": "tiered"}),
+     f"{PRICE}.model: must be one of {CELL_MODELS}, matrix, got 'tiered'"),
+    (book_with({**CALLS, "unit_amount": None}), f"{PRICE}.unit_amount: required for per_unit"),
+    (book_with({**CALLS, "unit_amount": [1]}),
+     f"{PRICE}.unit_amount: must be a decimal number, got [1]"),
+    (book_with({**CALLS, "unit_amount": True}),
+     f"{PRICE}.unit_amount: must be a decimal number, got True"),
+    (book_with({**CALLS, "unit_amount": 0.5}),
+     f"{PRICE}.unit_amount: 0.5 is a float; write amounts as decimal strings or YAML numbers"),
+    (book_with({**CALLS, "minimum": "1.001"}),
+     f"{PRICE}.minimum: 1.001 is finer than the USD minor unit"),
+    (book_with({**CALLS, "description": 5}), f"{PRICE}.description: must be a string"),
+    (book_with({"id": "calls", "meter": "calls", "model": "package", "package_size": "0",
+                "package_amount": "1"}), f"{PRICE}.package_size: must be positive, got 0"),
+    (book_with(matrix(dimensions="region")), f"{PRICE}.dimensions: required for matrix; "
+                                              "a list of distinct group-by keys of the meter"),
+    (book_with(matrix(dimensions=[])), f"{PRICE}.dimensions: required for matrix; "
+                                        "a list of distinct group-by keys of the meter"),
+    (book_with(matrix(dimensions=["region", 1])), f"{PRICE}.dimensions: required for matrix; "
+                                                   "a list of distinct group-by keys of the meter"),
+    (book_with(matrix(dimensions=["region", "region"])),
+     f"{PRICE}.dimensions: required for matrix; a list of distinct group-by keys of the meter"),
+    (book_with(matrix(colour="red")), f"{PRICE}.colour: unknown field"),
+    (book_with(matrix(description=5)), f"{PRICE}.description: must be a string"),
+    (book_with(matrix(cells=["x"])), f"{PRICE}.cells[0]: must be a mapping"),
+    (book_with(matrix(cells=[{"values": "eu", "model": "per_unit", "unit_amount": "1"}])),
+     f"{PRICE}.cells[0].values: must be a mapping"),
+    (book_with(matrix(cells=[{"values": {"region": "eu"}, "model": "per_unit",
+                              "unit_amount": "1"}])),
+     f"{PRICE}.cells[0].values: must give a value for each of region, os"),
+    (book_with(matrix(cells=[{"values": {"region": "eu", "os": ["x"]}, "model": "per_unit",
+                              "unit_amount": "1"}])),
+     f"{PRICE}.cells[0].values.os: must be a string, number, boolean or null"),
+    (book_with(matrix(cells=[{"values": {"region": "eu", "os": "x"}, "model": "per_unit",
+                              "unit_amount": "1"}] * 2)),
+     f"{PRICE}.cells[1].values: duplicate cell"),
+    (book_with(matrix(cells=[{"values": {"region": "eu", "os": "x"}, "model": "matrix"}])),
+     f"{PRICE}.cells[0].model: must be one of {CELL_MODELS}, got 'matrix'"),
+    (book_with(matrix(cells=[])), f"{PRICE}.cells: required for matrix; at least one cell"),
+    (book_with(matrix(default=None)),
+     f"{PRICE}.default: required for matrix; the price of usage no cell matches"),
+    (book_with(matrix(default="x")), f"{PRICE}.default: must be a mapping"),
+    (book_with(matrix(default={"model": "per_unit", "unit_amount": "1", "colour": "red"})),
+     f"{PRICE}.default.colour: unknown field"),
+    (book_with(graduated()),
+     f"{PRICE}.tiers: required; a list of tiers (the last usually up_to: null)"),
+    (book_with(graduated("x")), f"{PRICE}.tiers[0]: must be a mapping"),
+    (book_with(graduated({"up_to": None, "unit_amount": "1", "colour": "red"})),
+     f"{PRICE}.tiers[0].colour: unknown field"),
+    (book_with(graduated({"up_to": "0", "unit_amount": "1"}, {"up_to": None, "unit_amount": 1})),
+     f"{PRICE}.tiers[0].up_to: must be positive, got 0"),
+    (book_with(graduated({"up_to": None, "unit_amount": "-1"})),
+     f"{PRICE}.tiers[0].unit_amount: must be zero or more, got -1"),
+    (book_with(graduated({"up_to": None, "flat_amount": "-1"})),
+     f"{PRICE}.tiers[0].flat_amount: must be zero or more, got -1"),
+    (book_with(assignment="x"), "assignments[0]: must be a mapping"),
+    (book_with(assignment={"subject": "", "plan": "p", "starting_at": "2026-01-01T00:00:00Z"}),
+     "assignments[0].subject: required; the customer id (1-256 characters)"),
+    (book_with(assignment={"subject": "a" * 257, "plan": "p",
+                           "starting_at": "2026-01-01T00:00:00Z"}),
+     "assignments[0].subject: required; the customer id (1-256 characters)"),
+    (book_with(assignment={**assigned("acme", "p", "2026-01-01T00:00:00Z"), "colour": "red"}),
+     "assignments[0] (acme).colour: unknown field"),
+]
+
+
+@pytest.mark.parametrize("book, message", REFUSALS)
+def test_every_refusal_names_the_item_and_field_in_full(book, message):
+    with pytest.raises(PriceBookError) as caught:
+        parse_price_book(book)
+    assert str(caught.value) == message
+
+
+def test_a_refused_assignment_time_names_the_assignment():
+    with pytest.raises(PriceBookError, match=r"^assignments\[0\] \(acme\)\.starting_at: "
+                                             r"required; "):
+        parse_price_book(book_with(assignment={"subject": "acme", "plan": "p"}))
+
+
+def test_errors_of_a_price_book_text_start_with_its_name(tmp_path):
+    with pytest.raises(PriceBookError, match=r"^price book: the price book must be a mapping"):
+        parse_price_book_text("plans: 5")
+    with pytest.raises(PriceBookError, match=r"^prices\.yaml: not valid YAML: "):
+        parse_price_book_text("plans: [", "prices.yaml")
+    path = tmp_path / "prices.yaml"
+    path.write_text("plans: 5\n", encoding="utf-8")
+    with pytest.raises(PriceBookError) as caught:
+        load_price_book(str(path))
+    assert str(caught.value) == \
+        f"{path}: the price book must be a mapping with a list under 'plans'"
+
+
+def test_what_a_valid_price_book_holds():
+    limited = matrix(minimum="1.50", maximum="9", description="by region",
+                     cells=[{"values": {"region": True, "os": D("1.50")}, "model": "per_unit",
+                             "unit_amount": " 2 "},
+                            {"values": {"region": False, "os": None}, "model": "package",
+                             "package_size": "1", "package_amount": "3"}])
+    book = parse_price_book(book_with(limited))
+    price = book.plans[0].versions[0].prices[0]
+    assert (price.id, price.minimum, price.maximum, price.description) == \
+        ("calls", D("1.50"), D(9), "by region")
+    assert [values for values, _ in price.cells] == [("true", "1.5"), ("false", None)]
+    assert price.cells[0][1].unit_amount == D(2) and price.cells[1][1].package_size == D(1)
+    assert book.plans[0].versions[0].prices[0].default.unit_amount == D(2)
+    plain = parse_price_book(book_with()).plans[0].versions[0].prices[0]
+    assert plain.description == ""
+    flat_only = parse_price_book(book_with(graduated({"up_to": None, "flat_amount": "5"})))
+    tier, = flat_only.plans[0].versions[0].prices[0].model.tiers
+    assert (tier.unit_amount, tier.flat_amount) == (0, 5)
+    longest = parse_price_book(book_with(assignment=assigned("a" * 256, "p",
+                                                             "2026-01-01T00:00:00Z")))
+    assert longest.assignments[0].subject == "a" * 256
