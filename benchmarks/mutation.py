@@ -30,8 +30,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 MUTMUT = [sys.executable, "-m", "mutmut"]
 
-# module -> the fast tests that cover it (no emulators, no subprocess pipelines; the
-# fast path's property test is left out: a minute per surviving mutant)
+# module -> the fast tests that cover it (no emulators, no subprocess pipelines). Left
+# out: the fast path's property test (a minute per surviving mutant) and the recompute's
+# (test_property.py: seven minutes a run on 2 shared cores under mutmut's tracing);
+# tests/test_batch_steps.py checks the recompute's steps directly instead.
 FASTPATH_AGREES = "tests/test_fastpath.py::test_agrees_on_the_messy_file"
 FAST_TESTS = {
     "schemas/values.py": ["tests/test_values.py", "tests/test_values_edges.py",
@@ -40,10 +42,14 @@ FAST_TESTS = {
     "schemas/aggregation.py": ["tests/test_aggregation.py", "tests/test_property.py"],
     "transforms/dedup.py": ["tests/test_transforms.py", "tests/test_streaming.py"],
     "transforms/windowing.py": ["tests/test_streaming.py"],
-    "transforms/batch_usage.py": ["tests/test_transforms.py", "tests/test_property.py"],
-    "schemas/pricing.py": ["tests/test_pricing.py"],
-    # restating is only tested end to end, on the local stack: slow (emulators per run)
-    "transforms/restate.py": ["tests/e2e/test_restate.py"],
+    "transforms/batch_usage.py": [
+        "tests/test_batch_steps.py",
+        "tests/test_transforms.py::test_compute_usage_keeps_the_first_copy_and_counts_conflicts"],
+    "schemas/pricing.py": ["tests/test_pricing.py", "tests/test_pricing_rules.py"],
+    # the commit against a fake BigQuery; tests/e2e/test_restate.py runs it on the emulator
+    "transforms/restate.py": ["tests/test_restatement.py", "tests/test_bigquery_writes.py"],
+    "transforms/rating.py": ["tests/test_pricing.py::test_rate_subjects_transform",
+                             "tests/test_rating.py"],
 }
 
 KILLED = {"killed", "timeout", "caught by type check"}
