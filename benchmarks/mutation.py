@@ -12,6 +12,8 @@ a time. Slow (minutes per module, mostly Beam pipeline start-up); not in CI.
     .venv/bin/python benchmarks/mutation.py --show-survivors schemas/values.py
     .venv/bin/python benchmarks/mutation.py --json before.json ...   # then, after new tests:
     .venv/bin/python benchmarks/mutation.py --recheck before.json ...
+    .venv/bin/python benchmarks/mutation.py transforms/batch_usage.py \
+        --tests tests/test_batch_steps.py             # other tests than FAST_TESTS
 
 Prints, per module, killed / tested and the score, and (with
 --show-survivors) the diff of every surviving mutant, to be killed by a new
@@ -121,12 +123,14 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--recheck", help="results (--json) of an earlier run: rerun only "
                                           "its survivors, after new tests")
+    parser.add_argument("--tests", nargs="+", help="run these tests against the mutants "
+                                                   "instead of the module's FAST_TESTS")
     args = parser.parse_args(argv)
     earlier = ({r["module"]: r for r in json.loads(Path(args.recheck).read_text())}
                if args.recheck else {})
     results = []
     for module in args.modules:
-        result = measure(module, FAST_TESTS[module], args.jobs, args.show_survivors,
+        result = measure(module, args.tests or FAST_TESTS[module], args.jobs, args.show_survivors,
                          earlier.get(module))
         results.append(result)
         score = result["killed"] / result["mutants"] if result["mutants"] else 1
