@@ -37,14 +37,16 @@ def split(outputs) -> tuple[list, dict]:
 
 def test_the_first_copy_by_order_is_kept_and_the_others_counted():
     counts = Counter()
-    batches = [[record("//s", "a", (2,)), record("//s", "b", (1,))],
+    batches = [[record("//s", "a", (2,)), record("//s", "b", (1,)), record("//t", "a", (6,))],
                [record("//s", "a", (1,), subject="beta"), record("//t", "a", (5,)),
-                record("//s", "a", (3,), subject="beta")]]
+                record("//s", "a", (3,), subject="beta")],
+               [record("//t", "a", (7,), readings=amount("2"))]]
     kept = batch_usage._first_copies([pickle.dumps(b) for b in batches], counts)
     assert sorted(kept) == sorted([record("//s", "a", (1,), subject="beta"),
                                    record("//s", "b", (1,)), record("//t", "a", (5,))])
-    # (//s, a) has two later copies; the one for acme would have billed differently
-    assert counts == Counter(accepted=3, duplicates=2, conflicting_duplicates=1)
+    # (//s, a) has two later copies, the one for acme billing differently; (//t, a) two,
+    # one with another value
+    assert counts == Counter(accepted=3, duplicates=4, conflicting_duplicates=2)
 
 
 def amount(value: str) -> tuple:
@@ -55,10 +57,12 @@ def test_readings_are_windowed_in_the_period_and_partials_merge_into_exact_rows(
     start, end = T0, T0 + 2 * HOUR
     aggregate = batch_usage._DeduplicateAndAggregate(catalog, HOUR, start, end, shards=2)
     shard_a = [record("//s", "a", (1,), T0, readings=amount("1.5")),   # the period's start
+               record("//s", "e", (6,), T0 + 5, readings=()),  # meters nothing
+               record("//s", "g", (8,), T0 + 6, readings=()),
+               record("//s", "h", (9,), T0 + 20, readings=amount("0.5")),
                record("//t", "a", (3,), T0 + HOUR, readings=amount("4")),  # the 2nd window
                record("//s", "c", (4,), end, readings=amount("100")),  # the end: outside
-               record("//s", "d", (5,), T0 - 1, readings=amount("100")),  # before: outside
-               record("//s", "e", (6,), T0 + 5, readings=())]  # meters nothing
+               record("//s", "d", (5,), T0 - 1, readings=amount("100"))]  # before: outside
     shard_b = [record("//s", "b", (2,), T0 + HOUR - 1, readings=amount("2")),  # last ns of 1st
                record("//s", "f", (7,), T0 + 10, subject="beta", readings=amount("0.25"))]
     partials, counts = [], Counter()
@@ -67,7 +71,7 @@ def test_readings_are_windowed_in_the_period_and_partials_merge_into_exact_rows(
         partials += main
         for counter in tagged[batch_usage.COUNTS]:
             counts.update(counter)
-    assert counts == Counter(accepted=7, outside_period=2, unmetered=1)
+    assert counts == Counter(accepted=9, outside_period=2, unmetered=2)
     shards_of_key: dict[tuple, set] = {}
     for usage_shard, blob in partials:
         assert usage_shard in (0, 1)
@@ -81,8 +85,8 @@ def test_readings_are_windowed_in_the_period_and_partials_merge_into_exact_rows(
     assert sorted(rows, key=lambda r: (r["subject"], r["window_start"])) == [
         {"subject": "acme", "meter": "amount", "dimensions": EU,
          "window_start": "2026-11-02T09:00:00Z", "window_end": "2026-11-02T10:00:00Z",
-         "value": "3.5", "event_count": 2,
-         "fingerprint": fingerprint([("//s", "a"), ("//s", "b")])},
+         "value": "4", "event_count": 3,
+         "fingerprint": fingerprint([("//s", "a"), ("//s", "h"), ("//s", "b")])},
         {"subject": "acme", "meter": "amount", "dimensions": EU,
          "window_start": "2026-11-02T10:00:00Z", "window_end": "2026-11-02T11:00:00Z",
          "value": "4", "event_count": 1, "fingerprint": fingerprint([("//t", "a")])},
@@ -97,28 +101,48 @@ def call(event_id, amount, **extra) -> bytes:
                       **extra))
 
 
-def test_a_batch_is_parsed_into_records_by_identity_shard_and_counted(catalog):
-    parse = batch_usage._ParseBatch(catalog, Limits(now_ns=T0 + HOUR), shards=3)
-    parse.setup()
-    ingest = T0 + 60 * 10 ** 9
-    batch = [("f:1", ("f", 1), call("a", "1E3")),
-             ("f:2", ("f", 2), b"{bad"),
-             ("f:3", ("f", 3), b"[" + call("b", "2.50") + b"," + call("d", "3") + b"]"),
-             ("m-9", (ingest // 1000, "m-9"), call("c", "4"), ingest, {})]
-    main, tagged = split(parse.process(batch))
-    assert [r.error_code for r in tagged[batch_usage.DEAD_LETTERS]] == ["MALFORMED_JSON"]
-    assert tagged[batch_usage.COUNTS] == [Counter({
-        "lines": 4, "records": 5, "dead_lettered": 1,
-        "dead_lettered_by_code/MALFORMED_JSON": 1})]
+INGEST = T0 + 60 * 10 ** 9
+BATCH = [("f:1", ("f", 1), call("a", "1E3")),
+         ("f:2", ("f", 2), b"{bad"),
+         ("f:3", ("f", 3), b"[" + b",".join([call("b", "2.50"), call("n", "-1"),
+                                             call("d", "3")]) + b"]"),
+         ("f:4", ("f", 4), b"{worse"),
+         ("m-9", (INGEST // 1000, "m-9"), call("c", "4"), INGEST, {}),
+         # 30 minutes after it was ingested: in the future then, whatever the time now
+         ("m-10", (INGEST // 1000, "m-10"), b"[" + call("f", "5", time="2026-11-02T09:30:00Z")
+          + b"]", INGEST, {})]
+
+
+def parsed_batch(parse) -> tuple[list, list, Counter]:
+    """(records sorted by id, rejection codes, counts) of BATCH, records by shard checked."""
+    main, tagged = split(parse.process(BATCH))
     by_shard = {shard: pickle.loads(blob) for shard, blob in main}
     assert len(by_shard) == len(main)  # one element per shard per batch
     for shard, records in by_shard.items():  # by id alone, so every copy of it meets
-        assert all(zlib.crc32(r[1].encode()) % 3 == shard
-                   for r in records)
-    got = sorted((r[1], r[2], r[6]) for records in by_shard.values() for r in records)
-    assert [(i, o) for i, o, _ in got] == sorted(
-        [("a", ("f", 1)), ("b", ("f", 3, 0)), ("d", ("f", 3, 1)),
-         ("c", (ingest // 1000, "m-9"))])
+        assert all(zlib.crc32(r[1].encode()) % 3 == shard for r in records)
+    (counts,) = tagged[batch_usage.COUNTS]
+    return (sorted(r for records in by_shard.values() for r in records),
+            sorted(r.error_code for r in tagged[batch_usage.DEAD_LETTERS]), counts)
+
+
+def test_a_batch_is_parsed_into_records_by_identity_shard_and_counted(catalog, monkeypatch):
+    parse = batch_usage._ParseBatch(catalog, Limits(now_ns=T0 + HOUR), shards=3)
+    parse.setup()
+    records, rejected, counts = parsed_batch(parse)
+    assert rejected == ["FUTURE_TIME", "MALFORMED_JSON", "MALFORMED_JSON", "VALUE_NEGATIVE"]
+    assert counts == Counter({"lines": 6, "records": 8, "dead_lettered": 4,
+                              "dead_lettered_by_code/MALFORMED_JSON": 2,
+                              "dead_lettered_by_code/VALUE_NEGATIVE": 1,
+                              "dead_lettered_by_code/FUTURE_TIME": 1})
+    assert [(r[1], r[2]) for r in records] == [
+        ("a", ("f", 1)), ("b", ("f", 3, 0)), ("c", (INGEST // 1000, "m-9")), ("d", ("f", 3, 2))]
     # values as canonical text: 1E3 is 1000, 2.50 is 2.5
-    amounts = {i: dict((m, v) for m, _, v in r)["amount"] for i, _, r in got}
-    assert amounts == {"a": "1000", "b": "2.5", "d": "3", "c": "4"}
+    assert [dict((m, v) for m, _, v in r[6])["amount"] for r in records] == \
+        ["1000", "2.5", "4", "3"]
+    assert {r[:2] + r[3:6] for r in records} == {
+        ("//test", i, "acme", "call", T0) for i in "abcd"}
+
+    def broken(*args):
+        raise RuntimeError("a fast-path bug")
+    monkeypatch.setattr(parse._fast, "accept", broken)  # the full validator decides alike
+    assert parsed_batch(parse) == (records, rejected, counts)
