@@ -110,7 +110,9 @@ BATCH = [("f:1", ("f", 1), call("a", "1E3")),
          ("m-9", (INGEST // 1000, "m-9"), call("c", "4"), INGEST, {}),
          # 30 minutes after it was ingested: in the future then, whatever the time now
          ("m-10", (INGEST // 1000, "m-10"), b"[" + call("f", "5", time="2026-11-02T09:30:00Z")
-          + b"]", INGEST, {})]
+          + b"]", INGEST, {}),
+         ("m-11", (INGEST // 1000, "m-11"), call("g", "5", time="2026-11-02T09:30:00Z"),
+          INGEST, {})]
 
 
 def parsed_batch(parse) -> tuple[list, list, Counter]:
@@ -129,11 +131,12 @@ def test_a_batch_is_parsed_into_records_by_identity_shard_and_counted(catalog, m
     parse = batch_usage._ParseBatch(catalog, Limits(now_ns=T0 + HOUR), shards=3)
     parse.setup()
     records, rejected, counts = parsed_batch(parse)
-    assert rejected == ["FUTURE_TIME", "MALFORMED_JSON", "MALFORMED_JSON", "VALUE_NEGATIVE"]
-    assert counts == Counter({"lines": 6, "records": 8, "dead_lettered": 4,
+    assert rejected == ["FUTURE_TIME", "FUTURE_TIME", "MALFORMED_JSON", "MALFORMED_JSON",
+                        "VALUE_NEGATIVE"]
+    assert counts == Counter({"lines": 7, "records": 9, "dead_lettered": 5,
                               "dead_lettered_by_code/MALFORMED_JSON": 2,
                               "dead_lettered_by_code/VALUE_NEGATIVE": 1,
-                              "dead_lettered_by_code/FUTURE_TIME": 1})
+                              "dead_lettered_by_code/FUTURE_TIME": 2})
     assert [(r[1], r[2]) for r in records] == [
         ("a", ("f", 1)), ("b", ("f", 3, 0)), ("c", (INGEST // 1000, "m-9")), ("d", ("f", 3, 2))]
     # values as canonical text: 1E3 is 1000, 2.50 is 2.5
