@@ -233,6 +233,20 @@ def test_a_per_event_fee_is_charged_only_for_events():
     assert Model("percentage", percent=D(2), fixed_fee=D("0.25")).amount(D(100)) == D(2)
 
 
+def test_yaml_numbers_in_cells_are_spelled_as_usage_rows_spell_them_and_inf_is_refused():
+    text = ("plans:\n- id: p\n  currency: USD\n  versions:\n  - version: 1\n"
+            "    starting_at: '2026-01-01T00:00:00Z'\n    prices:\n    - id: calls\n"
+            "      meter: calls\n      model: matrix\n      dimensions: [size]\n"
+            "      cells:\n      - values: {size: 1.50}\n        model: per_unit\n"
+            "        unit_amount: 1\n      default: {model: per_unit, unit_amount: %s}\n")
+    price = parse_price_book_text(text % "2").plans[0].versions[0].prices[0]
+    assert price.cells[0][0] == ("1.5",)  # a YAML number, read as its decimal value
+    with pytest.raises(PriceBookError) as caught:
+        parse_price_book_text(text % ".inf")
+    assert str(caught.value) == f"price book: {PRICE}.default.unit_amount: '.inf' is not a " \
+                                "decimal number"
+
+
 def test_yaml_numbers_may_group_digits_with_underscores():
     book = parse_price_book_text(
         "plans:\n- id: p\n  currency: USD\n  versions:\n  - version: 1\n"
@@ -288,6 +302,7 @@ def graduated(*tiers) -> dict:
 
 
 REFUSALS = [
+    (book_with("x"), "plans[0] (p).versions[0] (version 1).prices[0]: must be a mapping"),
     (book_with({**CALLS, "meter": "Calls"}),
      f"{PRICE}.meter: required; the key of a meter in the catalog"),
     (book_with({**CALLS, "model": "tiered"}),
