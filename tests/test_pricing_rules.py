@@ -418,3 +418,11 @@ def test_what_a_valid_price_book_holds():
     longest = parse_price_book(book_with(assignment=assigned("a" * 256, "p",
                                                              "2026-01-01T00:00:00Z")))
     assert longest.assignments[0].subject == "a" * 256
+
+
+@pytest.mark.parametrize("before, quantity, total", [
+    (0.5, D(1), D(2)), (D(0), 1.5, D(2)), (D(0), D(1), 2.5)])
+def test_a_float_anywhere_in_a_charge_is_refused_by_name(before, quantity, total):
+    with pytest.raises(TypeError, match="^amounts and quantities are Decimals, got float$"):
+        Model("per_unit", unit_amount=D(1)).charge(before, quantity, 0, first=True, last=True,
+                                                     total=total)
