@@ -14,6 +14,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from google.api_core.exceptions import NotFound
 
+from schemas.tables import USAGE_RECOMPUTED
 from transforms import restate
 from transforms.bigquery import BigQueryTarget, Written
 from transforms.restate import (ConcurrentCommit, CommitRun, RecomputeRun, commit_run,
@@ -91,9 +92,14 @@ class FakeBigQuery:
         self.stale_reads: set[str] = set()
         self.on_holders = lambda: None
         self.statements: list[tuple[str, dict]] = []
+        self.schemas: list = []  # of the tables created
 
     def stage(self, run: RecomputeRun, rows: list[dict]) -> None:
         self.staging[TARGET.table_id(run.staging_table)] = rows
+
+    def create_table(self, table):
+        self.staging[f"{table.project}.{table.dataset_id}.{table.table_id}"] = []
+        self.schemas.append(table.schema)
 
     def get_table(self, table_id):
         if table_id not in self.staging:
@@ -225,6 +231,28 @@ def test_a_run_that_keeps_sharing_its_revision_gives_up_taken_back():
     assert [r["run_id"] for r in fake.runs] == ["r-a"] and fake.usage == []
 
 
+def test_a_run_is_staged_in_a_table_of_its_own_shaped_as_usage_recomputed():
+    fake = FakeBigQuery()
+    restate.create_staging(fake, TARGET, run_of("r-1"))
+    assert list(fake.staging) == ["proj-1.ds.usage_recomputed__staging_r_1"]
+    assert [f.name for f in fake.schemas[0]] == USAGE_RECOMPUTED.column_names()
+
+
+def test_the_pause_before_commit_is_read_from_the_environment(monkeypatch):
+    """The crash test's fault injection (tests/e2e/test_restate.py): seconds to sleep."""
+    slept = []
+    monkeypatch.setattr(restate.time, "sleep", slept.append)
+    for setting, pauses in (("0.25", [0.25]), ("", []), (None, [])):
+        if setting is None:
+            monkeypatch.delenv(restate.PAUSE_BEFORE_COMMIT_ENV, raising=False)
+        else:
+            monkeypatch.setenv(restate.PAUSE_BEFORE_COMMIT_ENV, setting)
+        fake, run = FakeBigQuery(), run_of("r-1")
+        fake.stage(run, [USAGE])
+        slept.clear()
+        assert commit_run(fake, TARGET, run, {}) == 1 and slept == pauses
+
+
 def test_a_commit_that_does_not_land_is_an_error():
     class Lost(FakeBigQuery):
         def query(self, sql, job_config):
@@ -245,6 +273,14 @@ class FakeTarget(BigQueryTarget):
 PIPELINE_FAKE = FakeBigQuery()  # the commit DoFn runs in this process (DirectRunner)
 
 
+@pytest.fixture
+def pipeline_fake():
+    """PIPELINE_FAKE emptied: nothing an earlier test (or process it was forked from,
+    as mutation testing does) committed is seen."""
+    PIPELINE_FAKE.__init__()
+    return PIPELINE_FAKE
+
+
 def run_commit(written: list[Written], run: RecomputeRun):
     with TestPipeline() as p:
         summary = p | "Summary" >> beam.Create([{"lines": 9}])
@@ -254,17 +290,17 @@ def run_commit(written: list[Written], run: RecomputeRun):
                                     "revision": 1}]))
 
 
-def test_commit_run_commits_once_after_every_staging_write():
+def test_commit_run_commits_once_after_every_staging_write(pipeline_fake):
     run = run_of("rpipe1")
-    PIPELINE_FAKE.stage(run, [USAGE])
+    pipeline_fake.stage(run, [USAGE])
     run_commit([Written(2), Written(3)], run)
-    (row,) = [r for r in PIPELINE_FAKE.runs if r["run_id"] == "rpipe1"]
+    (row,) = pipeline_fake.runs
     assert json.loads(row["summary"]) == {"lines": 9, "rows_staged": 5}
 
 
-def test_commit_run_commits_nothing_when_a_row_was_given_up():
+def test_commit_run_commits_nothing_when_a_row_was_given_up(pipeline_fake):
     run = run_of("rpipe2")
-    PIPELINE_FAKE.stage(run, [USAGE])
+    pipeline_fake.stage(run, [USAGE])
     with pytest.raises(Exception, match="1 rows could not be written.*too big"):
         run_commit([Written(2), Written(2, 1, ("too big",))], run)
-    assert not [r for r in PIPELINE_FAKE.runs if r["run_id"] == "rpipe2"]
+    assert pipeline_fake.runs == [] and pipeline_fake.statements == []
