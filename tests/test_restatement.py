@@ -304,3 +304,11 @@ def test_commit_run_commits_nothing_when_a_row_was_given_up(pipeline_fake):
     with pytest.raises(Exception, match="1 rows could not be written.*too big"):
         run_commit([Written(2), Written(2, 1, ("too big",))], run)
     assert pipeline_fake.runs == [] and pipeline_fake.statements == []
+
+
+def test_an_incomplete_write_names_how_many_rows_and_the_first_reasons_clipped():
+    long = "x" * 301
+    with pytest.raises(restate.IncompleteWrite) as caught:
+        restate.rows_if_complete(Written(5, 2, (long, "too big")))
+    assert str(caught.value) == ("2 rows could not be written (recorded in failed_writes), so "
+                                 f"the run is not committed: {long[:300]} | too big")
