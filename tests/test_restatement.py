@@ -73,6 +73,7 @@ def test_the_commit_parameters_name_the_run(monkeypatch):
         "committed_at": ("TIMESTAMP", "2026-11-01T06:00:00.999999Z"),
         "summary": ("STRING", '{"a": 1, "b": 2}'),
     }
+    assert type(params["window_seconds"][1]) is int  # an INT64 parameter, not 3600.0
 
 
 class FakeBigQuery:
