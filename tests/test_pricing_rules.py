@@ -164,7 +164,8 @@ def test_usage_after_an_assignment_ends_is_not_billed_on_it():
     book = parse_price_book({
         "plans": [plan("p", version(1, "2026-01-01T00:00:00Z", prices=[CALLS]))],
         "assignments": [assigned("acme", "p", "2026-01-01T00:00:00Z", "2026-11-10T00:00:00Z")]})
-    rated = rate_subject(book, "acme", NOV, DEC, [at(9 * 24 - 1, value="2"), at(11 * 24, value="5")])
+    rated = rate_subject(book, "acme", NOV, DEC,
+                         [at(9 * 24 - 1, value="2"), at(11 * 24, value="5")])
     assert rated.unpriced == Counter(no_plan_assigned=1)
     assert rated.lines == (line(quantity="2", events=1, amount="2"),)
 
