@@ -1,12 +1,16 @@
-"""The rating's rows without a pipeline or BigQuery: a customer's charge lines,
-adjustments and invoices as `_RateSubject` yields them, the `rate --diff` record, the
-run's summed counts, and the commit's stale-revision guard against a fake client
-(on the emulator: tests/e2e/test_guards.py). Amounts worked out by hand."""
+"""The rating without BigQuery: a customer's charge lines, adjustments and invoices as
+`_RateSubject` yields them, the `rate --diff` record, the run's summed counts and
+summary, and the commit step and its stale-revision guard against a fake client (on
+the emulator: tests/e2e/test_guards.py). Amounts worked out by hand."""
+import datetime as dt
 import json
 from decimal import Decimal as D
 
+import apache_beam as beam
 import pytest
 from apache_beam import pvalue
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
 
 from schemas.pricing import parse_price_book
 from schemas.values import parse_rfc3339
@@ -117,10 +121,13 @@ def test_the_runs_counts_sum_money_exactly_and_print_it_as_text():
 
 class FakeClient:
     def __init__(self, latest: int):
-        self.latest, self.queries, self.dropped = latest, [], []
+        self.latest, self.queries, self.dropped, self.parameters = latest, [], [], []
 
     def query(self, sql, job_config=None):
         self.queries.append(sql)
+        if job_config is not None:
+            self.parameters.append([(p.name, p.type_, p.value)
+                                    for p in job_config.query_parameters])
         rows = [{"revision": self.latest}] if sql.startswith("SELECT COALESCE") else []
         return type("Job", (), {"result": lambda _: rows})()
 
@@ -137,9 +144,44 @@ def test_a_stale_rating_drops_its_staging_and_says_to_rate_again():
     assert sorted(client.dropped) == ["proj-1.ds.invoice_lines__staging_rate_1",
                                       "proj-1.ds.invoices__staging_rate_1"]
     assert not [q for q in client.queries if "BEGIN TRANSACTION" in q]
+    utc = dt.timezone.utc
+    assert client.parameters == [[
+        ("period_start", "TIMESTAMP", dt.datetime(2026, 11, 1, tzinfo=utc)),
+        ("period_end", "TIMESTAMP", dt.datetime(2026, 12, 1, tzinfo=utc))]]
     current = FakeClient(latest=1)
     rating.commit_rating(current, target, run_of(2))
     commit, = [q for q in current.queries if "BEGIN TRANSACTION" in q]
     assert "INSERT INTO `proj-1.ds.invoice_lines`" in commit
     assert "FROM `proj-1.ds.invoices__staging_rate_1`;" in commit
     assert len(current.dropped) == 2
+
+
+class FakeTarget(BigQueryTarget):
+    def client(self):
+        return COMMITTING
+
+
+COMMITTING = FakeClient(latest=1)
+
+
+def test_the_commit_step_commits_staged_rows_and_drops_the_staging_of_nothing_to_bill():
+    commit = rating._Commit(FakeTarget("proj-1", "ds"), run_of(2))
+    COMMITTING.__init__(latest=1)
+    assert list(commit.process(4, {"lines": 3})) == [
+        {"lines": 3, "rows_written": 4, "committed": True}]
+    assert [q for q in COMMITTING.queries if "BEGIN TRANSACTION" in q]
+    COMMITTING.__init__(latest=1)
+    assert list(commit.process(0, {"lines": 0})) == [
+        {"lines": 0, "rows_written": 0, "committed": False}]
+    assert COMMITTING.queries == [] and len(COMMITTING.dropped) == 2
+
+
+def test_the_summary_adds_up_every_customers_counts():
+    with TestPipeline() as p:
+        summary = (p | beam.Create([{"subjects": 1, "total/EUR": D("0.10")},
+                                    {"subjects": 1, "total/EUR": D("0.25")}])
+                   | rating.SummarizeRating(run_of(2), {"command": "rate"}))
+        assert_that(summary, equal_to([{
+            "command": "rate", "run_id": "rate-1", "revision": 2,
+            "period_start": "2026-11-01T00:00:00Z", "period_end": "2026-12-01T00:00:00Z",
+            "subjects": 2, "total/EUR": "0.35"}]))
