@@ -4,6 +4,7 @@ summary, and the commit step and its stale-revision guard against a fake client 
 the emulator: tests/e2e/test_guards.py). Amounts worked out by hand."""
 import datetime as dt
 import json
+from dataclasses import replace
 from decimal import Decimal as D
 
 import apache_beam as beam
@@ -12,7 +13,7 @@ from apache_beam import pvalue
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from schemas.pricing import parse_price_book
+from schemas.pricing import Line, parse_price_book
 from schemas.values import parse_rfc3339
 from transforms import rating
 from transforms.bigquery import BigQueryTarget
@@ -185,3 +186,38 @@ def test_the_summary_adds_up_every_customers_counts():
             "command": "rate", "run_id": "rate-1", "revision": 2,
             "period_start": "2026-11-01T00:00:00Z", "period_end": "2026-12-01T00:00:00Z",
             "subjects": 2, "total/EUR": "0.35"}]))
+
+
+def test_row_ids_are_distinct_per_run_customer_currency_and_line():
+    """Insert ids: a rerating (another run) must not be deduplicated against the run
+    before it, nor one customer's or currency's invoice against another's."""
+    line = Line("acme", "p", 1, "calls", "calls", "{}", "per_unit", "usage", D(1), 1, D(1),
+                D(1), "EUR")
+    ids = {rating.line_row(line, run, kind)[0]
+           for run in (run_of(1), RatingRun("rate-2", NOV, DEC, 1, 0))
+           for kind in ("charge", "debit")}
+    ids |= {rating.line_row(replace(line, kind="minimum"), run_of(1), "charge")[0]}
+    assert len(ids) == 5
+    invoices = {rating.invoice_rows(subject, [replace(line, currency=currency)], [], run)[0][0]
+                for subject in ("acme", "beta") for currency in ("EUR", "USD")
+                for run in (run_of(1), RatingRun("rate-2", NOV, DEC, 1, 0))}
+    assert len(invoices) == 8
+
+
+def test_charge_lines_read_back_as_they_were_written():
+    line = Line("acme", "p", 1, "calls", "calls", '{"region": "eu"}', "per_unit", "usage",
+                D("7"), 5, D("0.875"), D("0.88"), "EUR")
+    _, row = rating.line_row(line, run_of(1), "charge")
+    assert rating.line_from_row(row) == line
+    subject, window = rating.usage_window(usage_row(0, "3", None) | {"dimensions": '{"a": "b"}'})
+    assert (subject, window.dimensions, window.event_count) == ("acme", {"a": "b"}, 0)
+
+
+def test_a_diff_record_is_sorted_json_that_keeps_non_ascii_text():
+    added = Line("acme", "p", 1, "calls", "calls", '{"city": "z\u00fcrich"}', "per_unit",
+                 "usage", D(2), 1, D("0.25"), D("0.25"), "EUR")
+    record = rating.diff_record("debit", added, None)
+    assert record == ('{"currency": "EUR", "difference": "0.25", "dimensions": '
+                      '{"city": "z\u00fcrich"}, "kind": "usage", "line_type": "debit", '
+                      '"new_amount": "0.25", "old_amount": null, "plan": "p", '
+                      '"plan_version": 1, "price_id": "calls", "subject": "acme"}')
