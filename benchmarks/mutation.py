@@ -12,6 +12,8 @@ a time. Slow (minutes per module, mostly Beam pipeline start-up); not in CI.
     .venv/bin/python benchmarks/mutation.py --show-survivors schemas/values.py
     .venv/bin/python benchmarks/mutation.py --json before.json ...   # then, after new tests:
     .venv/bin/python benchmarks/mutation.py --recheck before.json ...
+    .venv/bin/python benchmarks/mutation.py transforms/batch_usage.py \
+        --tests tests/test_batch_steps.py             # other tests than FAST_TESTS
 
 Prints, per module, killed / tested and the score, and (with
 --show-survivors) the diff of every surviving mutant, to be killed by a new
@@ -30,8 +32,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 MUTMUT = [sys.executable, "-m", "mutmut"]
 
-# module -> the fast tests that cover it (no emulators, no subprocess pipelines; the
-# fast path's property test is left out: a minute per surviving mutant)
+# module -> the fast tests that cover it (no emulators, no subprocess pipelines). Left
+# out: the fast path's property test (a minute per surviving mutant) and the recompute's
+# (test_property.py: seven minutes a run on 2 shared cores under mutmut's tracing);
+# tests/test_batch_steps.py checks the recompute's steps directly instead.
 FASTPATH_AGREES = "tests/test_fastpath.py::test_agrees_on_the_messy_file"
 FAST_TESTS = {
     "schemas/values.py": ["tests/test_values.py", "tests/test_values_edges.py",
@@ -42,10 +46,14 @@ FAST_TESTS = {
                             "tests/test_upgrade.py"],
     "transforms/dedup.py": ["tests/test_transforms.py", "tests/test_streaming.py"],
     "transforms/windowing.py": ["tests/test_streaming.py"],
-    "transforms/batch_usage.py": ["tests/test_transforms.py", "tests/test_property.py"],
-    "schemas/pricing.py": ["tests/test_pricing.py"],
-    # restating is only tested end to end, on the local stack: slow (emulators per run)
-    "transforms/restate.py": ["tests/e2e/test_restate.py"],
+    "transforms/batch_usage.py": [
+        "tests/test_batch_steps.py",
+        "tests/test_transforms.py::test_compute_usage_keeps_the_first_copy_and_counts_conflicts"],
+    "schemas/pricing.py": ["tests/test_pricing.py", "tests/test_pricing_rules.py"],
+    # the commit against a fake BigQuery; tests/e2e/test_restate.py runs it on the emulator
+    "transforms/restate.py": ["tests/test_restatement.py", "tests/test_bigquery_writes.py"],
+    "transforms/rating.py": ["tests/test_pricing.py::test_rate_subjects_transform",
+                             "tests/test_rating.py"],
 }
 
 KILLED = {"killed", "timeout", "caught by type check"}
@@ -117,12 +125,14 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--recheck", help="results (--json) of an earlier run: rerun only "
                                           "its survivors, after new tests")
+    parser.add_argument("--tests", nargs="+", help="run these tests against the mutants "
+                                                   "instead of the module's FAST_TESTS")
     args = parser.parse_args(argv)
     earlier = ({r["module"]: r for r in json.loads(Path(args.recheck).read_text())}
                if args.recheck else {})
     results = []
     for module in args.modules:
-        result = measure(module, FAST_TESTS[module], args.jobs, args.show_survivors,
+        result = measure(module, args.tests or FAST_TESTS[module], args.jobs, args.show_survivors,
                          earlier.get(module))
         results.append(result)
         score = result["killed"] / result["mutants"] if result["mutants"] else 1

@@ -1,0 +1,223 @@
+"""The rating without BigQuery: a customer's charge lines, adjustments and invoices as
+`_RateSubject` yields them, the `rate --diff` record, the run's summed counts and
+summary, and the commit step and its stale-revision guard against a fake client (on
+the emulator: tests/e2e/test_guards.py). Amounts worked out by hand."""
+import datetime as dt
+import json
+from dataclasses import replace
+from decimal import Decimal as D
+
+import apache_beam as beam
+import pytest
+from apache_beam import pvalue
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from schemas.pricing import Line, parse_price_book
+from schemas.values import parse_rfc3339
+from transforms import rating
+from transforms.bigquery import BigQueryTarget
+from transforms.rating import RatingRun
+
+NS, HOUR = 10 ** 9, 3600 * 10 ** 9
+NOV = parse_rfc3339("2026-11-01T00:00:00Z")
+DEC = parse_rfc3339("2026-12-01T00:00:00Z")
+BOOK = parse_price_book({
+    "plans": [{"id": "p", "currency": "EUR", "versions": [{
+        "version": 1, "starting_at": "2026-01-01T00:00:00Z",
+        "prices": [{"id": "calls", "meter": "calls", "model": "per_unit",
+                    "unit_amount": "0.125"}]}]}],
+    "assignments": [{"subject": "acme", "plan": "p", "starting_at": "2026-01-01T00:00:00Z"}]})
+COMMON = {"period_start": "2026-11-01T00:00:00Z", "period_end": "2026-12-01T00:00:00Z",
+          "rated_at": "2026-12-02T00:00:00.000001Z"}
+
+
+def run_of(revision: int) -> RatingRun:
+    return RatingRun("rate-1", NOV, DEC, revision, DEC + HOUR * 24 + 1500, "close")
+
+
+def usage_row(hour: int, value: str, events: int, meter="calls") -> dict:
+    return {"subject": "acme", "meter": meter, "dimensions": "{}",
+            "start_us": (NOV + hour * HOUR) // 1000, "value": value, "value_bignumeric": None,
+            "event_count": events}
+
+
+def previous_line(amount: str, quantity: str) -> dict:
+    return {"subject": "acme", "plan": "p", "plan_version": 1, "price_id": "calls",
+            "meter": "calls", "dimensions": "{}", "model": "per_unit", "kind": "usage",
+            "quantity": quantity, "event_count": 2, "unrounded_amount": amount,
+            "amount": amount, "currency": "EUR"}
+
+
+def rate(revision: int, usage: list, previous: list) -> dict:
+    out: dict[str, list] = {}
+    dofn = rating._RateSubject(BOOK, run_of(revision))
+    for output in dofn.process(("acme", {"usage": [rating.usage_window(r)[1] for r in usage],
+                                         "previous": previous})):
+        assert isinstance(output, pvalue.TaggedOutput)
+        out.setdefault(output.tag, []).append(output.value)
+    return out
+
+
+def test_a_first_rating_yields_charge_lines_and_an_invoice_without_adjustments():
+    out = rate(1, [usage_row(0, "3", 1), usage_row(1, None, 4) | {"value_bignumeric": "4"},
+                   usage_row(2, "5", 1, meter="other")], [])
+    (line_id, line), = out["lines"]
+    assert line == {"subject": "acme", "plan": "p", "plan_version": 1, "price_id": "calls",
+                    "meter": "calls", "dimensions": "{}", "model": "per_unit", "kind": "usage",
+                    "line_type": "charge", "quantity": "7", "event_count": 5,
+                    "unrounded_amount": "0.875", "amount": "0.88", "previous_amount": None,
+                    "currency": "EUR", "revision": 1, "run_id": "rate-1", **COMMON}
+    (_, invoice), = out["invoices"]
+    assert invoice == {"subject": "acme", "currency": "EUR", "total": "0.88",
+                       "previous_total": None, "adjustment": None, "line_count": 1,
+                       "reason": "close", "revision": 1, "run_id": "rate-1", **COMMON}
+    assert "diff" not in out
+    assert out["counts"] == [{"subjects": 1, "usage_rows": 3, "lines": 1, "adjustment_lines": 0,
+                              "invoices": 1, "unpriced/meter_not_priced": 1,
+                              "total/EUR": D("0.88")}]
+    assert line_id == rate(1, [usage_row(0, "7", 5)], [])["lines"][0][0]  # by the line's key
+
+
+def test_a_rerating_credits_and_debits_against_the_previous_revision():
+    out = rate(2, [usage_row(0, "10", 3)], [previous_line("0.50", "4")])
+    lines = {row["line_type"]: row for _, row in out["lines"]}
+    assert len({row_id for row_id, _ in out["lines"]}) == 2  # the charge and its debit
+    assert lines["charge"]["amount"] == "1.25"  # 10 x 0.125
+    assert {k: lines["debit"][k] for k in ("quantity", "event_count", "unrounded_amount",
+                                           "amount", "previous_amount")} == \
+        {"quantity": "6", "event_count": 1, "unrounded_amount": "0.75", "amount": "0.75",
+         "previous_amount": "0.5"}  # decimal text has no trailing fraction zeros
+    (record,), = [out["diff"]]
+    assert json.loads(record) == {
+        "subject": "acme", "plan": "p", "plan_version": 1, "price_id": "calls",
+        "dimensions": {}, "kind": "usage", "currency": "EUR", "line_type": "debit",
+        "old_amount": "0.5", "new_amount": "1.25", "difference": "0.75"}
+    (_, invoice), = out["invoices"]
+    assert (invoice["total"], invoice["previous_total"], invoice["adjustment"]) == \
+        ("1.25", "0.5", "0.75")
+    assert out["counts"][0]["adjustment/EUR"] == D("0.75")
+    assert out["counts"][0]["adjustment_lines"] == 1
+
+
+def test_a_customer_no_longer_billed_in_a_currency_gets_an_invoice_of_zero():
+    previous = [previous_line("2.00", "16") | {"currency": "USD"}]
+    out = rate(2, [usage_row(0, "8", 1)], previous)
+    invoices = {row["currency"]: row for _, row in out["invoices"]}
+    assert (invoices["USD"]["total"], invoices["USD"]["previous_total"],
+            invoices["USD"]["adjustment"], invoices["USD"]["line_count"]) == ("0", "2", "-2", 0)
+    assert (invoices["EUR"]["total"], invoices["EUR"]["adjustment"]) == ("1", "1")
+    credit, = [row for _, row in out["lines"] if row["line_type"] == "credit"]
+    assert (credit["currency"], credit["amount"], credit["quantity"]) == ("USD", "-2", "-16")
+
+
+def test_the_runs_counts_sum_money_exactly_and_print_it_as_text():
+    combine = rating._SumCounts()
+    parts = [{"subjects": 1, "total/EUR": D("0.10")}, {"subjects": 1, "total/EUR": D("0.20")},
+             {"lines": 3}]
+    halves = [combine.add_input(combine.create_accumulator(), p) for p in parts[:2]]
+    merged = combine.merge_accumulators([*halves, combine.add_input({}, parts[2])])
+    assert combine.extract_output(merged) == {"lines": 3, "subjects": 2, "total/EUR": "0.3"}
+
+
+class FakeClient:
+    def __init__(self, latest: int):
+        self.latest, self.queries, self.dropped, self.parameters = latest, [], [], []
+
+    def query(self, sql, job_config=None):
+        self.queries.append(sql)
+        if job_config is not None:
+            self.parameters.append([(p.name, p.type_, p.value)
+                                    for p in job_config.query_parameters])
+        rows = [{"revision": self.latest}] if sql.startswith("SELECT COALESCE") else []
+        return type("Job", (), {"result": lambda _: rows})()
+
+    def delete_table(self, table_id, not_found_ok=False):
+        self.dropped.append(table_id)
+
+
+def test_a_stale_rating_drops_its_staging_and_says_to_rate_again():
+    target = BigQueryTarget("proj-1", "ds")
+    client = FakeClient(latest=2)
+    with pytest.raises(RuntimeError, match=r"^revision 2 of the period was committed while "
+                                           r"rate-1 ran against revision 1: rate again$"):
+        rating.commit_rating(client, target, run_of(2))
+    assert sorted(client.dropped) == ["proj-1.ds.invoice_lines__staging_rate_1",
+                                      "proj-1.ds.invoices__staging_rate_1"]
+    assert not [q for q in client.queries if "BEGIN TRANSACTION" in q]
+    utc = dt.timezone.utc
+    assert client.parameters == [[
+        ("period_start", "TIMESTAMP", dt.datetime(2026, 11, 1, tzinfo=utc)),
+        ("period_end", "TIMESTAMP", dt.datetime(2026, 12, 1, tzinfo=utc))]]
+    current = FakeClient(latest=1)
+    rating.commit_rating(current, target, run_of(2))
+    commit, = [q for q in current.queries if "BEGIN TRANSACTION" in q]
+    assert "INSERT INTO `proj-1.ds.invoice_lines`" in commit
+    assert "FROM `proj-1.ds.invoices__staging_rate_1`;" in commit
+    assert len(current.dropped) == 2
+
+
+class FakeTarget(BigQueryTarget):
+    def client(self):
+        return COMMITTING
+
+
+COMMITTING = FakeClient(latest=1)
+
+
+def test_the_commit_step_commits_staged_rows_and_drops_the_staging_of_nothing_to_bill():
+    commit = rating._Commit(FakeTarget("proj-1", "ds"), run_of(2))
+    COMMITTING.__init__(latest=1)
+    assert list(commit.process(4, {"lines": 3})) == [
+        {"lines": 3, "rows_written": 4, "committed": True}]
+    assert [q for q in COMMITTING.queries if "BEGIN TRANSACTION" in q]
+    COMMITTING.__init__(latest=1)
+    assert list(commit.process(0, {"lines": 0})) == [
+        {"lines": 0, "rows_written": 0, "committed": False}]
+    assert COMMITTING.queries == [] and len(COMMITTING.dropped) == 2
+
+
+def test_the_summary_adds_up_every_customers_counts():
+    with TestPipeline() as p:
+        summary = (p | beam.Create([{"subjects": 1, "total/EUR": D("0.10")},
+                                    {"subjects": 1, "total/EUR": D("0.25")}])
+                   | rating.SummarizeRating(run_of(2), {"command": "rate"}))
+        assert_that(summary, equal_to([{
+            "command": "rate", "run_id": "rate-1", "revision": 2,
+            "period_start": "2026-11-01T00:00:00Z", "period_end": "2026-12-01T00:00:00Z",
+            "subjects": 2, "total/EUR": "0.35"}]))
+
+
+def test_row_ids_are_distinct_per_run_customer_currency_and_line():
+    """Insert ids: a rerating (another run) must not be deduplicated against the run
+    before it, nor one customer's or currency's invoice against another's."""
+    line = Line("acme", "p", 1, "calls", "calls", "{}", "per_unit", "usage", D(1), 1, D(1),
+                D(1), "EUR")
+    ids = {rating.line_row(line, run, kind)[0]
+           for run in (run_of(1), RatingRun("rate-2", NOV, DEC, 1, 0))
+           for kind in ("charge", "debit")}
+    ids |= {rating.line_row(replace(line, kind="minimum"), run_of(1), "charge")[0]}
+    assert len(ids) == 5
+    invoices = {rating.invoice_rows(subject, [replace(line, currency=currency)], [], run)[0][0]
+                for subject in ("acme", "beta") for currency in ("EUR", "USD")
+                for run in (run_of(1), RatingRun("rate-2", NOV, DEC, 1, 0))}
+    assert len(invoices) == 8
+
+
+def test_charge_lines_read_back_as_they_were_written():
+    line = Line("acme", "p", 1, "calls", "calls", '{"region": "eu"}', "per_unit", "usage",
+                D("7"), 5, D("0.875"), D("0.88"), "EUR")
+    _, row = rating.line_row(line, run_of(1), "charge")
+    assert rating.line_from_row(row) == line
+    subject, window = rating.usage_window(usage_row(0, "3", None) | {"dimensions": '{"a": "b"}'})
+    assert (subject, window.dimensions, window.event_count) == ("acme", {"a": "b"}, 0)
+
+
+def test_a_diff_record_is_sorted_json_that_keeps_non_ascii_text():
+    added = Line("acme", "p", 1, "calls", "calls", '{"city": "z\u00fcrich"}', "per_unit",
+                 "usage", D(2), 1, D("0.25"), D("0.25"), "EUR")
+    record = rating.diff_record("debit", added, None)
+    assert record == ('{"currency": "EUR", "difference": "0.25", "dimensions": '
+                      '{"city": "z\u00fcrich"}, "kind": "usage", "line_type": "debit", '
+                      '"new_amount": "0.25", "old_amount": null, "plan": "p", '
+                      '"plan_version": 1, "price_id": "calls", "subject": "acme"}')
