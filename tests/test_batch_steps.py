@@ -8,7 +8,8 @@ from collections import Counter
 
 from apache_beam import pvalue
 
-from schemas.events import Limits
+from schemas.events import Limits, Payload
+from schemas.metering import signature
 from schemas.values import parse_rfc3339
 from tests.conftest import event, line
 from tests.reference import fingerprint
@@ -20,9 +21,9 @@ EU = '{"region":"eu"}'
 
 
 def record(source, event_id, order, time_ns=T0, subject="acme", readings=None):
-    """A record as `_ParseBatch` makes them: (source, id, order, subject, type, time, readings)."""
-    return (source, event_id, order, subject, "call", time_ns,
-            (("amount", EU, "1"),) if readings is None else readings)
+    """A record as `_ParseBatch` makes them: (source, id, order, metering signature)."""
+    return (source, event_id, order, signature(
+        subject, "call", time_ns, (("amount", EU, "1"),) if readings is None else readings))
 
 
 def split(outputs) -> tuple[list, dict]:
@@ -102,7 +103,8 @@ def call(event_id, amount, **extra) -> bytes:
 
 
 INGEST = T0 + 60 * 10 ** 9
-BATCH = [("f:1", ("f", 1), call("a", "1E3")),
+BATCH = [Payload(*item) for item in [
+         ("f:1", ("f", 1), call("a", "1E3")),
          ("f:2", ("f", 2), b"{bad"),
          ("f:3", ("f", 3), b"[" + b",".join([call("b", "2.50"), call("n", "-1"),
                                              call("d", "3")]) + b"]"),
@@ -112,7 +114,7 @@ BATCH = [("f:1", ("f", 1), call("a", "1E3")),
          ("m-10", (INGEST // 1000, "m-10"), b"[" + call("f", "5", time="2026-11-02T09:30:00Z")
           + b"]", INGEST, {}),
          ("m-11", (INGEST // 1000, "m-11"), call("g", "5", time="2026-11-02T09:30:00Z"),
-          INGEST, {})]
+          INGEST, {})]]
 
 
 def parsed_batch(parse) -> tuple[list, list, Counter]:
@@ -140,9 +142,9 @@ def test_a_batch_is_parsed_into_records_by_identity_shard_and_counted(catalog, m
     assert [(r[1], r[2]) for r in records] == [
         ("a", ("f", 1)), ("b", ("f", 3, 0)), ("c", (INGEST // 1000, "m-9")), ("d", ("f", 3, 2))]
     # values as canonical text: 1E3 is 1000, 2.50 is 2.5
-    assert [dict((m, v) for m, _, v in r[6])["amount"] for r in records] == \
+    assert [dict((m, v) for m, _, v in r[3][3])["amount"] for r in records] == \
         ["1000", "2.5", "4", "3"]
-    assert {r[:2] + r[3:6] for r in records} == {
+    assert {r[:2] + r[3][:3] for r in records} == {
         ("//test", i, "acme", "call", T0) for i in "abcd"}
 
     def broken(*args):

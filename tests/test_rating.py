@@ -2,13 +2,11 @@
 `_RateSubject` yields them, the `rate --diff` record, the run's summed counts and
 summary, and the commit step and its stale-revision guard against a fake client (on
 the emulator: tests/e2e/test_guards.py). Amounts worked out by hand."""
-import datetime as dt
 import json
 from dataclasses import replace
 from decimal import Decimal as D
 
 import apache_beam as beam
-import pytest
 from apache_beam import pvalue
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
@@ -16,7 +14,6 @@ from apache_beam.testing.util import assert_that, equal_to
 from schemas.pricing import Line, parse_price_book
 from schemas.values import parse_rfc3339
 from transforms import rating
-from transforms.bigquery import BigQueryTarget
 from transforms.rating import RatingRun
 
 NS, HOUR = 10 ** 9, 3600 * 10 ** 9
@@ -118,63 +115,6 @@ def test_the_runs_counts_sum_money_exactly_and_print_it_as_text():
     halves = [combine.add_input(combine.create_accumulator(), p) for p in parts[:2]]
     merged = combine.merge_accumulators([*halves, combine.add_input({}, parts[2])])
     assert combine.extract_output(merged) == {"lines": 3, "subjects": 2, "total/EUR": "0.3"}
-
-
-class FakeClient:
-    def __init__(self, latest: int):
-        self.latest, self.queries, self.dropped, self.parameters = latest, [], [], []
-
-    def query(self, sql, job_config=None):
-        self.queries.append(sql)
-        if job_config is not None:
-            self.parameters.append([(p.name, p.type_, p.value)
-                                    for p in job_config.query_parameters])
-        rows = [{"revision": self.latest}] if sql.startswith("SELECT COALESCE") else []
-        return type("Job", (), {"result": lambda _: rows})()
-
-    def delete_table(self, table_id, not_found_ok=False):
-        self.dropped.append(table_id)
-
-
-def test_a_stale_rating_drops_its_staging_and_says_to_rate_again():
-    target = BigQueryTarget("proj-1", "ds")
-    client = FakeClient(latest=2)
-    with pytest.raises(RuntimeError, match=r"^revision 2 of the period was committed while "
-                                           r"rate-1 ran against revision 1: rate again$"):
-        rating.commit_rating(client, target, run_of(2))
-    assert sorted(client.dropped) == ["proj-1.ds.invoice_lines__staging_rate_1",
-                                      "proj-1.ds.invoices__staging_rate_1"]
-    assert not [q for q in client.queries if "BEGIN TRANSACTION" in q]
-    utc = dt.timezone.utc
-    assert client.parameters == [[
-        ("period_start", "TIMESTAMP", dt.datetime(2026, 11, 1, tzinfo=utc)),
-        ("period_end", "TIMESTAMP", dt.datetime(2026, 12, 1, tzinfo=utc))]]
-    current = FakeClient(latest=1)
-    rating.commit_rating(current, target, run_of(2))
-    commit, = [q for q in current.queries if "BEGIN TRANSACTION" in q]
-    assert "INSERT INTO `proj-1.ds.invoice_lines`" in commit
-    assert "FROM `proj-1.ds.invoices__staging_rate_1`;" in commit
-    assert len(current.dropped) == 2
-
-
-class FakeTarget(BigQueryTarget):
-    def client(self):
-        return COMMITTING
-
-
-COMMITTING = FakeClient(latest=1)
-
-
-def test_the_commit_step_commits_staged_rows_and_drops_the_staging_of_nothing_to_bill():
-    commit = rating._Commit(FakeTarget("proj-1", "ds"), run_of(2))
-    COMMITTING.__init__(latest=1)
-    assert list(commit.process(4, {"lines": 3})) == [
-        {"lines": 3, "rows_written": 4, "committed": True}]
-    assert [q for q in COMMITTING.queries if "BEGIN TRANSACTION" in q]
-    COMMITTING.__init__(latest=1)
-    assert list(commit.process(0, {"lines": 0})) == [
-        {"lines": 0, "rows_written": 0, "committed": False}]
-    assert COMMITTING.queries == [] and len(COMMITTING.dropped) == 2
 
 
 def test_the_summary_adds_up_every_customers_counts():

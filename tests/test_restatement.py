@@ -14,6 +14,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from google.api_core.exceptions import NotFound
 
+from schemas.events import Payload
 from schemas.tables import USAGE_RECOMPUTED
 from transforms import restate
 from transforms.bigquery import BigQueryTarget, Written
@@ -54,8 +55,9 @@ def test_events_rows_become_payloads_whose_order_is_ingest_time_then_message_id(
         "ingest_time": pa.array(us, pa.timestamp("us", tz="UTC")),
     })
     assert event_payloads(batch) == [
-        ("m-1", (us[0], "m-1"), b'{"id":"a"}', us[0] * 1000, {}),
-        ("", (us[1], ""), '{"id":"\u00e9"}'.encode(), us[1] * 1000, {}),
+        # stored events are structured: no Pub/Sub attributes to read (schemas.events.Payload)
+        Payload("m-1", (us[0], "m-1"), b'{"id":"a"}', us[0] * 1000),
+        Payload("", (us[1], ""), '{"id":"\u00e9"}'.encode(), us[1] * 1000),
     ]
 
 
@@ -116,8 +118,9 @@ class FakeBigQuery:
         self.statements.append((statement, params))
         run_id = params["run_id"]
         mine = [r for r in self.runs if r["run_id"] == run_id]
-        if statement.startswith("SELECT revision FROM"):
-            return Result([{"revision": r["revision"]} for r in mine])
+        if statement.startswith("SELECT revision, summary FROM"):
+            return Result([{"revision": r["revision"], "summary": r.get("summary")}
+                           for r in mine])
         if statement.startswith("SELECT o.run_id FROM"):
             self.on_holders()
             mine = [r for r in self.runs if r["run_id"] == run_id]
