@@ -42,7 +42,7 @@ from pipelines.options import (UsageOptions, add_price_book, add_switch, bigquer
 from pipelines.policy import (RUNTIME_FAILURE, CommandFailed, first_line, name_option, quiet_beam,
                               run_command, stop_on_sigterm)
 from pipelines.restart_points import SNAPSHOT_SECONDS, RestartPoints
-from schemas import names
+from schemas import names, sql
 from schemas.events import Limits, Payload
 from schemas.tables import (DEAD_LETTER, DUPLICATE_EVENTS, EVENTS, LATE_EVENTS, USAGE_ALERTS,
                             USAGE_PANES)
@@ -216,16 +216,11 @@ class ReplayOpenWindows(beam.PTransform):
         self._since_us = -1 if since_ns is None else since_ns // 1000
 
     def expand(self, pbegin):
-        sql = (f"SELECT raw, message_id, UNIX_MICROS(ingest_time) AS ingest_us "
-               f"FROM `{self._target.table_id(EVENTS)}` "
-               f"WHERE time >= TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL @horizon SECOND) "
-               f"AND (time >= TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL @span SECOND) "
-               f"OR (@since >= 0 AND ingest_time >= TIMESTAMP_MICROS(@since))) "
-               f"QUALIFY ROW_NUMBER() OVER (PARTITION BY source, id ORDER BY ingest_time) = 1")
         params = [("span", "INT64", self._open_span_s), ("horizon", "INT64", self._horizon_s),
                   ("since", "INT64", self._since_us)]
         return (pbegin
-                | "ReadStreams" >> ReadQueryStreams(self._target, sql, params)
+                | "ReadStreams" >> ReadQueryStreams(
+                    self._target, self._target.sql(sql.REPLAY_OPEN_EVENTS), params)
                 | "Rows" >> beam.FlatMap(arrow_rows)
                 | "AsMessages" >> beam.Map(lambda r: Payload(
                     REPLAYED + (r["message_id"] or ""), (), r["raw"].encode("utf-8"),
@@ -243,17 +238,9 @@ class RecordedSince(beam.PTransform):
         self._since_us = since_ns // 1000
 
     def expand(self, pbegin):
-        def table(t):
-            return f"`{self._target.table_id(t)}`"
-
-        sql = (f"SELECT '{DEAD_LETTER.name}' AS t, message_id AS a, '' AS b "
-               f"FROM {table(DEAD_LETTER)} WHERE failed_at >= TIMESTAMP_MICROS(@since) "
-               f"UNION ALL SELECT '{DUPLICATE_EVENTS.name}', message_id, '' "
-               f"FROM {table(DUPLICATE_EVENTS)} WHERE seen_at >= TIMESTAMP_MICROS(@since) "
-               f"UNION ALL SELECT '{LATE_EVENTS.name}', source, id "
-               f"FROM {table(LATE_EVENTS)} WHERE ingest_time >= TIMESTAMP_MICROS(@since)")
         return (pbegin
-                | "ReadStreams" >> ReadQueryStreams(self._target, sql,
+                | "ReadStreams" >> ReadQueryStreams(self._target,
+                                                    self._target.sql(sql.RECORDED_SINCE),
                                                     [("since", "INT64", self._since_us)])
                 | "Rows" >> beam.FlatMap(arrow_rows)
                 | "AsKeys" >> beam.Map(lambda r: (r["t"], r["a"], r["b"]) if r["b"]

@@ -25,7 +25,7 @@ import yaml
 from schemas.catalog import MeterCatalog
 from schemas.pricing import PriceBook
 from schemas.pricing import _Loader as DecimalLoader  # YAML numbers as Decimals, no floats
-from schemas.values import DECIMAL_TEXT, EXACT, format_decimal
+from schemas.values import DECIMAL_TEXT, EXACT, NS, format_decimal
 
 ZERO = Decimal(0)
 HUNDRED = Decimal(100)
@@ -145,7 +145,7 @@ def included_quantity(prices: PriceBook, plan_id: str | None, meter: str,
 def _month_start(year: int, month: int, day: int) -> int:
     day = min(day, calendar.monthrange(year, month)[1])
     moment = dt.datetime(year, month, day, tzinfo=dt.timezone.utc)
-    return calendar.timegm(moment.timetuple()) * 1_000_000_000
+    return calendar.timegm(moment.timetuple()) * NS
 
 
 def _shift(year: int, month: int, months: int) -> tuple[int, int]:
@@ -157,7 +157,7 @@ def billing_period(instant_ns: int, anchor_day: int | None = None) -> tuple[int,
     """The billing period [start, end) in ns holding `instant_ns`: the UTC calendar
     month, or the month from `anchor_day` (clamped to shorter months' last day)."""
     day = anchor_day or 1
-    when = dt.datetime.fromtimestamp(instant_ns // 1_000_000_000, dt.timezone.utc)
+    when = dt.datetime.fromtimestamp(instant_ns // NS, dt.timezone.utc)
     year, month = when.year, when.month
     start = _month_start(year, month, day)
     if instant_ns < start:

@@ -8,7 +8,6 @@ parameters (`@name`), never pasted in. One module rather than a folder of
 as of a time, the rule of the current recompute run), which Python strings
 compose and files could only by a template language.
 
-The streaming pipeline's restore queries live with it (pipelines/streaming_usage.py).
 """
 from __future__ import annotations
 
@@ -348,3 +347,37 @@ EXPORT_USAGE = ("SELECT subject, meter, dimensions, UNIX_MICROS(window_start) AS
 # {columns}: every column but the timestamps, which come as UNIX_MICROS(column) AS column
 EXPORT_LEDGER = ("SELECT {columns} FROM {exports} WHERE provider = @provider AND "
                  + PERIOD_WINDOWS)
+
+# ------------------------------------------------ the stream's restore (--restore_open_windows)
+
+# The first copy of each accepted event still open (or ingested since @since, when >= 0)
+# and within the deduplication horizon.
+REPLAY_OPEN_EVENTS = """
+SELECT raw, message_id, UNIX_MICROS(ingest_time) AS ingest_us FROM {events}
+WHERE time >= TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL @horizon SECOND)
+  AND (time >= TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL @span SECOND)
+       OR (@since >= 0 AND ingest_time >= TIMESTAMP_MICROS(@since)))
+QUALIFY ROW_NUMBER() OVER (PARTITION BY source, id ORDER BY ingest_time) = 1
+"""
+# What was recorded since @since, as `recorded_key`s (transforms/streaming.py).
+RECORDED_SINCE = """
+SELECT 'dead_letter' AS t, message_id AS a, '' AS b FROM {dead_letter}
+WHERE failed_at >= TIMESTAMP_MICROS(@since)
+UNION ALL SELECT 'duplicate_events', message_id, '' FROM {duplicate_events}
+WHERE seen_at >= TIMESTAMP_MICROS(@since)
+UNION ALL SELECT 'late_events', source, id FROM {late_events}
+WHERE ingest_time >= TIMESTAMP_MICROS(@since)
+"""
+# Thresholds crossed in periods still open after @lateness seconds.
+OPEN_PERIOD_ALERTS = """
+SELECT subject, meter, UNIX_MICROS(period_start) AS start_us, threshold FROM {usage_alerts}
+WHERE status = @crossed
+  AND period_end >= TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL @lateness SECOND)
+"""
+# Each window's current value, of the meters with limits ({meters}: quoted catalog keys).
+RECENT_WINDOWS = """
+SELECT subject, meter, dimensions, UNIX_MICROS(window_start) AS start_us, value,
+       value_bignumeric FROM {usage}
+WHERE window_start >= TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL @span SECOND)
+  AND meter IN ({meters})
+"""

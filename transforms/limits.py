@@ -37,12 +37,12 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec
 from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.timestamp import Timestamp
 
+from schemas import sql
 from schemas.catalog import MeterCatalog
 from schemas.limits import (ZERO, LimitBook, alert_id, apply_change, newly_crossed,
                             window_change)
 from schemas.pricing import PriceBook
-from schemas.tables import USAGE_ALERTS, USAGE_VIEW
-from schemas.values import format_decimal, format_time, parse_rfc3339
+from schemas.values import NS, format_decimal, format_time, parse_rfc3339
 from transforms.bigquery_target import BigQueryTarget
 from transforms.storage_read import ReadQueryStreams, arrow_rows
 from transforms.pubsub import PublishMessages
@@ -240,21 +240,14 @@ class RestoreLimitState(beam.PTransform):
         super().__init__()
         self._target = target
         self._book, self._prices = book, prices
-        self._lateness_s = allowed_lateness_ns // 1_000_000_000
+        self._lateness_s = allowed_lateness_ns // NS
 
     def expand(self, pbegin):
         book, prices = self._book, self._prices
-        alerts_sql = (f"SELECT subject, meter, UNIX_MICROS(period_start) AS start_us, "
-                      f"threshold FROM `{self._target.table_id(USAGE_ALERTS)}` "
-                      f"WHERE status = '{CROSSED}' AND period_end >= "
-                      f"TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL @lateness SECOND)")
         # catalog keys are [a-z][a-z0-9_]*: safe as literals (NULL: no limits, no rows)
         meters = ", ".join(f"'{key}'" for key in sorted(book.meters)) or "NULL"
-        windows_sql = (f"SELECT subject, meter, dimensions, UNIX_MICROS(window_start) AS "
-                       f"start_us, value, value_bignumeric "
-                       f"FROM `{self._target.table_id(USAGE_VIEW.name)}` WHERE window_start >= "
-                       f"TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL @span SECOND) "
-                       f"AND meter IN ({meters})")
+        alerts_sql = self._target.sql(sql.OPEN_PERIOD_ALERTS)
+        windows_sql = self._target.sql(sql.RECENT_WINDOWS, meters=meters)
 
         def window_seed(r):
             start_ns = r["start_us"] * NS_PER_US
@@ -265,7 +258,8 @@ class RestoreLimitState(beam.PTransform):
 
         alerts = (pbegin
                   | "QueryAlerts" >> ReadQueryStreams(self._target, alerts_sql,
-                                                      [("lateness", "INT64", self._lateness_s)])
+                                                      [("lateness", "INT64", self._lateness_s),
+                                                       ("crossed", "STRING", CROSSED)])
                   | "AlertRows" >> beam.FlatMap(arrow_rows)
                   | "AlertSeeds" >> beam.Map(lambda r: (
                       (r["subject"], r["meter"], format_time(r["start_us"] * NS_PER_US)),

@@ -21,7 +21,7 @@ import apache_beam as beam
 from schemas import sql
 from schemas.events import Payload
 from schemas.tables import EVENTS, USAGE_RECOMPUTED, Table
-from schemas.values import format_time
+from schemas.values import NS, format_time
 from transforms.bigquery import Written, total_written
 from transforms.bigquery_target import (BigQueryTarget, exists, period_parameters, query,
                                         timestamp)
@@ -192,7 +192,7 @@ def _commit_parameters(run: RecomputeRun, summary: dict) -> list:
     committed_at = time.time_ns()
     return period_parameters(run.period_start_ns, run.period_end_ns) + [
         ("run_id", "STRING", run.run_id),
-        ("window_seconds", "INT64", run.window_ns // 10 ** 9),
+        ("window_seconds", "INT64", run.window_ns // NS),
         ("reason", "STRING", run.reason),
         timestamp("started_at", run.started_ns),
         timestamp("committed_at", committed_at),

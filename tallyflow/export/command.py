@@ -24,7 +24,7 @@ import uuid
 
 from pipelines.options import add_table_arguments
 from pipelines.policy import DIFFERENCE, SUCCESS, run_command
-from schemas.values import format_time, parse_rfc3339
+from schemas.values import NS, format_time, parse_rfc3339
 from tallyflow.export.mapping import PROVIDERS, load_mapping
 from transforms.bigquery import BigQueryTarget
 
@@ -72,7 +72,7 @@ def add_provider_arguments(parser, option: str) -> None:
 
 def period(args) -> tuple[int, int]:
     start, end = parse_rfc3339(args.period_start), parse_rfc3339(args.period_end)
-    if start % 1_000_000_000 or end % 1_000_000_000:
+    if start % NS or end % NS:
         raise ValueError("the period's bounds must be whole seconds (providers take seconds)")
     if end <= start:
         raise ValueError("--period-end must be after --period-start")

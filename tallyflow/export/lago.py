@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 
+from schemas.values import NS
 from tallyflow.export.engine import (Context, SdkProvider, Sent, generations, holdings,
                                      request_entry)
 from tallyflow.export.keys import export_key
@@ -31,7 +32,6 @@ NAME = "lago"
 API_KEY_ENV = "LAGO_API_KEY"
 DEFAULT_API_BASE = "https://api.getlago.com/"
 EVENT = "event"
-NS = 1_000_000_000
 
 
 def classify(error: BaseException) -> Failure | None:

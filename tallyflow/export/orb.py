@@ -20,7 +20,7 @@ import time
 from dataclasses import replace
 from decimal import Decimal
 
-from schemas.values import format_time
+from schemas.values import NS, format_time
 from tallyflow.export.engine import Context, SdkProvider, Sent, generations, request_entry
 from tallyflow.export.keys import export_key
 from tallyflow.export.ledger import SENT, Entry
@@ -80,7 +80,7 @@ class Orb(SdkProvider):
             value = row.value if row else Decimal(0)
             if sent is not None and sent.quantity == value:
                 continue
-            late = (row or sent).window_end <= context.now - GRACE_SECONDS * 1_000_000_000
+            late = (row or sent).window_end <= context.now - GRACE_SECONDS * NS
             if sent is None and not late:
                 planned.append(self._event_entry(row, made.get(window, 0), context))
             else:

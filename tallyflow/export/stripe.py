@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from schemas.values import NS
 from tallyflow.export.engine import (Context, SdkProvider, Sent, generations, holdings,
                                      request_entry)
 from tallyflow.export.keys import export_key
@@ -33,7 +34,6 @@ NAME = "stripe"
 API_KEY_ENV = "STRIPE_API_KEY"
 DEFAULT_API_BASE = "https://api.stripe.com"
 EVENT, CANCEL = "meter_event", "meter_event_adjustment"
-NS = 1_000_000_000
 # Stripe cancels meter events up to 24 hours after it received them; an hour is kept
 # in hand for the requests between planning and sending.
 CANCEL_SECONDS = 23 * 3600

@@ -54,14 +54,14 @@ from pipelines.policy import run_command
 from schemas.catalog import Meter, MeterCatalog
 from schemas.pricing import MINOR_UNITS
 from schemas.sql import CUSTOMER_USAGE, RATING_LINES, RATING_TOTALS, corrections
-from schemas.values import EXACT, format_decimal, format_time, parse_rfc3339, printable
+from schemas.values import EXACT, NS, format_decimal, format_time, parse_rfc3339, printable
 from tallyflow.reports.data import (Dataset, Instant, add_dataset_arguments, load_meters,
                                     meter_of, ns_of, row_value)
 from tallyflow.reports.alerts import add_limits_arguments, limits_section
 from tallyflow.reports.explain import text_table
 from transforms.bigquery_target import period_parameters
 
-DAY_NS = 86400 * 10 ** 9
+DAY_NS = 86400 * NS
 ADDITIVE = ("SUM", "COUNT")
 CHART_BY_DAY_FROM_NS = 7 * DAY_NS  # shorter periods chart each window
 
@@ -330,7 +330,7 @@ def render_text(s: Statement) -> str:
              else "since the provisional figures")
     out = [f"Usage statement for {s.subject}",
            f"period {format_time(s.start_ns)} .. {format_time(s.end_ns)}, "
-           f"as of {format_time(s.as_of_ns - s.as_of_ns % 10 ** 9)}",
+           f"as of {format_time(s.as_of_ns - s.as_of_ns % NS)}",
            "final: recomputed, changes only with a new revision; provisional: streamed, "
            "may still change", ""]
     for m in s.meters:
@@ -409,7 +409,7 @@ def render_html(s: Statement) -> str:
         f'<h1>Usage statement for <span id="subject">{esc(s.subject)}</span></h1>',
         f'<p class="meta">Period <time id="period-start">{format_time(s.start_ns)}</time> .. '
         f'<time id="period-end">{format_time(s.end_ns)}</time>, as of '
-        f"{format_time(s.as_of_ns - s.as_of_ns % 10 ** 9)}. <b>Final</b> figures are "
+        f"{format_time(s.as_of_ns - s.as_of_ns % NS)}. <b>Final</b> figures are "
         "recomputed and change only with a new revision; <b>provisional</b> figures come from "
         "the stream and may still change.</p>",
         '<p class="legend">'
