@@ -88,7 +88,7 @@ def test_crossing_50_80_and_100_percent_alerts_exactly_three_times(lane, alerts_
 
     def alerted(n):
         return wait_for(lambda: alert_rows(bq_client, lane), lambda rows: len(rows) >= n,
-                        f"{n} alerts")
+                        f"{n} alerts", timeout=3 * WAIT_SECONDS)  # a job's start included
 
     with StreamJob(lane, "limits-1", *options):
         publish_messages(lane, payloads(first + first[:2]))         # 6 -> 50%
