@@ -40,8 +40,9 @@ def classify(error: BaseException) -> Failure | None:
 
     if isinstance(error, LagoApiError):
         status = error.status_code
-        wait = (float(error.reset) if isinstance(error, LagoRateLimitError) and error.reset
-                is not None else retry_after_seconds(error.headers))
+        wait = (float(error.reset)  # float-ok: seconds to wait, not a usage value
+                if isinstance(error, LagoRateLimitError) and error.reset is not None
+                else retry_after_seconds(error.headers))
         return Failure(status == 429 or status >= 500, status,
                        json.dumps(error.response, default=str) if error.response else
                        str(error.detail), wait)

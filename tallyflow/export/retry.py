@@ -42,6 +42,7 @@ def retry_after_seconds(headers) -> float | None:
         return None
     value = next((v for k, v in dict(headers).items() if k.lower() == "retry-after"), None)
     try:
+        # float-ok: seconds to wait, not a usage value
         return max(0.0, float(value)) if value is not None else None
     except ValueError:
         return None
