@@ -42,8 +42,7 @@ def retry_after_seconds(headers) -> float | None:
         return None
     value = next((v for k, v in dict(headers).items() if k.lower() == "retry-after"), None)
     try:
-        # float-ok: seconds to wait, not a usage value
-        return max(0.0, float(value)) if value is not None else None
+        return max(0.0, float(value)) if value is not None else None  # float-ok: seconds
     except ValueError:
         return None
 
