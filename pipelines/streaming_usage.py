@@ -48,8 +48,9 @@ from schemas.tables import (DEAD_LETTER, DUPLICATE_EVENTS, EVENTS, LATE_EVENTS, 
                             USAGE_PANES)
 from schemas.values import NS, format_time, parse_duration, parse_rfc3339, parse_window
 from transforms import rows
-from transforms.bigquery import (CLIENT_METHOD, WRITE_METHODS, BigQueryTarget,
-                                 ExpansionServiceUnavailable, WriteRows)
+from transforms.bigquery import (CLIENT_METHOD, WRITE_METHODS, ExpansionServiceUnavailable,
+                                 WriteRows)
+from transforms.bigquery_target import BigQueryTarget
 from transforms.limits import PublishAlerts, RestoreLimitState, UsageAlerts
 from transforms.pubsub import PublishDeadLetters, ReadUsageMessages
 from transforms.runner import is_dataflow

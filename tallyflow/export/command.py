@@ -26,7 +26,7 @@ from pipelines.options import add_table_arguments
 from pipelines.policy import DIFFERENCE, SUCCESS, run_command
 from schemas.values import NS, format_time, parse_rfc3339
 from tallyflow.export.mapping import PROVIDERS, load_mapping
-from transforms.bigquery import BigQueryTarget
+from transforms.bigquery_target import BigQueryTarget
 
 # provider -> module with NAME, API_KEY_ENV, DEFAULT_API_BASE and build(api_key, api_base)
 MODULES = {name: f"tallyflow.export.{name}" for name in PROVIDERS}
