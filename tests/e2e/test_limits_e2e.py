@@ -10,6 +10,7 @@ each the first time the period's count reaches 5, 8 and 10.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from decimal import Decimal
 
@@ -49,9 +50,19 @@ def alerts_topic(lane):  # noqa: F811 - the fixture imported above
     return topic, subscription
 
 
-def requests(count: int) -> list[dict]:
-    return [event(SUBJECT, "api.request", {"method": ("GET", "POST")[n % 2], "bytes_out": 10})
-            for n in range(count)]
+def requests(count: int, time_ns: int | None = None) -> list[dict]:
+    return [event(SUBJECT, "api.request", {"method": ("GET", "POST")[n % 2], "bytes_out": 10},
+                  time_ns) for n in range(count)]
+
+
+def in_a_window_still_open(lead_s: int = 20) -> int:
+    """An event time whose 1m window ends at least `lead_s` after now (and within the
+    5-minute future skew), so the events are on time for a job started minutes after
+    the test's first events, however long that start took."""
+    now = time.time_ns()
+    minute = 60 * 10**9
+    start = now // minute * minute
+    return start + 5 * 10**9 if now + lead_s * 10**9 < start + minute else start + minute + 5 * 10**9
 
 
 def payloads(events: list[dict]) -> list[bytes]:
@@ -84,7 +95,7 @@ def test_crossing_50_80_and_100_percent_alerts_exactly_three_times(lane, alerts_
     (tmp_path / "limits.yaml").write_text(yaml.safe_dump(LIMITS))
     options = ("--limits", str(tmp_path / "limits.yaml"), "--prices",
                str(tmp_path / "prices.yaml"), "--alert_topic", topic)
-    first, second, third = requests(6), requests(3), requests(3)
+    first, second = requests(6), requests(3)
 
     def alerted(n):
         return wait_for(lambda: alert_rows(bq_client, lane), lambda rows: len(rows) >= n,
@@ -96,6 +107,7 @@ def test_crossing_50_80_and_100_percent_alerts_exactly_three_times(lane, alerts_
         publish_messages(lane, payloads(second + first[2:4] + second[:1]))  # 9 -> 80%
         alerted(2)
     with StreamJob(lane, "limits-2", "--restore_open_windows", *options):
+        third = requests(3, in_a_window_still_open())  # its window must close on time here
         # redeliveries of what the first job counted, then the last burst: 12 -> 100%
         publish_messages(lane, payloads(first + second + third + third[1:]))
         rows = alerted(3)
