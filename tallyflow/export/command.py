@@ -28,18 +28,33 @@ from schemas.values import NS, format_time, parse_rfc3339
 from tallyflow.export.mapping import PROVIDERS, load_mapping
 from transforms.bigquery_target import BigQueryTarget
 
-# provider -> module with NAME, API_KEY_ENV, DEFAULT_API_BASE and build(api_key, api_base)
+# provider -> module with NAME, API_KEY_ENV, SDK, DEFAULT_API_BASE and build(api_key, api_base)
 MODULES = {name: f"tallyflow.export.{name}" for name in PROVIDERS}
+SECRET_MANAGER = "google.cloud.secretmanager"
+
+
+def require(module: str) -> None:
+    """Imports a library of the `export` extra now, so an install without the extra
+    (or with one of its dependencies missing) is a one-line usage error, not a
+    traceback from the middle of a run."""
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as missing:
+        raise ValueError(f"{module} is not installed (no module named {missing.name!r}): "
+                         f"install the export extra, pip install 'tallyflow[export]'") from None
 
 
 def provider_module(name: str):
-    return importlib.import_module(MODULES[name])
+    module = importlib.import_module(MODULES[name])
+    require(module.SDK)
+    return module
 
 
 def api_key(module, secret: str | None) -> str:
     """The provider's API key: a Secret Manager secret version, else its environment
     variable. Never a flag value, never printed."""
     if secret:
+        require(SECRET_MANAGER)
         from google.cloud import secretmanager
 
         version = secretmanager.SecretManagerServiceClient().access_secret_version(name=secret)
@@ -97,8 +112,8 @@ def prepare(args, kind: str):
     before anything is read or sent."""
     from tallyflow.export.engine import Context
 
-    start, end = period(args)
     module = provider_module(args.provider)
+    start, end = period(args)
     provider = module.build(api_key(module, args.api_key_secret), args.api_base)
     context = Context(run_id(kind), time.time_ns(), start, end,
                       load_mapping(args.mapping, args.provider))

@@ -32,6 +32,7 @@ from tallyflow.export.usage import UsageRow
 
 NAME = "stripe"
 API_KEY_ENV = "STRIPE_API_KEY"
+SDK = "stripe"  # the official SDK's module (the `export` extra)
 DEFAULT_API_BASE = "https://api.stripe.com"
 EVENT, CANCEL = "meter_event", "meter_event_adjustment"
 # Stripe cancels meter events up to 24 hours after it received them; an hour is kept
