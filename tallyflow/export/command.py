@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
+import re
 import sys
 import time
 import uuid
 
 from pipelines.options import add_table_arguments
-from pipelines.policy import DIFFERENCE, SUCCESS, run_command
+from pipelines.policy import DIFFERENCE, SUCCESS, CommandFailed, run_command
 from schemas.values import NS, format_time, parse_rfc3339
 from tallyflow.export.mapping import PROVIDERS, load_mapping
 from transforms.bigquery_target import BigQueryTarget
@@ -50,15 +52,47 @@ def provider_module(name: str):
     return module
 
 
+SECRET_VERSION = re.compile(r"projects/[^/]+/secrets/[^/]+/versions/[^/]+")
+
+
+# The client's transports log every response, payload included, at DEBUG (on with
+# GOOGLE_SDK_PYTHON_LOGGING_SCOPE or any DEBUG logging setup): held at INFO.
+_SECRET_LOGGERS = [f"google.cloud.secretmanager_v1.services.secret_manager_service.transports."
+                   f"{transport}" for transport in ("grpc", "grpc_asyncio", "rest")]
+
+
+def secret_client():
+    """Secret Manager's official client, with the environment's Google credentials."""
+    from google.cloud import secretmanager
+
+    return secretmanager.SecretManagerServiceClient()
+
+
+def read_secret(name: str) -> str:
+    """A secret version's payload (AccessSecretVersion), checked against the CRC32C
+    Secret Manager sends with it. No message or log record, here or in the client,
+    carries the payload."""
+    import google_crc32c
+
+    client = secret_client()
+    for logger in _SECRET_LOGGERS:
+        logging.getLogger(logger).setLevel(logging.INFO)
+    payload = client.access_secret_version(name=name).payload
+    if payload.data_crc32c and google_crc32c.value(payload.data) != payload.data_crc32c:
+        raise CommandFailed(f"the payload of secret {name} failed its CRC32C check")
+    return payload.data.decode().strip()
+
+
 def api_key(module, secret: str | None) -> str:
     """The provider's API key: a Secret Manager secret version, else its environment
     variable. Never a flag value, never printed."""
     if secret:
+        if not SECRET_VERSION.fullmatch(secret):
+            raise ValueError(f"--api-key-secret must name a secret version, "
+                             f"projects/P/secrets/S/versions/V (or .../versions/latest), "
+                             f"got {secret!r}")
         require(SECRET_MANAGER)
-        from google.cloud import secretmanager
-
-        version = secretmanager.SecretManagerServiceClient().access_secret_version(name=secret)
-        return version.payload.data.decode().strip()
+        return read_secret(secret)
     key = os.environ.get(module.API_KEY_ENV)
     if not key:
         raise ValueError(f"set {module.API_KEY_ENV} (or --api-key-secret) to the "
