@@ -148,13 +148,20 @@ def prepare(args, kind: str):
 
     module = provider_module(args.provider)
     start, end = period(args)
-    provider = module.build(api_key(module, args.api_key_secret), args.api_base)
+    options = {}
+    if getattr(args, "stripe_api", None):
+        if args.provider != "stripe":
+            raise ValueError("--stripe-api applies to --to stripe only")
+        options["stripe_api"] = args.stripe_api
+    provider = module.build(api_key(module, args.api_key_secret), args.api_base, **options)
     context = Context(run_id(kind), time.time_ns(), start, end,
                       load_mapping(args.mapping, args.provider))
     return provider, target(args), context
 
 
 def _parser() -> argparse.ArgumentParser:
+    from tallyflow.export.stripe import APIS, STREAM_FROM
+
     parser = argparse.ArgumentParser(prog="tallyflow export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_provider_arguments(parser, "--to")
@@ -164,6 +171,11 @@ def _parser() -> argparse.ArgumentParser:
                         type=float, default=100.0,
                         help="Most provider calls started per second (Stripe live mode "
                              "allows about 1,000).")
+    parser.add_argument("--stripe-api", "--stripe_api", dest="stripe_api",
+                        choices=APIS,
+                        help=f"Stripe meter events one call each (v1) or on the v2 meter "
+                             f"event stream, 100 a call (v2); default auto: v2 from "
+                             f"{STREAM_FROM:,} events in a run (docs/export.md).")
     return parser
 
 

@@ -110,7 +110,7 @@ class Stripe(SdkProvider):
         """Streams the events that pass the checks Stripe makes asynchronously; returns
         per entry a Sent or the Failure v1 would have answered."""
         meters, customers = self._checked()
-        results, events = [], []
+        results, events, session_id = [], [], None
         for entry in entries:
             body = entry.body()
             if body["event_name"] not in meters:
@@ -123,14 +123,13 @@ class Stripe(SdkProvider):
                 results.append(None)
                 events.append(body)
         if events:
+            import stripe as sdk
+
             session_id, stream = self._stream()
             try:
                 stream.v2.billing.meter_event_stream.create({"events": events})
-            except Exception as error:
-                import stripe as sdk
-
-                if isinstance(error, sdk.TemporarySessionExpiredError):
-                    self._renew(session_id)
+            except sdk.TemporarySessionExpiredError:
+                self._renew(session_id)  # and the retry policy sends the batch again
                 raise
         sent = Sent({"via": "v2 meter_event_stream", "session": session_id,
                      "events": len(events)})
