@@ -6,8 +6,11 @@ runs (Flex Templates use FLEX_TEMPLATE_PYTHON_SETUP_FILE with this file).
 from setuptools import find_packages, setup
 
 # `tallyflow export` and `reconcile --provider`: the billing providers' official SDKs
-# (docs/export.md); the tests run them against local servers, so `test` includes them.
-EXPORT = ["stripe>=16.1,<17", "orb-billing>=4.90,<5", "lago-python-client>=1.55,<2"]
+# (docs/export.md), and Secret Manager's for --api-key-secret (apache-beam[gcp] brings it
+# too; named here because export calls it); the tests run them against local servers, so
+# `test` includes them.
+EXPORT = ["stripe>=16.1,<17", "orb-billing>=4.90,<5", "lago-python-client>=1.55,<2",
+          "google-cloud-secret-manager>=2.20,<3"]
 
 setup(
     name="tallyflow",

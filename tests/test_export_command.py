@@ -14,7 +14,7 @@ def test_export_is_a_command_with_its_options(capsys):
     out = capsys.readouterr().out
     assert stop.value.code == 0
     for option in ("--to", "--period-start", "--mapping", "--api-base", "--api-key-secret",
-                   "--concurrency", "--calls-per-second"):
+                   "--concurrency", "--calls-per-second", "--stripe-api"):
         assert option in out
     assert "--api-key " not in out  # no flag takes a credential
 
@@ -60,3 +60,12 @@ def test_a_bad_mapping_file_is_a_configuration_error(tmp_path, monkeypatch, caps
     code = cli.main(["export", "--to", "orb", *PERIOD, "--mapping", str(mapping),
                      "--bigquery_endpoint", "http://127.0.0.1:9"])
     assert code == 2 and "orb.customers" in capsys.readouterr().err
+
+
+def test_stripe_api_is_an_option_of_stripe_only(monkeypatch, capsys):
+    monkeypatch.setenv("ORB_API_KEY", "k")
+    assert cli.main(["export", "--to", "orb", *PERIOD, "--stripe-api", "v2"]) == 2
+    assert "--stripe-api applies to --to stripe only" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["export", "--to", "stripe", *PERIOD, "--stripe-api", "v3"])
+    assert stop.value.code == 2

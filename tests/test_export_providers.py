@@ -1,6 +1,7 @@
 """The export's guarantees, for every provider, against its local server
 (tests/provider_servers/) through the official SDK, with the ledger in memory:
-the provider ends with exactly tallyflow's totals (Stripe: rounded once) after
+the provider ends with exactly tallyflow's totals (Stripe: rounded once, on its v1
+meter events and on its v2 meter event stream alike) after
 a first export, injected 429s and 5xx, a crash between sending and recording,
 a restatement, and a rerun sends nothing. Expected totals are computed here
 from the usage rows."""
@@ -17,7 +18,7 @@ from tallyflow.export.reconcile import DIFFERENT, MATCH, compare
 from tallyflow.export.retry import RetryPolicy
 from tallyflow.export.usage import UsageRow
 from tests.memory_ledger import Crash, MemoryLedger
-from tests.provider_servers.cases import CASES
+from tests.provider_servers.cases import API_CASES
 
 HOUR = 3600 * 1_000_000_000
 NOW = time.time_ns()
@@ -30,10 +31,11 @@ USAGE = {("acme", "calls", "{}", 0): "0.4", ("acme", "calls", "{}", 1): "0.4",
          ("bolt", "calls", "{}", 4): "0.5", ("bolt", "tokens", "{}", 5): "3.001"}
 
 
-@pytest.fixture(params=list(CASES))
+@pytest.fixture(params=list(API_CASES))
 def case(request):
-    case = CASES[request.param](("acme", "bolt"), METERS)
-    case.provider = provider_module(case.name).build(case.server.api_key, case.base)
+    case = API_CASES[request.param](("acme", "bolt"), METERS)
+    case.provider = provider_module(case.name).build(case.server.api_key, case.base,
+                                                     **case.options)
     yield case
     case.server.stop()
 

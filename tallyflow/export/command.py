@@ -17,33 +17,82 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
+import re
 import sys
 import time
 import uuid
 
 from pipelines.options import add_table_arguments
-from pipelines.policy import DIFFERENCE, SUCCESS, run_command
+from pipelines.policy import DIFFERENCE, SUCCESS, CommandFailed, run_command
 from schemas.values import NS, format_time, parse_rfc3339
 from tallyflow.export.mapping import PROVIDERS, load_mapping
 from transforms.bigquery_target import BigQueryTarget
 
-# provider -> module with NAME, API_KEY_ENV, DEFAULT_API_BASE and build(api_key, api_base)
+# provider -> module with NAME, API_KEY_ENV, SDK, DEFAULT_API_BASE and build(api_key, api_base)
 MODULES = {name: f"tallyflow.export.{name}" for name in PROVIDERS}
+SECRET_MANAGER = "google.cloud.secretmanager"
+
+
+def require(module: str) -> None:
+    """Imports a library of the `export` extra now, so an install without the extra
+    (or with one of its dependencies missing) is a one-line usage error, not a
+    traceback from the middle of a run."""
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as missing:
+        raise ValueError(f"{module} is not installed (no module named {missing.name!r}): "
+                         f"install the export extra, pip install 'tallyflow[export]'") from None
 
 
 def provider_module(name: str):
-    return importlib.import_module(MODULES[name])
+    module = importlib.import_module(MODULES[name])
+    require(module.SDK)
+    return module
+
+
+SECRET_VERSION = re.compile(r"projects/[^/]+/secrets/[^/]+/versions/[^/]+")
+
+
+# The client's transports log every response, payload included, at DEBUG (on with
+# GOOGLE_SDK_PYTHON_LOGGING_SCOPE or any DEBUG logging setup): held at INFO.
+_SECRET_LOGGERS = [f"google.cloud.secretmanager_v1.services.secret_manager_service.transports."
+                   f"{transport}" for transport in ("grpc", "grpc_asyncio", "rest")]
+
+
+def secret_client():
+    """Secret Manager's official client, with the environment's Google credentials."""
+    from google.cloud import secretmanager
+
+    return secretmanager.SecretManagerServiceClient()
+
+
+def read_secret(name: str) -> str:
+    """A secret version's payload (AccessSecretVersion), checked against the CRC32C
+    Secret Manager sends with it. No message or log record, here or in the client,
+    carries the payload."""
+    import google_crc32c
+
+    client = secret_client()
+    for logger in _SECRET_LOGGERS:
+        logging.getLogger(logger).setLevel(logging.INFO)
+    payload = client.access_secret_version(name=name).payload
+    if payload.data_crc32c and google_crc32c.value(payload.data) != payload.data_crc32c:
+        raise CommandFailed(f"the payload of secret {name} failed its CRC32C check")
+    return payload.data.decode().strip()
 
 
 def api_key(module, secret: str | None) -> str:
     """The provider's API key: a Secret Manager secret version, else its environment
     variable. Never a flag value, never printed."""
     if secret:
-        from google.cloud import secretmanager
-
-        version = secretmanager.SecretManagerServiceClient().access_secret_version(name=secret)
-        return version.payload.data.decode().strip()
+        if not SECRET_VERSION.fullmatch(secret):
+            raise ValueError(f"--api-key-secret must name a secret version, "
+                             f"projects/P/secrets/S/versions/V (or .../versions/latest), "
+                             f"got {secret!r}")
+        require(SECRET_MANAGER)
+        return read_secret(secret)
     key = os.environ.get(module.API_KEY_ENV)
     if not key:
         raise ValueError(f"set {module.API_KEY_ENV} (or --api-key-secret) to the "
@@ -97,15 +146,22 @@ def prepare(args, kind: str):
     before anything is read or sent."""
     from tallyflow.export.engine import Context
 
-    start, end = period(args)
     module = provider_module(args.provider)
-    provider = module.build(api_key(module, args.api_key_secret), args.api_base)
+    start, end = period(args)
+    options = {}
+    if getattr(args, "stripe_api", None):
+        if args.provider != "stripe":
+            raise ValueError("--stripe-api applies to --to stripe only")
+        options["stripe_api"] = args.stripe_api
+    provider = module.build(api_key(module, args.api_key_secret), args.api_base, **options)
     context = Context(run_id(kind), time.time_ns(), start, end,
                       load_mapping(args.mapping, args.provider))
     return provider, target(args), context
 
 
 def _parser() -> argparse.ArgumentParser:
+    from tallyflow.export.stripe import APIS, STREAM_FROM
+
     parser = argparse.ArgumentParser(prog="tallyflow export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_provider_arguments(parser, "--to")
@@ -115,6 +171,11 @@ def _parser() -> argparse.ArgumentParser:
                         type=float, default=100.0,
                         help="Most provider calls started per second (Stripe live mode "
                              "allows about 1,000).")
+    parser.add_argument("--stripe-api", "--stripe_api", dest="stripe_api",
+                        choices=APIS,
+                        help=f"Stripe meter events one call each (v1) or on the v2 meter "
+                             f"event stream, 100 a call (v2); default auto: v2 from "
+                             f"{STREAM_FROM:,} events in a run (docs/export.md).")
     return parser
 
 

@@ -13,6 +13,11 @@ correction's cancel must land before its resend); series go in parallel up to
 `concurrency`, under a global calls-per-second limit. A request the provider
 rejects (4xx) fails alone, in the ledger, and the rest of its series is
 `skipped` (replanned by the next run); other series go on.
+
+Requests a provider takes in batches (`Provider.batchable`: Stripe's v2 meter
+event stream, up to 100 events a call) go after every other request of the
+chunk, so a series' cancels still land before its events, and only for series
+whose other requests all went through; batches mix series and go in parallel.
 """
 from __future__ import annotations
 
@@ -56,14 +61,23 @@ class Provider(Protocol):
 
     def classify(self, error: BaseException) -> Failure | None: ...
 
+    def batchable(self, entry: Entry) -> bool: ...
+
+    def send_batch(self, entries: list[Entry]) -> list[Sent | Failure]: ...
+
 
 class SdkProvider:
-    """A provider over its official SDK's client; subclasses name their `classify`."""
+    """A provider over its official SDK's client; subclasses name their `classify`.
+    Every request is its own call unless a subclass batches some (`batch_size`)."""
 
     name: str
+    batch_size = 1
 
     def __init__(self, sdk_client):
         self._client = sdk_client
+
+    def batchable(self, entry: Entry) -> bool:
+        return False
 
 
 class Report(NamedTuple):
@@ -127,69 +141,99 @@ def export(provider: Provider, rows: list[UsageRow], ledger, context: Context,
 
 def _run(provider: Provider, entries: list[Entry], ledger, context: Context,
          policy: RetryPolicy, concurrency: int, rate: CallRate) -> list[Entry]:
-    """Sends pending entries (series in order), records and returns their outcomes (with
-    their follow-up rows). If a series raises (transient failures past the budget), what
-    finished is recorded first."""
+    """Sends pending entries (series in order, then batches), records and returns their
+    outcomes (with their follow-up rows). If a series or a batch raises (transient
+    failures past the budget), what finished is recorded first."""
     by_series: dict[tuple, list[Entry]] = {}
+    batched: list[Entry] = []
     for entry in entries:
-        by_series.setdefault(series_key(entry), []).append(entry)
+        if provider.batchable(entry):
+            batched.append(entry)
+        else:
+            by_series.setdefault(series_key(entry), []).append(entry)
     outcomes: list[Entry] = []
+    failed_series: set[tuple] = set()
     lock = threading.Lock()
+
+    def recorded(entry: Entry, outcome, sent) -> list[Entry]:
+        """The ledger rows of one request's outcome: Sent, or a Failure (a rejection)."""
+        if isinstance(sent, Failure):
+            return [entry.recorded(FAILED, context.run_id, time.time_ns(),
+                                   f"{sent.status}: {sent.message}", outcome.attempts)]
+        return [entry.recorded(SENT, context.run_id, time.time_ns(), sent.response,
+                               outcome.attempts, sent.provider_object), *sent.followups]
 
     def send_series(series: list[Entry]) -> None:
         failed = False
         for entry in series:
-            now = time.time_ns()
             if failed:
-                result = [entry.recorded(SKIPPED, context.run_id, now,
-                                         "not sent: an earlier request of its series failed")]
+                result = [skipped(entry)]
             else:
                 rate.wait()
                 outcome = policy.call(provider.name, lambda e=entry: provider.send(e),
                                       provider.classify)
-                if outcome.rejection is not None:
-                    failed = True
-                    result = [entry.recorded(FAILED, context.run_id, time.time_ns(),
-                                             f"{outcome.rejection.status}: "
-                                             f"{outcome.rejection.message}", outcome.attempts)]
-                else:
-                    sent = outcome.response
-                    result = [entry.recorded(SENT, context.run_id, time.time_ns(),
-                                             sent.response, outcome.attempts,
-                                             sent.provider_object), *sent.followups]
+                result = recorded(entry, outcome, outcome.rejection or outcome.response)
+                failed = result[0].status == FAILED
             with lock:
                 outcomes.extend(result)
+                if failed:
+                    failed_series.add(series_key(entry))
+
+    def send_batch(batch: list[Entry]) -> None:
+        rate.wait()
+        outcome = policy.call(provider.name, lambda: provider.send_batch(batch),
+                              provider.classify)
+        sents = [outcome.rejection] * len(batch) if outcome.rejection else outcome.response
+        result = [row for entry, sent in zip(batch, sents)
+                  for row in recorded(entry, outcome, sent)]
+        with lock:
+            outcomes.extend(result)
+
+    def skipped(entry: Entry) -> Entry:
+        return entry.recorded(SKIPPED, context.run_id, time.time_ns(),
+                              "not sent: an earlier request of its series failed")
 
     try:
         with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
             for future in [pool.submit(send_series, s) for s in by_series.values()]:
+                future.result()
+            ready = [e for e in batched if series_key(e) not in failed_series]
+            outcomes.extend(skipped(e) for e in batched if series_key(e) in failed_series)
+            size = max(1, provider.batch_size)
+            for future in [pool.submit(send_batch, ready[i:i + size])
+                           for i in range(0, len(ready), size)]:
                 future.result()
     finally:
         ledger.append(outcomes)
     return outcomes
 
 
-def holdings(state: dict[str, Entry], object_type: str,
+def _kinds(object_type: str | tuple) -> tuple:
+    return (object_type,) if isinstance(object_type, str) else object_type
+
+
+def holdings(state: dict[str, Entry], object_type: str | tuple,
              superseding: Iterable[str] = ()) -> dict[tuple, list[Entry]]:
-    """Per usage window, the sent entries of `object_type` the provider still counts:
-    not superseded by a sent entry of a `superseding` type (a cancel, a backfill)."""
+    """Per usage window, the sent entries of `object_type` (or of any of a tuple of
+    types) the provider still counts: not superseded by a sent entry of a
+    `superseding` type (a cancel, a backfill)."""
     gone = {e.supersedes for e in state.values()
             if e.status == SENT and e.object_type in superseding and e.supersedes}
     held: dict[tuple, list[Entry]] = {}
     for entry in state.values():
-        if (entry.object_type == object_type and entry.status == SENT
+        if (entry.object_type in _kinds(object_type) and entry.status == SENT
                 and entry.idempotency_key not in gone):
             held.setdefault(entry.window, []).append(entry)
     return held
 
 
-def generations(state: dict[str, Entry], object_type: str) -> dict[tuple, int]:
+def generations(state: dict[str, Entry], object_type: str | tuple) -> dict[tuple, int]:
     """Per window, how many requests of `object_type` reached (or may have reached) the
     provider: the next one's generation, so a correction never reuses a key, while a
     request never made (failed without a call, skipped) keeps its own."""
     made: dict[tuple, int] = {}
     for entry in state.values():
-        if entry.object_type == object_type and (entry.status in (SENT, PENDING)
+        if entry.object_type in _kinds(object_type) and (entry.status in (SENT, PENDING)
                                                  or entry.attempts):
             made[entry.window] = made.get(entry.window, 0) + 1
     return made

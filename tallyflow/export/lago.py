@@ -30,6 +30,7 @@ from tallyflow.export.usage import UsageRow
 
 NAME = "lago"
 API_KEY_ENV = "LAGO_API_KEY"
+SDK = "lago_python_client"  # the official SDK's module (the `export` extra)
 DEFAULT_API_BASE = "https://api.getlago.com/"
 EVENT = "event"
 

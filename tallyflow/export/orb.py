@@ -29,6 +29,7 @@ from tallyflow.export.usage import UsageRow
 
 NAME = "orb"
 API_KEY_ENV = "ORB_API_KEY"
+SDK = "orb"  # the official SDK's module (the `export` extra)
 DEFAULT_API_BASE = "https://api.withorb.com/v1"
 EVENT, BACKFILL = "event", "backfill"
 GRACE_SECONDS = 12 * 3600

@@ -13,6 +13,7 @@ NS = 1_000_000_000
 
 class StripeCase:
     name, key_env, event_path = "stripe", "STRIPE_API_KEY", "/v1/billing/meter_events"
+    options: dict = {}  # for the provider's build()
 
     def __init__(self, subjects, meters: dict):
         from tallyflow.export.stripe import client
@@ -39,8 +40,15 @@ class StripeCase:
         next(e for e in self.server.events.values() if not e["cancelled"])["cancelled"] = True
 
 
+class StripeStreamCase(StripeCase):
+    """Stripe with every event on the v2 meter event stream (`--stripe-api v2`)."""
+
+    event_path, options = "/v2/billing/meter_event_stream", {"stripe_api": "v2"}
+
+
 class OrbCase:
     name, key_env, event_path = "orb", "ORB_API_KEY", "/v1/ingest"
+    options: dict = {}
 
     def __init__(self, subjects, meters: dict):
         from tests.provider_servers.orb import OrbServer
@@ -63,6 +71,7 @@ class OrbCase:
 
 class LagoCase:
     name, key_env, event_path = "lago", "LAGO_API_KEY", "/api/v1/events"
+    options: dict = {}
 
     def __init__(self, subjects, meters: dict):
         from tests.provider_servers.lago import LagoServer
@@ -84,3 +93,5 @@ class LagoCase:
 
 
 CASES = {"stripe": StripeCase, "orb": OrbCase, "lago": LagoCase}
+# the unit tests' cases: every provider, and Stripe's second API
+API_CASES = {**CASES, "stripe-v2": StripeStreamCase}

@@ -12,17 +12,33 @@ Stripe's API reference (docs.stripe.com/api/billing/meter-event and friends):
 - GET /v1/billing/meters/{id}/event_summaries: the sum over a customer and
   [start_time, end_time) of the events not cancelled;
 - `Idempotency-Key` on every POST: the same key and parameters replay the first
-  response; other parameters are an `idempotency_error`.
+  response; other parameters are an `idempotency_error`;
+- GET /v1/customers: the customers, `limit` per page after `starting_after`.
+And the v2 meter event streams (docs.stripe.com/api/v2/billing-meter-stream), JSON:
+- POST /v2/billing/meter_event_session (API key): a session whose
+  `authentication_token` is valid for 15 minutes (`expires_at`, RFC 3339);
+- POST /v2/billing/meter_event_stream (Bearer the session token, not the API
+  key): `events`, 1 to 100, each with `event_name` and `payload` (else the whole
+  request is a 400); an expired token is a 401 `temporary_session_expired` /
+  `billing_meter_event_session_expired`. The answer is `{}` and events are
+  processed asynchronously: one that fails the v1 checks (meter, customer, value,
+  timestamp) or reuses an identifier with a different body is dropped and
+  reported in `error_reports` (Stripe's meter error reports), never answered; an
+  identifier seen before with the same body is the same event.
 Errors have Stripe's shape: {"error": {"type", "code", "message"}}.
 """
 from __future__ import annotations
 
 import itertools
+import json
 import re
+import secrets
+from datetime import datetime, timezone
 
 from tests.provider_servers import ProviderServer, Reply, Request, canonical
 
 DAY = 24 * 3600
+STREAM = "/v2/billing/meter_event_stream"
 
 
 def _nest(pairs) -> dict:
@@ -48,11 +64,23 @@ class StripeServer(ProviderServer):
         self.adjustments: list[dict] = []
         self._idempotent: dict[str, tuple[str, Reply]] = {}
         self._ids = itertools.count(1)
+        self.sessions: dict[str, dict] = {}  # token -> {id, expires_at (s), calls}
+        self.session_seconds = 15 * 60
+        self.calls_per_session: int | None = None  # test control: then the token expires
+        self.stream_batches: list[int] = []  # events per accepted stream request
+        self.error_reports: list[dict] = []  # events the stream dropped, and why
 
     def parse_body(self, content_type: str, raw: bytes) -> dict:
         from urllib.parse import parse_qsl
 
+        if content_type.startswith("application/json"):  # API v2
+            return json.loads(raw) if raw else {}
         return _nest(parse_qsl(raw.decode(), keep_blank_values=True))
+
+    def authorised(self, request: Request) -> bool:
+        """The stream takes a session token, everything else the API key."""
+        bearer = request.headers.get("authorization", "").removeprefix("Bearer ")
+        return bearer in self.sessions if request.path == STREAM else bearer == self.api_key
 
     def error(self, status, message, headers=None, code=None, type="invalid_request_error"):
         if status == 429:
@@ -83,6 +111,12 @@ class StripeServer(ProviderServer):
             customer = f"cus_{next(self._ids):06d}"
             self.customers.add(customer)
             return Reply(200, {"id": customer, "object": "customer"})
+        if request.method == "GET" and path == "/v1/customers":
+            return self._list_customers(request.query)
+        if request.method == "POST" and path == "/v2/billing/meter_event_session":
+            return self._session()
+        if request.method == "POST" and path == STREAM:
+            return self._stream(request)
         if path == "/v1/billing/meters":
             return self._create_meter(body) if request.method == "POST" else Reply(
                 200, {"object": "list", "data": list(self.meters.values()), "has_more": False,
@@ -111,6 +145,53 @@ class StripeServer(ProviderServer):
                  "value_settings": {"event_payload_key": "value"}}
         self.meters[meter["id"]] = meter
         return Reply(200, meter)
+
+    def _list_customers(self, query: dict) -> Reply:
+        ordered = sorted(self.customers)
+        after = query.get("starting_after")
+        start = ordered.index(after) + 1 if after in self.customers else 0
+        limit = min(100, int(query.get("limit") or 10))
+        page = ordered[start:start + limit]
+        return Reply(200, {"object": "list", "url": "/v1/customers",
+                           "has_more": start + limit < len(ordered),
+                           "data": [{"id": c, "object": "customer"} for c in page]})
+
+    def _session(self) -> Reply:
+        token, now = f"mes_tok_{secrets.token_hex(8)}", self.now()
+        session = {"id": f"mes_{next(self._ids):06d}", "expires_at": now + self.session_seconds,
+                   "calls": 0}
+        self.sessions[token] = session
+        return Reply(200, {"id": session["id"], "object": "v2.billing.meter_event_session",
+                           "authentication_token": token, "livemode": False,
+                           "created": _rfc3339(now), "expires_at": _rfc3339(session["expires_at"])})
+
+    def _stream(self, request: Request) -> Reply:
+        session = self.sessions[request.headers["authorization"].removeprefix("Bearer ")]
+        if self.now() >= session["expires_at"] or (
+                self.calls_per_session is not None
+                and session["calls"] >= self.calls_per_session):
+            return self.error(401, "The temporary session token has expired.",
+                              type="temporary_session_expired",
+                              code="billing_meter_event_session_expired")
+        events = request.body.get("events")
+        if not isinstance(events, list) or not 1 <= len(events) <= 100:
+            return self.error(400, "events must list 1 to 100 meter events",
+                              code="parameter_invalid")
+        if not all(isinstance(e, dict) and isinstance(e.get("event_name"), str)
+                   and isinstance(e.get("payload"), dict) for e in events):
+            return self.error(400, "every event needs an event_name and a payload",
+                              code="parameter_missing")
+        session["calls"] += 1
+        self.stream_batches.append(len(events))
+        for event in events:  # asynchronous at Stripe: a bad event is reported, not answered
+            timestamp = event.get("timestamp")
+            if timestamp is not None:
+                timestamp = int(datetime.fromisoformat(timestamp).timestamp())
+            reply = self._meter_event({**event, "timestamp": timestamp})
+            if reply.status != 200:
+                self.error_reports.append({"identifier": event.get("identifier"),
+                                           **reply.body["error"]})
+        return Reply(200, {})
 
     def _meter_event(self, body) -> Reply:
         name, payload = body.get("event_name"), body.get("payload") or {}
@@ -183,3 +264,8 @@ class StripeServer(ProviderServer):
                    if e["event_name"] == event_name and not e["cancelled"]
                    and e["payload"]["stripe_customer_id"] == customer
                    and start <= e["timestamp"] < end)
+
+
+def _rfc3339(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="milliseconds") \
+        .replace("+00:00", "Z")
