@@ -38,8 +38,6 @@ import argparse
 import base64
 import inspect
 import json
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -62,9 +60,10 @@ from schemas.catalog import load_catalog  # noqa: E402
 from schemas.events import Limits, Payload  # noqa: E402
 from schemas.metering import usage_row  # noqa: E402
 from schemas.tables import DEAD_LETTER, DUPLICATE_EVENTS, EVENTS, LATE_EVENTS, USAGE_PANES  # noqa: E402
-from streaming import METERS, Stack  # noqa: E402  (benchmarks/streaming.py)
+from streaming import METERS, Stack, stop  # noqa: E402  (benchmarks/streaming.py)
 from tallyflow.local.publish import synthetic_messages  # noqa: E402
 from tallyflow.local.stack import down, up  # noqa: E402
+from tests.test_limit_alerts import Cell  # noqa: E402  (a state cell outside the runner)
 from tallyflow.local.synthetic import FIRST_COPIES, SyntheticConfig, count_kinds  # noqa: E402
 from transforms import rows  # noqa: E402
 from transforms.aggregate import UsageCombineFn, _ReadMeters, event_timestamp  # noqa: E402
@@ -237,11 +236,7 @@ def run_stream(stack, events: int, customers: int, label: str, timeout: float) -
             time.sleep(2)
         time.sleep(10)  # the last dead letters, duplicates and panes
     finally:
-        job.send_signal(signal.SIGTERM)
-        try:
-            job.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            job.kill()
+        stop(job)
     tables = {}
     for table in PER_EVENT_TABLES + (USAGE_PANES,):
         tables[table.name] = [dict(r) for r in lane.bq.query(
@@ -309,20 +304,12 @@ def _input_coder(node):
     return beam.coders.registry.get_coder(pcoll.element_type)
 
 
-class _State:
-    """A state cell for calling a stateful DoFn outside the runner; records its bytes."""
+class _State(Cell):
+    """A state cell for calling a stateful DoFn outside the runner, sized by its coder."""
 
     def __init__(self, coder):
-        self.coder, self.value = coder, None
-
-    def read(self):
-        return self.value
-
-    def write(self, value):
-        self.value = value
-
-    def clear(self):
-        self.value = None
+        super().__init__()
+        self.coder = coder
 
     def size(self) -> int:
         return 0 if self.value is None else len(self.coder.encode(self.value))
