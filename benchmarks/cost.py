@@ -57,6 +57,7 @@ from apache_beam.utils.timestamp import Timestamp  # noqa: E402
 
 from pipelines import streaming_usage  # noqa: E402
 from schemas.catalog import load_catalog  # noqa: E402
+from schemas.encoding import DEFAULT_MAX_DECOMPRESSED_BYTES, decode_content  # noqa: E402
 from schemas.events import Limits, Payload  # noqa: E402
 from schemas.metering import usage_row  # noqa: E402
 from schemas.tables import DEAD_LETTER, DUPLICATE_EVENTS, EVENTS, LATE_EVENTS, USAGE_PANES  # noqa: E402
@@ -400,12 +401,22 @@ def measure_engine(payloads: list[Payload], catalog, coders: dict, stateful: dic
 
 # ------------------------------------------------------------------ the table
 
-def cost_lines(pubsub: tuple, engine: dict, bigquery: dict) -> list[tuple[str, str, Decimal]]:
-    """(item, quantity per billion accepted events, $ per billion) for one configuration."""
+def decompress_us(messages, accepted: int) -> Decimal:
+    """CPU µs per accepted event to decompress `messages` as the stream does."""
+    clock = time.process_time_ns()
+    for message in messages:
+        decode_content(message.data, message.attributes, DEFAULT_MAX_DECOMPRESSED_BYTES)
+    return Decimal(time.process_time_ns() - clock) / 1000 / accepted
+
+
+def cost_lines(pubsub: tuple, engine: dict, bigquery: dict,
+               extra_cpu_us: Decimal = Decimal(0)) -> list[tuple[str, str, Decimal]]:
+    """(item, quantity per billion accepted events, $ per billion) for one configuration;
+    `extra_cpu_us`: decompression's."""
     publish, pull = pubsub
     shuffle = sum(engine["shuffle"].values())
     state = engine["state_per_identity"]  # one identity written per accepted event
-    cpu_us = sum(engine["cpu_us"].values())
+    cpu_us = sum(engine["cpu_us"].values()) + extra_cpu_us
     vcpu_hours = cpu_us * BILLION / Decimal(3.6e9)
     bq_bytes = sum(bigquery.values())
     return [
@@ -482,11 +493,18 @@ def main() -> int:
             print(f"usage keys per customer: {engine['keys_per_customer']:.1f}")
             print("BigQuery billed bytes per accepted event:",
                   {k: f"{v:.1f}" for k, v in bigquery.items()})
+            unpack = {None: Decimal(0)}
+            for encoding in ("gzip", "zstd"):
+                labelled, packed = outgoing(config, encoding)
+                unpack[encoding] = decompress_us(packed, accepted_count(labelled))
+                print(f"CPU µs per accepted event to decompress {encoding}: "
+                      f"{unpack[encoding]:.2f}")
             for size, encoding in ((1, None), (100, None), (100, "gzip"), (100, "zstd")):
                 totals[name, size, encoding] = print_table(
                     f"### {name}, {size}-event messages, {encoding or 'uncompressed'} "
                     f"(list prices of {PRICES_AS_OF})",
-                    cost_lines(pubsub[size, encoding], engine, bigquery))
+                    cost_lines(pubsub[size, encoding], engine, bigquery,
+                               unpack[encoding if size == 100 else None]))
         for name in ("synthetic", "high-cardinality"):
             before = totals[name, 100, None]
             for encoding in ("gzip", "zstd"):

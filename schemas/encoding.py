@@ -19,9 +19,10 @@ IDENTITY = "identity"  # HTTP's name for "not encoded"; accepted as no attribute
 # A 1,000-event batch is about 250 KB decompressed; the bound keeps one message's
 # memory bounded while leaving batches room to grow.
 DEFAULT_MAX_DECOMPRESSED_BYTES = 64 * 2 ** 20
-# zstd input is fed in steps this small, so one step expands to at most a few
-# 128 KiB blocks past the bound before it is noticed.
-_ZSTD_STEP = 16
+# zstd input is fed in steps this small, as its decompressor takes no output limit:
+# a step holds at most 32 blocks (4 bytes each at the least), so it expands to at
+# most 4 MiB (32 x 128 KiB) past the bound before that is noticed.
+_ZSTD_STEP = 128
 
 
 class _TooLarge(Exception):
