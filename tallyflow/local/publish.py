@@ -360,7 +360,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--compress", choices=ENCODINGS,
                         help="compress each message's data, marked by the Pub/Sub attribute "
                              "content-encoding (docs/cloudevents.md); worth it for batches "
-                             "(--batch-size 100: about a sixth of the bytes Pub/Sub bills)")
+                             "(--batch-size 100: about a fifth of the bytes Pub/Sub bills)")
     synthetic = parser.add_argument_group("synthetic stream")
     synthetic.add_argument("--synthetic", action="store_true",
                            help="publish a generated stream instead of a file")
