@@ -42,7 +42,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
@@ -60,14 +60,15 @@ from schemas.catalog import load_catalog  # noqa: E402
 from schemas.encoding import DEFAULT_MAX_DECOMPRESSED_BYTES, decode_content  # noqa: E402
 from schemas.events import Limits, Payload  # noqa: E402
 from schemas.metering import usage_row  # noqa: E402
-from schemas.tables import DEAD_LETTER, DUPLICATE_EVENTS, EVENTS, LATE_EVENTS, USAGE_PANES  # noqa: E402
+from schemas.tables import (DEAD_LETTER, DUPLICATE_EVENTS, EVENTS, LATE_EVENTS,  # noqa: E402
+                           USAGE_PANES)
 from streaming import METERS, Stack, stop  # noqa: E402  (benchmarks/streaming.py)
 from tallyflow.local.publish import synthetic_messages  # noqa: E402
 from tallyflow.local.stack import down, up  # noqa: E402
 from tests.test_limit_alerts import Cell  # noqa: E402  (a state cell outside the runner)
 from tallyflow.local.synthetic import FIRST_COPIES, SyntheticConfig, count_kinds  # noqa: E402
 from transforms import rows  # noqa: E402
-from transforms.aggregate import UsageCombineFn, _ReadMeters, event_timestamp  # noqa: E402
+from transforms.aggregate import UsageCombineFn, _ReadMeters  # noqa: E402
 from transforms.parse import _ParseDoFn  # noqa: E402
 
 # --------------------------------------------------------------- list prices
@@ -78,7 +79,7 @@ PUBSUB_PER_TIB = Decimal("40")              # "Pub/Sub pricing": throughput, per
 PUBSUB_MIN_REQUEST_BYTES = 1000             # same page: each request billed >= 1,000 bytes
 STREAMING_ENGINE_PER_GB = Decimal("0.018")  # "Dataflow pricing": Streaming Engine data processed
 VCPU_HOUR = Decimal("0.069")                # "Dataflow pricing": streaming worker vCPU per hour
-GB_HOUR = Decimal("0.0035557")              # "Dataflow pricing": streaming worker memory per GB-hour
+GB_HOUR = Decimal("0.0035557")              # "Dataflow pricing": streaming memory per GB-hour
 GB_PER_VCPU = Decimal("3.75")               # n1-standard machines: 3.75 GB per vCPU
 STORAGE_WRITE_PER_GIB = Decimal("0.025")    # "BigQuery pricing": Storage Write API ingestion,
 #                                             after the first 2 TiB a month (not deducted here)
@@ -264,13 +265,6 @@ def bigquery_bytes(tables: dict, keys_per_window: int, events_per_window: Decima
 
 # ------------------------------------------- shuffles, state and CPU (no runner)
 
-@dataclass
-class Shuffle:
-    label: str
-    coder: object
-    bytes: int = 0
-
-
 def pipeline_shuffles(catalog_path: Path) -> tuple[dict, dict]:
     """The built streaming pipeline's shuffles inside StreamUsage: label -> input coder,
     for stateful DoFns (label -> their DoFn too) and GroupByKeys/Combines."""
@@ -342,8 +336,12 @@ def call_stateful(fn, cells: dict, keyed, timestamp) -> list:
 
 def measure_engine(payloads: list[Payload], catalog, coders: dict, stateful: dict) -> dict:
     """Shuffle bytes, state bytes per identity and CPU per stage, all per accepted event."""
-    (dedup_label, dedup_fn), = stateful.items()
-    (combine_label, combine_coder), = [(k, v) for k, v in coders.items() if k not in stateful]
+    (dedup_label, dedup_fn), = [(k, v) for k, v in stateful.items() if "Deduplicate" in k]
+    (combine_label, combine_coder), = [(k, v) for k, v in coders.items()
+                                       if "AggregateUsage" in k and k not in stateful]
+    unsized = sorted(set(coders) - {dedup_label, combine_label})
+    if unsized:  # a shuffle added to the pipeline since: size it here too
+        print(f"shuffles this script does not size: {unsized}", flush=True)
     cpu = Counter()
 
     clock = time.process_time_ns()
@@ -489,7 +487,8 @@ def main() -> int:
             print("shuffle bytes per accepted event:",
                   {k: f"{v:.1f}" for k, v in engine["shuffle"].items()})
             print(f"dedup state per identity: {engine['state_per_identity']:.1f} bytes")
-            print("CPU µs per accepted event:", {k: f"{v:.1f}" for k, v in engine["cpu_us"].items()})
+            print("CPU µs per accepted event:",
+                  {k: f"{v:.1f}" for k, v in engine["cpu_us"].items()})
             print(f"usage keys per customer: {engine['keys_per_customer']:.1f}")
             print("BigQuery billed bytes per accepted event:",
                   {k: f"{v:.1f}" for k, v in bigquery.items()})
