@@ -415,7 +415,7 @@ def cost_lines(pubsub: tuple, engine: dict, bigquery: dict,
     shuffle = sum(engine["shuffle"].values())
     state = engine["state_per_identity"]  # one identity written per accepted event
     cpu_us = sum(engine["cpu_us"].values()) + extra_cpu_us
-    vcpu_hours = cpu_us * BILLION / Decimal(3.6e9)
+    vcpu_hours = cpu_us * BILLION / 3_600_000_000  # µs in an hour
     bq_bytes = sum(bigquery.values())
     return [
         ("Pub/Sub publish", f"{publish * BILLION / TIB:.3f} TiB",
