@@ -25,6 +25,8 @@ setup(
     install_requires=[
         "apache-beam[gcp]==2.77.*",
         "orjson>=3.8",
+        # content-encoding: zstd (schemas/encoding.py); Beam depends on it too
+        "zstandard>=0.18",
         "PyYAML>=6.0",
     ],
     extras_require={

@@ -31,18 +31,20 @@ sys.path.insert(0, str(ROOT))
 
 from schemas.events import Rejection, parse_payload  # noqa: E402
 from tests.adversarial import (CATALOG, LIMITS, binary_messages, check_compute_usage,  # noqa: E402
-                               check_payload, check_stream_usage, payloads)
+                               check_payload, check_stream_usage, compressed_messages,
+                               payloads)
 
 
 def fuzz_round(round_seed: int, size: int, failures: list) -> list[tuple[bytes, dict | None]]:
-    """`size` fresh payloads and as many binary-mode messages through the pure checks;
-    returns them as (data, attributes)."""
+    """`size` fresh payloads, binary-mode and compressed messages through the pure
+    checks; returns them as (data, attributes)."""
     tried: list[tuple[bytes, dict | None]] = []
 
     @seed(round_seed)
     @settings(max_examples=size, deadline=None, database=None, phases=[Phase.generate],
               suppress_health_check=list(HealthCheck))
-    @given(st.one_of(payloads().map(lambda payload: (payload, None)), binary_messages()))
+    @given(st.one_of(payloads().map(lambda payload: (payload, None)), binary_messages(),
+                     compressed_messages()))
     def one(message):
         tried.append(message)
         try:

@@ -176,6 +176,15 @@ def latency(stack: Stack, size: int, customers: int, interval: float,
     return [seen[i] - sent[i] for i in sent]
 
 
+def stop(job: subprocess.Popen) -> None:
+    """Stops a `tallyflow stream` job as an operator would: SIGTERM, then a kill."""
+    job.send_signal(signal.SIGTERM)
+    try:
+        job.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        job.kill()
+
+
 def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[round(q) - 1]
 
@@ -204,11 +213,7 @@ def main() -> int:
                 waits = latency(lane, size, args.customers, args.latency_interval,
                                 args.latency_seconds)
             finally:
-                job.send_signal(signal.SIGTERM)
-                try:
-                    job.wait(timeout=120)
-                except subprocess.TimeoutExpired:
-                    job.kill()
+                stop(job)
             print(f"{size:>10} {args.events:>7} {rate:>9.0f} {drained:>8.1f} "
                   f"{percentile(waits, 50):>6.2f} {percentile(waits, 95):>6.2f} "
                   f"{len(waits):>7}", flush=True)

@@ -43,6 +43,7 @@ from pipelines.policy import (RUNTIME_FAILURE, CommandFailed, first_line, name_o
                               run_command, stop_on_sigterm)
 from pipelines.restart_points import SNAPSHOT_SECONDS, RestartPoints
 from schemas import names, sql
+from schemas.encoding import DEFAULT_MAX_DECOMPRESSED_BYTES
 from schemas.events import Limits, Payload
 from schemas.tables import (DEAD_LETTER, DUPLICATE_EVENTS, EVENTS, LATE_EVENTS, USAGE_ALERTS,
                             USAGE_PANES)
@@ -87,6 +88,11 @@ class StreamingUsageOptions(UsageOptions):
         parser.add_argument("--id_label",
                             help="Pub/Sub attribute with a unique message id, for Dataflow's "
                                  "source-level deduplication (ignored on the DirectRunner).")
+        parser.add_argument("--max_decompressed_bytes", type=int,
+                            default=DEFAULT_MAX_DECOMPRESSED_BYTES,
+                            help="Largest a compressed message (content-encoding gzip or zstd) "
+                                 "may decompress to; a larger one is dead-lettered "
+                                 "(DECOMPRESSED_TOO_LARGE) with its bytes as received.")
         parser.add_argument("--dead_letter_topic", type=name_option(names.pubsub_topic),
                             help="Optional Pub/Sub topic that also receives every rejected "
                                  "message: projects/PROJECT/topics/NAME.")
@@ -141,7 +147,10 @@ def build(pipeline: beam.Pipeline, options: StreamingUsageOptions, job_id: str,
     method = options.bigquery_write_method
     bignumeric = {m.key for m in catalog.meters if m.precision == "BIGNUMERIC"}
     runner = options.view_as(StandardOptions).runner
-    limits = Limits(now_ns=None, max_future_skew_ns=parse_duration(options.max_future_skew))
+    if options.max_decompressed_bytes < 1:
+        raise ValueError("--max_decompressed_bytes must be at least 1")
+    limits = Limits(now_ns=None, max_future_skew_ns=parse_duration(options.max_future_skew),
+                    max_decompressed_bytes=options.max_decompressed_bytes)
 
     messages = pipeline | "ReadMessages" >> ReadUsageMessages(
         options.subscription, runner, options.timestamp_attribute, options.id_label)

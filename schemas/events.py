@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import base64
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 from schemas.catalog import ATTRIBUTE_NAME, NOT_ATTRIBUTES, MeterCatalog
+from schemas.encoding import CONTENT_ENCODING, DEFAULT_MAX_DECOMPRESSED_BYTES, decode_content
 from schemas.values import (NS, UNSAFE_CHARACTERS, ValueProblem, clip, dumps_exact, loads_exact,
                             parse_rfc3339)
 
@@ -31,6 +32,9 @@ MAX_DEPTH = 64
 # Stable error codes, in the order a rejection names its first problem.
 ERROR_CODES = (
     "UNEXPECTED_ERROR",        # judging the payload failed: a bug, the payload is kept whole
+    "UNSUPPORTED_CONTENT_ENCODING",  # a content-encoding attribute other than gzip or zstd
+    "CORRUPT_COMPRESSION",     # the data is not (wholly) what its content-encoding says
+    "DECOMPRESSED_TOO_LARGE",  # it decompresses to more than max_decompressed_bytes
     "MALFORMED_JSON",          # not JSON, or an empty line
     "INVALID_UNICODE",         # not UTF-8, or a string with a lone surrogate escape ("\ud800")
     "TOO_DEEP",                # arrays and objects nested deeper than MAX_DEPTH
@@ -122,6 +126,7 @@ class Limits:
     now_ns: int | None
     max_future_skew_ns: int = DEFAULT_MAX_FUTURE_SKEW_NS
     max_identifier_length: int = DEFAULT_MAX_IDENTIFIER_LENGTH
+    max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED_BYTES
 
 
 def parse_payload(payload: bytes, position: str, order: tuple, catalog: MeterCatalog,
@@ -136,11 +141,24 @@ def parse_payload(payload: bytes, position: str, order: tuple, catalog: MeterCat
                        attributes)
     text = _text(payload)
     try:
+        data, problem = decode_content(payload, attributes, limits.max_decompressed_bytes)
+        if problem:  # kept as received: its compressed bytes and its attributes
+            return [_whole(context, problem, payload, text, position)]
+        if data is not payload:  # what is judged and kept from here on is the decompressed data
+            context = replace(context, attributes=_without_encoding(attributes))
+            payload, text = data, _text(data)
         return _parse(payload, text, position, order, context)
     except Exception as e:  # the safety net itself
         return [_whole(context, ("UNEXPECTED_ERROR", f"tallyflow could not judge this payload "
                                  f"({type(e).__name__}: {clip(str(e))}); please report it"),
                        payload, text, position)]
+
+
+def _without_encoding(attributes: dict) -> dict:
+    """The attributes of a decompressed payload: a rejection keeps the payload
+    decompressed, so a re-sent copy must not claim to be compressed."""
+    return {key: value for key, value in attributes.items()
+            if not (isinstance(key, str) and key.lower() == CONTENT_ENCODING)}
 
 
 def _parse(payload: bytes, text: str, position: str, order: tuple,

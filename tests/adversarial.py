@@ -8,7 +8,8 @@ whitespace), deep nesting, and mutations of valid events (a field replaced, a
 value re-spelled, bytes flipped, cut or inserted, events put in a batch).
 
 `binary_messages` are hostile messages in CloudEvents binary content mode (data
-and Pub/Sub attributes). `check_payload` runs one payload through every pure step
+and Pub/Sub attributes), `compressed_messages` either kind compressed (gzip,
+zstd), mangled or mislabelled at times. `check_payload` runs one payload through every pure step
 of both modes (streaming and batch), from parsing to every row and message it can
 become, encoding each the way its sink would (strict UTF-8 JSON, Beam's coder),
 and returns its outcomes; `check_compute_usage` and `check_stream_usage` run many
@@ -32,6 +33,7 @@ from hypothesis import strategies as st
 
 from schemas import aggregation
 from schemas.catalog import parse_catalog
+from schemas.encoding import compress
 from schemas.events import ERROR_CODES, Limits, Payload, Rejection, UsageEvent, parse_payload
 from schemas.metering import usage_row, value_text as _text
 from schemas.values import format_decimal, parse_rfc3339
@@ -236,6 +238,33 @@ def binary_messages(draw) -> tuple[bytes, dict]:
         elif how == "mangle":
             data = _byte_mutation(data, draw)
     return data, attributes
+
+
+ENCODING_NAMES = ["gzip", "zstd", "GZIP", " zstd ", "identity", "", "br", "\ud800"]
+
+
+@st.composite
+def compressed_messages(draw) -> tuple[bytes, dict]:
+    """A message whose data is compressed (data, Pub/Sub attributes): a hostile structured
+    payload or binary-mode message, compressed as gzip or zstd (several frames or
+    members at times), marked by a content-encoding of any spelling, and at times the
+    compressed bytes mangled (cut, flipped, junk inserted or appended)."""
+    if draw(st.booleans()):
+        data, attributes = draw(payloads()), {}
+    else:
+        data, attributes = draw(binary_messages())
+    encoding = draw(st.sampled_from(["gzip", "zstd"]))
+    packed = b"".join(compress(part, encoding) for part in _parts(data, draw))
+    if draw(st.booleans()):
+        packed = _byte_mutation(packed, draw)
+    name = draw(st.sampled_from(["content-encoding", "Content-Encoding"]))
+    label = draw(st.one_of(st.just(encoding), st.sampled_from(ENCODING_NAMES)))
+    return packed, {**attributes, name: label}
+
+
+def _parts(data: bytes, draw) -> list[bytes]:
+    cut = draw(st.integers(0, len(data)))
+    return [data] if draw(st.booleans()) else [data[:cut], data[cut:]]
 
 
 # ----------------------------------------------------------------- checks

@@ -496,3 +496,19 @@ def test_a_synthetic_stream_sent_in_binary_mode_keeps_its_labels_true(example_ca
                 label.identity
         checked[outgoing.attributes.get("ce-specversion") is not None] += 1
     assert checked[True] > 400  # binary mode was exercised (malformed lines go as they are)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "zstd"])
+def test_a_compressed_synthetic_stream_parses_as_the_uncompressed_one(example_catalog, encoding):
+    config = SyntheticConfig(seed=7, customers=5, events=400, rate=50, batch_size=20,
+                             invalid_fraction=0.1, duplicate_fraction=0.1)
+    for message in generate(config):
+        plain = Outgoing.of(message.data, message.emitted_ns)
+        for sent in [plain] + plain.in_binary_mode():
+            packed = sent.compressed(encoding)
+            assert packed.attributes == {**sent.attributes, "content-encoding": encoding}
+            assert packed.time == sent.time and packed.data != sent.data
+            limits = Limits(now_ns=message.emitted_ns)
+            assert parse_payload(packed.data, "m", (), example_catalog, limits, None,
+                                 packed.attributes) == parse_payload(
+                sent.data, "m", (), example_catalog, limits, None, sent.attributes)

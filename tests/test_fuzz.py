@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from schemas import events
 from schemas.events import parse_payload
 from tests.adversarial import (CATALOG, LIMITS, binary_messages, check_compute_usage,
-                               check_payload, check_rejection, check_stream_usage, payloads)
+                               check_payload, check_rejection, check_stream_usage,
+                               compressed_messages, payloads)
 from transforms import batch_usage
 from transforms.pubsub import dead_letter_message
 from transforms.rows import dead_letter_row, event_row
@@ -52,6 +53,13 @@ def test_every_pure_step_is_total(payload):
 def test_every_pure_step_is_total_in_binary_mode(message):
     data, attributes = message
     assert check_payload(data, attributes=attributes) in (["accepted"], ["dead_lettered"])
+
+
+@SEEDED
+@given(compressed_messages())
+def test_every_pure_step_is_total_for_compressed_messages(message):
+    data, attributes = message
+    assert set(check_payload(data, attributes=attributes)) <= {"accepted", "dead_lettered"}
 
 
 BINARY = {"ce-specversion": "1.0", "ce-id": "b1", "ce-source": "//s", "ce-type": "call",
@@ -229,4 +237,11 @@ def test_stream_usage_conserves_and_stores_every_record(payload_list):
 def test_both_pipelines_conserve_and_store_every_binary_mode_record(messages):
     data, attributes = map(list, zip(*messages))
     check_compute_usage(data, attributes)
+    check_stream_usage(data, attributes)
+
+
+@settings(SEEDED, max_examples=1, phases=NO_SHRINK)
+@given(st.lists(compressed_messages(), min_size=40, max_size=80))
+def test_the_stream_conserves_and_stores_every_compressed_record(messages):
+    data, attributes = map(list, zip(*messages))
     check_stream_usage(data, attributes)

@@ -11,6 +11,9 @@ forever, while without one it falls back to publish time and the pipeline
 dead-letters the event on its own terms. Lines are sent as they are, malformed
 or not: judging them is the pipeline's job.
 
+With `--compress gzip|zstd`, each message's data is compressed and marked by
+the `content-encoding` attribute, which the stream decodes.
+
 With `--binary`, each event goes in CloudEvents binary content mode instead
 (`binary_form`): its attributes as `ce-` Pub/Sub attributes, its datacontenttype
 as `content-type`, its data as the message. A line without a binary form (not
@@ -33,6 +36,7 @@ from pipelines.policy import name_option, run_command
 from tallyflow.local.stack import StackError
 from tallyflow.local.synthetic import KINDS, Message, SyntheticConfig, count_kinds, generate
 from schemas import names
+from schemas.encoding import CONTENT_ENCODING, ENCODINGS, compress
 from schemas.events import ATTRIBUTE_VALUE_BYTES, is_json_content_type
 from schemas.values import (NS, dumps_exact, format_time, loads_exact, parse_duration,
                             parse_rfc3339, parse_window)
@@ -71,6 +75,12 @@ class Outgoing:
             return [self]
         return [Outgoing(data, 1, earliest_time([event]), self.at_ns, attributes)
                 for event, (attributes, data) in zip(events, forms)]
+
+
+    def compressed(self, encoding: str) -> "Outgoing":
+        """This message with its data compressed, marked by a content-encoding attribute."""
+        return replace(self, data=compress(self.data, encoding),
+                       attributes={**self.attributes, CONTENT_ENCODING: encoding})
 
 
 def binary_form(event) -> tuple[dict[str, str], bytes] | None:
@@ -218,6 +228,8 @@ def _run(args, config: SyntheticConfig | None) -> int:
         messages = _read_file(Path(args.file))
     if args.binary:
         messages = [binary for message in messages for binary in message.in_binary_mode()]
+    if args.compress:
+        messages = [message.compressed(args.compress) for message in messages]
     publisher = local_stack.publisher_client(host, publisher_options=_flow_control())
     topic_path = publisher.topic_path(project, args.topic)
     _check_topic(publisher, topic_path, host)
@@ -345,6 +357,10 @@ def _parser() -> argparse.ArgumentParser:
                              "as ce-* Pub/Sub attributes, datacontenttype as content-type, "
                              "data as the message (a batch line becomes one message per "
                              "event; a line with no binary form is sent as it is)")
+    parser.add_argument("--compress", choices=ENCODINGS,
+                        help="compress each message's data, marked by the Pub/Sub attribute "
+                             "content-encoding (docs/cloudevents.md); worth it for batches "
+                             "(--batch-size 100: about a fifth of the bytes Pub/Sub bills)")
     synthetic = parser.add_argument_group("synthetic stream")
     synthetic.add_argument("--synthetic", action="store_true",
                            help="publish a generated stream instead of a file")

@@ -2,12 +2,14 @@
 
 The same events, written by the official `cloudevents` SDK, go to two lanes of
 the local stack: one in structured mode (single events and CloudEvents
-batches), one in binary mode (the Pub/Sub protocol binding). The streaming
-pipeline runs on each, then the recompute re-reads each lane's stored `events`
+batches), one in binary mode (the Pub/Sub protocol binding), some messages of
+each compressed (content-encoding gzip or zstd) as `tallyflow publish --compress`
+does. The streaming pipeline runs on each, then the recompute re-reads each lane's stored `events`
 rows. Every usage row must be byte-identical across the modes and the two
 pipelines, and equal to the usage summed here from the SDK's own view of the
 events; each required-attribute violation, sent in both modes, must be
-dead-lettered with the same code. Harness: tests/e2e/test_streaming_e2e.py.
+dead-lettered with the same code, and so must a corrupt and an oversized
+compressed message. Harness: tests/e2e/test_streaming_e2e.py.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from cloudevents.v1.conversion import to_binary, to_json, to_structured
 from cloudevents.v1.http import CloudEvent
 
 from pipelines import recompute_usage
+from schemas.encoding import CONTENT_ENCODING, compress
 from schemas.events import Payload
 from schemas.values import parse_rfc3339
 from tallyflow.local.stack import provision
@@ -65,6 +68,33 @@ def violations(base: CloudEvent, now_ns: int) -> list[tuple[Payload, Payload, st
     return out
 
 
+BOUND = 100_000  # the job's --max_decompressed_bytes: small, so a small bomb exceeds it
+
+
+def compressed(messages: list[tuple[bytes, dict]], encodings) -> list[tuple[bytes, dict]]:
+    """Each message with its data compressed as the publisher does (None: left as it is)."""
+    return [(data, attributes) if encoding is None else
+            (compress(data, encoding), {**attributes, CONTENT_ENCODING: encoding})
+            for (data, attributes), encoding in zip(messages, encodings)]
+
+
+def compression_violations(base: CloudEvent) -> list[tuple[Payload, Payload, str]]:
+    """A truncated gzip message and a zstd bomb past BOUND, in both modes."""
+    out = []
+    for n, (encoding, spoil, code) in enumerate((
+            ("gzip", lambda packed, data: packed[:-5], "CORRUPT_COMPRESSION"),
+            ("zstd", lambda packed, data: compress(data + b" " * BOUND, "zstd"),
+             "DECOMPRESSED_TOO_LARGE"))):
+        event = CloudEvent({**base.get_attributes(), "id": f"packed-{n}"}, base.get_data())
+        pair = []
+        for payload in in_both_modes("id", f"packed-{n}", event):
+            packed = compress(payload.data, encoding)
+            pair.append(payload._replace(data=spoil(packed, payload.data), attributes={
+                **payload.attributes, CONTENT_ENCODING: encoding}))
+        out.append((*pair, code))
+    return out
+
+
 def publish_all(lane, messages: list[tuple[bytes, dict]]) -> list[str]:
     publisher = lane.publisher_client()
     return [publisher.publish(lane.topic_path(), data, **attributes).result(timeout=30)
@@ -78,7 +108,7 @@ def streamed_usage(bq, lane, tmp_path, messages, accepted: int, rejected: int) -
     meters.write_text(yaml.safe_dump(METERS))
     # an hour of lateness: the second lane's job starts minutes after the events' time
     with StreamJob(lane, f"ce-{lane.topic}", "--meters", str(meters),
-                   "--allowed_lateness", "1h"):
+                   "--allowed_lateness", "1h", "--max_decompressed_bytes", str(BOUND)):
         ids = publish_all(lane, messages)
 
         def landed():
@@ -135,13 +165,15 @@ def test_every_mode_bills_byte_identically_through_both_pipelines(local_stack, b
                                                                   tmp_path, monkeypatch):
     now_ns = time.time_ns()
     events = sample(now_ns)
-    bad = violations(events[0], now_ns)
+    bad = violations(events[0], now_ns) + compression_violations(events[0])
     structured_messages = [(to_structured(e)[1], {**STRUCTURED, "ce-time": e["time"]})
                            for e in events[:4]]
-    structured_messages += [(b"[" + to_json(a) + b"," + to_json(b) + b"]",
-                             {**BATCH, "ce-time": a["time"]})
-                            for a, b in zip(events[4::2], events[5::2])]
-    binary_messages = [to_binary(e)[::-1] for e in events]
+    structured_messages += compressed([(b"[" + to_json(a) + b"," + to_json(b) + b"]",
+                                        {**BATCH, "ce-time": a["time"]})
+                                       for a, b in zip(events[4::2], events[5::2])],
+                                      [None, "gzip", "zstd", None])
+    binary_messages = compressed([to_binary(e)[::-1] for e in events],
+                                 [None, "gzip", "zstd"] * 4)
     results = {}
     for mode, messages in (
             ("structured", structured_messages + [(s.data, s.attributes) for s, _, _ in bad]),

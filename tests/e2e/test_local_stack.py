@@ -14,6 +14,7 @@ from google.cloud import bigquery
 from tallyflow.local import stack as stack_module
 from tallyflow.local import publish
 from tallyflow.local.stack import MAX_DELIVERY_ATTEMPTS, StackError, up
+from schemas.encoding import decode_content
 from schemas.tables import TABLES, VIEWS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -197,6 +198,26 @@ def test_published_jsonl_comes_back_with_its_timestamp_attribute(local_stack, pu
     assert received == {lines[0]: {"ce-time": "2026-11-02T09:17:45.5Z"},
                         lines[1]: {"ce-time": "2026-11-02T09:10:00.123Z"},
                         lines[2]: {}}
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "zstd"])
+def test_compressed_messages_come_back_marked_and_decode_to_the_lines(local_stack, pubsub,
+                                                                      tmp_path, encoding):
+    pubsub.drain()
+    event = {"specversion": "1.0", "id": uuid.uuid4().hex, "source": "//test",
+             "type": "user.active", "subject": "acme", "time": "2026-11-02T09:30:00Z",
+             "data": {"user_id": "u" * 500}}
+    lines = [json.dumps([dict(event, id=f"{event['id']}-{n}") for n in range(10)]), "not json"]
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    assert publish.main([str(tmp_path / "in.jsonl"), "--run-dir", str(local_stack.run_dir),
+                         "--compress", encoding]) == 0
+    received = [m.message for m in pubsub.pull(count=2)]
+    decoded = {decode_content(m.data, m.attributes, 2 ** 20)[0].decode(): dict(m.attributes)
+               for m in received}
+    assert decoded == {lines[0]: {"ce-time": "2026-11-02T09:30:00Z",
+                                  "content-encoding": encoding},
+                       lines[1]: {"content-encoding": encoding}}
+    assert len(received[0].data + received[1].data) < len(lines[0]) / 5
 
 
 def test_synthetic_stream_arrives_whole(local_stack, pubsub, tmp_path):
