@@ -252,8 +252,13 @@ def limits_text(subject: str, found: list[MeterLimits]) -> str:
 
 GAUGE_WIDTH, GAUGE_HEIGHT, GAUGE_LEFT, GAUGE_BAR_Y, GAUGE_BAR_H = 760, 64, 10, 28, 16
 STATUS_COLORS = {CROSSED: "#d1242f", CLEARED: "#9a6700", NOT_REACHED: "#59636e"}
-LIMITS_CSS = "".join(f".status-{s.replace(' ', '-')} {{ color: {c}; font-weight: 600; }}\n"
-                     for s, c in STATUS_COLORS.items())
+# the thresholds' table may be wider than the text: its cells are long and unbreakable
+LIMITS_CSS = ("table.thresholds { font-size: .85rem; width: max-content; "
+              "max-width: calc(100vw - 4rem); }\n"
+              "table.thresholds td, table.thresholds th { white-space: nowrap; "
+              "padding: .2rem .5rem; }\n") + "".join(
+    f".status-{s.replace(' ', '-')} {{ color: {c}; font-weight: 600; }}\n"
+    for s, c in STATUS_COLORS.items())
 
 
 def limits_html(found: list[MeterLimits]) -> list[str]:
@@ -285,7 +290,8 @@ def limits_html(found: list[MeterLimits]) -> list[str]:
             parts.append(f'<tr class="threshold-row" data-threshold="{esc(t.label)}" '
                          f'data-status="{t.status}">' + "".join(
                              f'<td class="{name.replace(" ", "-")}'
-                             f'{" status-" + status if name == "status" else ""}">{esc(c)}</td>'
+                             f'{" status-" + status if name == "status" else ""}">'
+                             f'{esc(c).replace(" of ", " of <br>")}</td>'
                              for name, c in zip(THRESHOLD_COLUMNS, cells)) + "</tr>")
         parts += ["</table>", "</section>"]
     return parts
@@ -319,7 +325,7 @@ def _gauge_svg(limits: MeterLimits) -> str:
                 f'stroke-width="2"><title>{label} ({format_decimal(t.quantity)}): '
                 f"{t.status}</title></line>",
                 f'<text x="{x:.2f}" y="{GAUGE_BAR_Y - 10}" text-anchor="middle" '
-                f'font-size="11" fill="{color}">{label}</text>']
+                f'font-size="11" fill="{color}">{label} ({format_decimal(t.quantity)})</text>']
     out.append("</svg>")
     return "\n".join(out)
 
