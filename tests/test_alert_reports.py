@@ -119,6 +119,8 @@ class Cells(HTMLParser):
         self.found, self._open = [], []
 
     def handle_starttag(self, tag, attrs):
+        if tag == "br":  # a void element: no end tag
+            return
         attrs = dict(attrs)
         self._open.append((attrs.get("class"), attrs, []))
 
