@@ -162,6 +162,23 @@ def test_the_html_section_shows_the_same_thresholds_usage_and_statuses_as_the_te
     assert html_rows == [row[2:4] + row[5:] for row in text_rows]
 
 
+def test_a_threshold_the_final_usage_reaches_without_an_alert_says_so():
+    # the stream never alerted cust-002 (developer, 1000 included); the recompute has 1000
+    data = FakeData(windows=[("cust-002", "api_requests", NOV_15, Decimal(999)),
+                             ("cust-002", "api_requests", dt.datetime(2026, 12, 14, 23, 59,
+                                                                      tzinfo=UTC), Decimal(1))])
+    args = argparse.Namespace(limits=str(LIMITS), prices=str(PRICES))
+    (found,) = customer_limits(data, load_catalog(str(METERS)), args, "cust-002",
+                               int(NOV_15.timestamp()) * 10 ** 9, int(DEC.timestamp()) * 10 ** 9)
+    assert found.usage == 1000
+    assert [(t.label, t.status) for t in found.thresholds] == [
+        ("50%", "reached without alert"), ("80%", "reached without alert"),
+        ("100%", "reached without alert")]
+    html = "\n".join(limits_html([found]))
+    assert html.count('data-status="reached without alert"') == 3
+    assert "3 of 3 thresholds reached now" in html
+
+
 def test_a_statement_without_limits_or_alerts_has_no_limits_section_in_either_form():
     assert limits_html([]) == [] and limits_text("cust-009", []) == ""
 

@@ -39,6 +39,9 @@ from transforms.rows import usage_alert_row
 
 CLEARED = "cleared"
 NOT_REACHED = "not reached"
+# usage to date reaches the threshold, yet the stream never alerted: the final usage
+# came out higher than the provisional (late events the stream could not count)
+NO_ALERT = "reached without alert"
 
 
 def period_usage(data: Dataset, aggregation: str, subject: str, meter: str, start_ns: int,
@@ -135,10 +138,13 @@ class Threshold:
     quantity: Decimal
     crossed: dict | None = None  # its `crossed` row in usage_alerts
     cleared: dict | None = None  # its `cleared` row
+    reached: bool = False        # by the usage to date
 
     @property
     def status(self) -> str:
-        return CLEARED if self.cleared else CROSSED if self.crossed else NOT_REACHED
+        if self.cleared or self.crossed:
+            return CLEARED if self.cleared else CROSSED
+        return NO_ALERT if self.reached else NOT_REACHED
 
 
 @dataclass
@@ -150,10 +156,6 @@ class MeterLimits:
     end_ns: int
     thresholds: list[Threshold] = field(default_factory=list)
     usage: Decimal | None = None  # None: a meter the catalog no longer has
-
-    def reached(self) -> list[Threshold]:
-        """The thresholds the usage to date reaches now."""
-        return [t for t in self.thresholds if self.usage is not None and self.usage >= t.quantity]
 
 
 def customer_limits(data: Dataset, catalog, args, subject: str, start_ns: int,
@@ -194,6 +196,8 @@ def customer_limits(data: Dataset, catalog, args, subject: str, start_ns: int,
         if limits.meter in aggregations:
             limits.usage = period_usage(data, aggregations[limits.meter], subject,
                                         limits.meter, limits.start_ns, limits.end_ns)
+            for t in limits.thresholds:
+                t.reached = limits.usage >= t.quantity
     return [found[key] for key in sorted(found)]
 
 
@@ -250,8 +254,9 @@ def limits_text(subject: str, found: list[MeterLimits]) -> str:
     return "\n".join(["", printable(f"Limits and alerts ({subject})")] + text_table(rows)) + "\n"
 
 
-GAUGE_WIDTH, GAUGE_HEIGHT, GAUGE_LEFT, GAUGE_BAR_Y, GAUGE_BAR_H = 760, 64, 10, 28, 16
-STATUS_COLORS = {CROSSED: "#d1242f", CLEARED: "#9a6700", NOT_REACHED: "#59636e"}
+GAUGE_WIDTH, GAUGE_HEIGHT, GAUGE_LEFT, GAUGE_BAR_Y, GAUGE_BAR_H = 760, 68, 10, 24, 16
+STATUS_COLORS = {CROSSED: "#d1242f", CLEARED: "#9a6700", NO_ALERT: "#bc4c00",
+                 NOT_REACHED: "#59636e"}
 # the thresholds' table may be wider than the text: its cells are long and unbreakable
 LIMITS_CSS = ("table.thresholds { font-size: .85rem; width: max-content; "
               "max-width: calc(100vw - 4rem); }\n"
@@ -271,12 +276,14 @@ def limits_html(found: list[MeterLimits]) -> list[str]:
              '<p class="meta">Usage to date is the billing period\'s usage: final where a '
              "recompute covers a window, else provisional. <b>crossed</b>: the stream's "
              "provisional usage reached the threshold and it alerted, once; <b>cleared</b>: "
-             "the final usage did not reach it after all.</p>"]
+             "the final usage did not reach it after all; <b>reached without alert</b>: the "
+             "usage to date reaches it, but the stream's never did (events it could not "
+             "count, such as late ones).</p>"]
     head = "".join(f"<th>{c}</th>" for c in THRESHOLD_COLUMNS)
     for limits in found:
         period = format_time(limits.start_ns)
         key = f'data-meter="{esc(limits.meter)}" data-period="{period}"'
-        reached = limits.reached()
+        reached = [t for t in limits.thresholds if t.reached]
         parts += [f'<section class="limit" {key}>',
                   f"<h3>{esc(limits.meter)} <small>billing period {period[:10]} .. "
                   f"{format_time(limits.end_ns)[:10]}</small></h3>",
@@ -317,15 +324,17 @@ def _gauge_svg(limits: MeterLimits) -> str:
            f'<rect class="usage-bar" x="{GAUGE_LEFT}" y="{GAUGE_BAR_Y}" '
            f'width="{x_of(usage) - GAUGE_LEFT:.2f}" height="{GAUGE_BAR_H}" fill="#1f6feb">'
            f"<title>usage to date {usage_text(limits)}</title></rect>"]
-    for t in limits.thresholds:
+    for i, t in enumerate(limits.thresholds):
         x, color = x_of(t.quantity), STATUS_COLORS[t.status]
-        label = html.escape(t.label)
+        quantity = format_decimal(t.quantity)
+        label = html.escape(t.label if t.label == quantity else f"{t.label} ({quantity})")
+        # labels alternate above and below the bar, so close thresholds stay legible
+        y = GAUGE_BAR_Y - 10 if i % 2 == 0 else GAUGE_BAR_Y + GAUGE_BAR_H + 16
         out += [f'<line class="threshold-mark" x1="{x:.2f}" y1="{GAUGE_BAR_Y - 6}" '
                 f'x2="{x:.2f}" y2="{GAUGE_BAR_Y + GAUGE_BAR_H + 4}" stroke="{color}" '
-                f'stroke-width="2"><title>{label} ({format_decimal(t.quantity)}): '
-                f"{t.status}</title></line>",
-                f'<text x="{x:.2f}" y="{GAUGE_BAR_Y - 10}" text-anchor="middle" '
-                f'font-size="11" fill="{color}">{label} ({format_decimal(t.quantity)})</text>']
+                f'stroke-width="2"><title>{label}: {t.status}</title></line>',
+                f'<text x="{x:.2f}" y="{y}" text-anchor="middle" font-size="11" '
+                f'fill="{color}">{label}</text>']
     out.append("</svg>")
     return "\n".join(out)
 
