@@ -10,14 +10,18 @@ threshold must alert exactly once: the script fails otherwise. For comparison,
 the same requests' publish -> row visible in `events` (the pipeline's floor
 on this machine at that moment, polled every 0.5 s).
 
-Target (docs/limits.md): p95 at most `--early-firing-seconds` + 5 s.
+Target (docs/limits.md): p95 at most `--early-firing-seconds` + 5 s. The
+machine's 1-minute load average is sampled during the run and printed (lowest
+and highest): the figures mean little without it on a shared machine.
 
     .venv/bin/python benchmarks/limits_latency.py --samples 40 --early-firing-seconds 5
+    .venv/bin/python benchmarks/limits_latency.py --samples 5 --interval 40  # each alone
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -86,6 +90,13 @@ def watch_events(stack: Stack, published: dict, visible: dict, stop: threading.E
         stop.wait(0.5)
 
 
+def sample_load(loads: list, stop: threading.Event) -> None:
+    """The 1-minute load average every 5 s until `stop`."""
+    while not stop.is_set():
+        loads.append(os.getloadavg()[0])
+        stop.wait(5)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -109,10 +120,11 @@ def main() -> int:
         job = stack.start_job(log, "--early_firing_seconds", str(args.early_firing_seconds),
                               "--limits", str(limits), "--prices", str(prices),
                               "--alert_topic", topic)
-        arrived, stop = {}, threading.Event()
+        arrived, stop, loads = {}, threading.Event(), []
         listener = threading.Thread(target=listen, args=(stack, subscription, arrived, stop),
                                     daemon=True)
         listener.start()
+        threading.Thread(target=sample_load, args=(loads, stop), daemon=True).start()
         deadline = time.monotonic() + args.timeout
         while 1 not in arrived:  # the warm-up request: the job is running
             if job.poll() is not None or time.monotonic() > deadline:
@@ -124,9 +136,9 @@ def main() -> int:
                                    daemon=True)
         watcher.start()
         for n in range(2, args.samples + 2):
+            time.sleep(args.interval)  # the first too: the warm-up's own work is done
             published[n] = time.monotonic()
             stack.publish([request(n)])
-            time.sleep(args.interval)
         deadline = time.monotonic() + args.timeout
         while not (published.keys() <= arrived.keys() and published.keys() <= visible.keys()
                    ) and time.monotonic() < deadline:
@@ -143,11 +155,11 @@ def main() -> int:
         waits = [arrived[n][0] - published[n] for n in published]
         stored = [visible[n] - published[n] for n in published if n in visible]
         print(f"{'early s':>7} {'samples':>7} {'p50 s':>6} {'p95 s':>6} {'max s':>6} "
-              f"{'target s':>8} {'events p50 s':>12} {'events p95 s':>12}")
+              f"{'target s':>8} {'events p50 s':>12} {'events p95 s':>12} {'load':>11}")
         print(f"{args.early_firing_seconds:>7} {len(waits):>7} {percentile(waits, 50):>6.2f} "
               f"{percentile(waits, 95):>6.2f} {max(waits):>6.2f} "
               f"{args.early_firing_seconds + 5:>8} {percentile(stored, 50):>12.2f} "
-              f"{percentile(stored, 95):>12.2f}")
+              f"{percentile(stored, 95):>12.2f} {min(loads):>5.1f}-{max(loads):<5.1f}")
     finally:
         if job is not None:
             job.send_signal(signal.SIGTERM)

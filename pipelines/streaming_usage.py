@@ -53,7 +53,8 @@ from transforms.bigquery import (CLIENT_METHOD, WRITE_METHODS, ExpansionServiceU
                                  WriteRows)
 from transforms.bigquery_target import BigQueryTarget
 from transforms.limits import PublishAlerts, RestoreLimitState, UsageAlerts
-from transforms.pubsub import PublishDeadLetters, ReadUsageMessages
+from transforms.pubsub import (PULL_WAIT_SECONDS, PublishDeadLetters, ReadUsageMessages,
+                               bound_direct_pulls)
 from transforms.runner import is_dataflow
 from transforms.storage_read import ReadQueryStreams, arrow_rows
 from transforms.streaming import REPLAYED, StreamUsage
@@ -123,6 +124,11 @@ class StreamingUsageOptions(UsageOptions):
         parser.add_argument("--run_seconds", type=int, default=0,
                             help="DirectRunner only: stop after this many seconds (0: run until "
                                  "interrupted).")
+        parser.add_argument("--pull_wait_seconds", type=int, default=PULL_WAIT_SECONDS,
+                            help="DirectRunner only: the longest one Pub/Sub pull waits for "
+                                 "messages (Beam's own: 30 s). The DirectRunner runs every step "
+                                 "on one thread, so early panes and alerts wait behind an idle "
+                                 "pull.")
 
 
 def build(pipeline: beam.Pipeline, options: StreamingUsageOptions, job_id: str,
@@ -257,7 +263,7 @@ class RecordedSince(beam.PTransform):
                                        else (r["t"], r["a"])))
 
 
-STOP_SECONDS = 45  # a cancel waits for an idle pull (30 s); longer means Pub/Sub is gone
+STOP_SECONDS = 45  # a cancel waits for a pull (--pull_wait_seconds); longer: Pub/Sub is gone
 REPLAY_SLACK_NS = 60 * NS  # restore a minute more than the restart point, against clock steps
 
 
@@ -296,6 +302,9 @@ def run(argv: list[str] | None = None):
     if stopping.is_set():
         print("tallyflow stream: stopped before the job started", file=sys.stderr)
         return None
+    if streaming.pull_wait_seconds < 1:
+        raise ValueError("--pull_wait_seconds must be at least 1")
+    bound_direct_pulls(streaming.pull_wait_seconds)
     start_ms = time.time_ns() // 1_000_000
     points.take(start_ms, start_ms)  # before the first pull: a crash from here on is replayed
     result = pipeline.run()

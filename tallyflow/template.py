@@ -120,6 +120,7 @@ FLEX_TEMPLATES: Mapping[str, FlexTemplate] = {t.pipeline: t for t in (
         not_parameters={
             **EMULATOR_OPTIONS,
             "run_seconds": "DirectRunner only",
+            "pull_wait_seconds": "DirectRunner only",
             "replay_margin": "DirectRunner only",
         }),
     FlexTemplate(

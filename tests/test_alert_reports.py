@@ -2,11 +2,14 @@
 (tallyflow/reports/alerts.py), on rows shaped as BigQuery returns them."""
 import argparse
 import datetime as dt
+import re
 from decimal import Decimal
+from html.parser import HTMLParser
 
 from tallyflow.examples import LIMITS, METERS, PRICES
 from schemas.catalog import load_catalog
-from tallyflow.reports.alerts import (CLEARED, cleared_alerts, final_values, limits_section)
+from tallyflow.reports.alerts import (CLEARED, cleared_alerts, customer_limits, final_values,
+                                     limits_html, limits_text)
 from tallyflow.reports.data import Instant
 
 UTC = dt.timezone.utc
@@ -69,35 +72,120 @@ def test_a_max_meter_settles_on_the_period_s_highest_window():
     assert [c["value"] for c in cleared_alerts(alerts, finals, 0)] == ["99"]
 
 
-def test_the_statement_section_lists_every_threshold_its_crossing_and_its_clearing():
-    # cust-002 is on developer (1000 included) with periods from the 15th
-    period = {"period_start": dt.datetime(2026, 11, 15, tzinfo=UTC),
-              "period_end": dt.datetime(2026, 12, 15, tzinfo=UTC)}
+NOV_15, DEC_15 = (dt.datetime(2026, m, 15, tzinfo=UTC) for m in (11, 12))
+
+
+def statement_world() -> tuple[FakeData, list]:
+    """cust-002 is on developer (1000 included) with periods from the 15th: 50% and 80%
+    crossed provisionally, 80% cleared by the settlement; the usage view has its windows."""
+    period = {"period_start": NOV_15, "period_end": DEC_15}
     clearing = {**crossed("80%", 800, 799), **period, "status": CLEARED,
-                "crossed_at": dt.datetime(2026, 12, 16, tzinfo=UTC)}
+                "crossed_at": dt.datetime(2026, 12, 16, 1, 2, 3, tzinfo=UTC)}
     data = FakeData(alerts=[{**crossed("50%", 500, 510), **period},
-                            {**crossed("80%", 800, 801), **period}, clearing])
+                            {**crossed("80%", 800, 801), **period}, clearing],
+                    windows=[("cust-002", "api_requests", at, Decimal(v)) for at, v in (
+                        (dt.datetime(2026, 11, 14, 23, tzinfo=UTC), 1000),  # the period before
+                        (NOV_15, 300), (dt.datetime(2026, 11, 30, tzinfo=UTC), Decimal("401.5")),
+                        (DEC_15, 2000))])  # the period after
     args = argparse.Namespace(limits=str(LIMITS), prices=str(PRICES))
     start = int(dt.datetime(2026, 11, 20, tzinfo=UTC).timestamp()) * 10 ** 9
-    end = int(DEC.timestamp()) * 10 ** 9
-    text = limits_section(data, load_catalog(str(METERS)), args, "cust-002", start, end)
-    lines = [line.split() for line in text.splitlines()[2:]]
-    assert [line[:4] for line in lines[1:]] == [
-        ["2026-11-15", "api_requests", "50%", "500"],
-        ["2026-11-15", "api_requests", "80%", "800"],
-        ["2026-11-15", "api_requests", "100%", "1000"]]
-    assert lines[1][4:] == ["2026-11-20T10:00:05.123456Z", "510", "EARLY", "0", "of",
+    found = customer_limits(data, load_catalog(str(METERS)), args, "cust-002", start,
+                            int(DEC.timestamp()) * 10 ** 9)
+    return data, found
+
+
+def test_the_statement_section_lists_every_threshold_its_crossing_and_its_clearing():
+    data, found = statement_world()
+    lines = [line.split() for line in limits_text("cust-002", found).splitlines()[2:]]
+    # usage to date: the two windows of [Nov 15, Dec 15) only, 300 + 401.5
+    assert [line[:6] for line in lines[1:]] == [
+        ["2026-11-15", "api_requests", "50%", "500", "701.5", "crossed"],
+        ["2026-11-15", "api_requests", "80%", "800", "701.5", "cleared"],
+        ["2026-11-15", "api_requests", "100%", "1000", "701.5", "not"]]
+    assert lines[1][6:] == ["2026-11-20T10:00:05.123456Z", "510", "EARLY", "0", "of",
                             "2026-11-20T10:00:00Z"]
-    assert lines[2][4:] == ["2026-11-20T10:00:05.123456Z", "801", "EARLY", "0", "of",
-                            "2026-11-20T10:00:00Z", "cleared", "(799)"]
-    assert lines[3][4:] == ["not", "reached"]
+    assert lines[2][6:] == ["2026-11-20T10:00:05.123456Z", "801", "EARLY", "0", "of",
+                            "2026-11-20T10:00:00Z", "799", "2026-12-16T01:02:03Z"]
+    assert lines[3][6:] == ["reached"]
     assert all(params.get("subject") == "cust-002" for params in data.asked)
     assert isinstance(data.asked[0]["start"], Instant)
 
 
+class Cells(HTMLParser):
+    """The text of every element with a class, by class, in document order."""
+
+    def __init__(self):
+        super().__init__()
+        self.found, self._open = [], []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "br":  # a void element: no end tag
+            return
+        attrs = dict(attrs)
+        self._open.append((attrs.get("class"), attrs, []))
+
+    def handle_data(self, text):
+        for _, _, texts in self._open:
+            texts.append(text)
+
+    def handle_endtag(self, tag):
+        name, attrs, texts = self._open.pop()
+        if name:
+            self.found.append((name, attrs, "".join(texts)))
+
+
+def test_the_html_section_shows_the_same_thresholds_usage_and_statuses_as_the_text():
+    _, found = statement_world()
+    parser = Cells()
+    parser.feed("\n".join(limits_html(found)))
+    (usage,) = [(attrs, text) for name, attrs, text in parser.found if name == "usage"]
+    assert usage == ({"class": "usage", "data-meter": "api_requests",
+                      "data-period": "2026-11-15T00:00:00Z"}, "701.5")
+    rows = [attrs for name, attrs, _ in parser.found if name == "threshold-row"]
+    assert [(r["data-threshold"], r["data-status"]) for r in rows] == [
+        ("50%", "crossed"), ("80%", "cleared"), ("100%", "not reached")]
+    cells = [(name.split()[0], text) for name, _, text in parser.found
+             if name.split()[0] in ("quantity", "status", "crossed-at", "final-usage",
+                                    "cleared-at")]
+    assert cells == [
+        ("quantity", "500"), ("status", "crossed"), ("crossed-at", "2026-11-20T10:00:05.123456Z"),
+        ("final-usage", ""), ("cleared-at", ""),
+        ("quantity", "800"), ("status", "cleared"), ("crossed-at", "2026-11-20T10:00:05.123456Z"),
+        ("final-usage", "799"), ("cleared-at", "2026-12-16T01:02:03Z"),
+        ("quantity", "1000"), ("status", "not reached"), ("crossed-at", ""),
+        ("final-usage", ""), ("cleared-at", "")]
+    # the text section's rows, cell for cell (a cell ends before its row does)
+    html_rows = [[text for _, _, text in parser.found[i - 8:i] if text]
+                 for i, (name, _, _) in enumerate(parser.found) if name == "threshold-row"]
+    text_rows = [re.split(r"\s{2,}", line.strip())
+                 for line in limits_text("cust-002", found).splitlines()[3:]]
+    assert html_rows == [row[2:4] + row[5:] for row in text_rows]
+
+
+def test_a_threshold_the_final_usage_reaches_without_an_alert_says_so():
+    # the stream never alerted cust-002 (developer, 1000 included); the recompute has 1000
+    data = FakeData(windows=[("cust-002", "api_requests", NOV_15, Decimal(999)),
+                             ("cust-002", "api_requests", dt.datetime(2026, 12, 14, 23, 59,
+                                                                      tzinfo=UTC), Decimal(1))])
+    args = argparse.Namespace(limits=str(LIMITS), prices=str(PRICES))
+    (found,) = customer_limits(data, load_catalog(str(METERS)), args, "cust-002",
+                               int(NOV_15.timestamp()) * 10 ** 9, int(DEC.timestamp()) * 10 ** 9)
+    assert found.usage == 1000
+    assert [(t.label, t.status) for t in found.thresholds] == [
+        ("50%", "reached without alert"), ("80%", "reached without alert"),
+        ("100%", "reached without alert")]
+    html = "\n".join(limits_html([found]))
+    assert html.count('data-status="reached without alert"') == 3
+    assert "3 of 3 thresholds reached now" in html
+
+
+def test_a_statement_without_limits_or_alerts_has_no_limits_section_in_either_form():
+    assert limits_html([]) == [] and limits_text("cust-009", []) == ""
+
+
 def test_without_limits_or_alerts_the_statement_has_no_limits_section():
     args = argparse.Namespace(limits=None, prices=None)
-    assert limits_section(FakeData(), load_catalog(str(METERS)), args, "cust-009", 0, 1) == ""
+    assert customer_limits(FakeData(), load_catalog(str(METERS)), args, "cust-009", 0, 1) == []
 
 
 def test_a_dataset_without_the_alerts_table_still_shows_the_limits():
@@ -105,11 +193,13 @@ def test_a_dataset_without_the_alerts_table_still_shows_the_limits():
 
     class Older(FakeData):
         def query(self, sql, **params):
-            raise NotFound("usage_alerts")
+            if "FROM {usage_alerts}" in sql:
+                raise NotFound("usage_alerts")
+            return super().query(sql, **params)
 
     args = argparse.Namespace(limits=str(LIMITS), prices=str(PRICES))
     start = int(dt.datetime(2026, 11, 20, tzinfo=UTC).timestamp()) * 10 ** 9
-    text = limits_section(Older(), load_catalog(str(METERS)), args, "cust-002", start,
-                          int(DEC.timestamp()) * 10 ** 9)
-    assert [line.split()[2:5] for line in text.splitlines()[3:]] == [
-        ["50%", "500", "not"], ["80%", "800", "not"], ["100%", "1000", "not"]]
+    found = customer_limits(Older(), load_catalog(str(METERS)), args, "cust-002", start,
+                            int(DEC.timestamp()) * 10 ** 9)
+    assert [(t.label, t.quantity, t.status) for t in found[0].thresholds] == [
+        ("50%", 500, "not reached"), ("80%", 800, "not reached"), ("100%", 1000, "not reached")]

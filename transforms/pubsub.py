@@ -45,6 +45,52 @@ class ReadUsageMessages(beam.PTransform):
                                                          dict(m.attributes or {}))))
 
 
+PULL_WAIT_SECONDS = 2  # the emulator answers an idle pull empty a second before its deadline
+
+
+class BoundedPulls:
+    """A SubscriberClient whose pulls wait at most `seconds` for messages: an idle
+    subscription is answered empty then, and so is a pull whose deadline passed (nothing
+    was delivered, so nothing is lost)."""
+
+    def __init__(self, client, seconds: int):
+        self.client, self.seconds = client, seconds
+
+    def pull(self, timeout=None, **request):
+        from google.api_core.exceptions import DeadlineExceeded, RetryError
+        from google.pubsub_v1.types import PullResponse
+
+        try:
+            return self.client.pull(timeout=min(timeout or self.seconds, self.seconds),
+                                    **request)
+        except (DeadlineExceeded, RetryError):
+            return PullResponse()
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+
+def bound_direct_pulls(seconds: int) -> None:
+    """Makes the DirectRunner's Pub/Sub read wait at most `seconds` per pull (Beam 2.77
+    waits 30 s). The DirectRunner runs every step on its one worker thread, and a pull of
+    an idle subscription holds it: an early pane's timer, and every step from the pane to
+    the alert, waited behind it, so an event arriving alone was aggregated and alerted
+    only when the pull gave up. Process-wide; the Dataflow source is not affected."""
+    from apache_beam.runners.direct.transform_evaluator import _PubSubReadEvaluator as read
+
+    if read._get_subscriber_client_state_unlocked.__func__ is not _bounded_client_state:
+        read._unbounded_client_state = read._get_subscriber_client_state_unlocked
+        read._get_subscriber_client_state_unlocked = classmethod(_bounded_client_state)
+    read.pull_wait_seconds = seconds
+
+
+def _bounded_client_state(cls, transform):
+    state = cls._unbounded_client_state(transform)
+    if not isinstance(state.client, BoundedPulls):
+        state.client = BoundedPulls(state.client, cls.pull_wait_seconds)
+    return state
+
+
 def dead_letter_message(rejection) -> PubsubMessage:
     """A rejection as a Pub/Sub message: the payload's bytes as received, its attributes,
     and the reason, each attribute value cut to Pub/Sub's 1024 bytes on a character

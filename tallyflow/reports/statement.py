@@ -33,6 +33,11 @@ its charges, so they are not added again), which is the revision's invoice
 total. Lines of a plan's minimum or maximum have no meter and are listed on
 their own. Without a rating the statement says "not rated yet".
 
+Limits (docs/limits.md): a "Limits and alerts" section, the same figures in
+the terminal and the page (tallyflow/reports/alerts.py), shows for each
+limited meter and billing period overlapping the statement's period its usage
+to date against its thresholds, and each alert's crossing and clearing.
+
 Every query filters by the customer with a query parameter; nothing of
 another customer is read into the statement. Exit status (the one error
 policy, pipelines/policy.py): 2 on bad arguments or an unknown customer or
@@ -57,7 +62,8 @@ from schemas.sql import CUSTOMER_USAGE, RATING_LINES, RATING_TOTALS, corrections
 from schemas.values import EXACT, NS, format_decimal, format_time, parse_rfc3339, printable
 from tallyflow.reports.data import (Dataset, Instant, add_dataset_arguments, load_meters,
                                     meter_of, ns_of, row_value)
-from tallyflow.reports.alerts import add_limits_arguments, limits_section
+from tallyflow.reports.alerts import (LIMITS_CSS, MeterLimits, add_limits_arguments,
+                                      customer_limits, limits_html, limits_text)
 from tallyflow.reports.explain import text_table
 from transforms.bigquery_target import period_parameters
 
@@ -144,6 +150,7 @@ class Statement:
     meters: list[MeterStatement]
     corrections: list[Correction]
     rating: Rating | None = None
+    limits: list[MeterLimits] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------- reading
@@ -369,7 +376,7 @@ def render_text(s: Statement) -> str:
             (c.meter, c.dimensions, format_time(c.window_start_ns), _figure(c.before),
              _figure(c.now), _signed(c.delta), f"{c.revision} ({c.run_id})", c.reason)
             for c in s.corrections], "  ")
-    return "\n".join(map(printable, out)) + "\n"
+    return "\n".join(map(printable, out)) + "\n" + limits_text(s.subject, s.limits)
 
 
 def _correction_text(bucket: Bucket) -> str:
@@ -396,6 +403,7 @@ td.total, .total-line .total { font-weight: 600; }
 .legend span { display: inline-block; margin-right: 1.2rem; }
 .swatch { display: inline-block; width: .8rem; height: .8rem; margin-right: .3rem; }
 .corrected { color: #d1242f; }
+h3 { font-size: 1rem; margin: 1.2rem 0 .3rem; } svg.gauge { display: block; }
 """
 
 
@@ -405,7 +413,8 @@ def render_html(s: Statement) -> str:
              else "since the provisional figures")
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>Usage statement: {esc(s.subject)}</title><style>{_CSS}</style></head><body>",
+        f"<title>Usage statement: {esc(s.subject)}</title>"
+        f"<style>{_CSS}{LIMITS_CSS}</style></head><body>",
         f'<h1>Usage statement for <span id="subject">{esc(s.subject)}</span></h1>',
         f'<p class="meta">Period <time id="period-start">{format_time(s.start_ns)}</time> .. '
         f'<time id="period-end">{format_time(s.end_ns)}</time>, as of '
@@ -443,6 +452,7 @@ def render_html(s: Statement) -> str:
                   f'<td class="amount">{esc(amount)}</td></tr>'
                   for item, amount in _charge_rows(s)]
         parts.append("</table>")
+    parts += limits_html(s.limits)
     for m in s.meters:
         parts += _meter_section(m)
     parts.append(f"<h2>Corrections {esc(since)}</h2>")
@@ -585,8 +595,8 @@ def _statement_and_report(args) -> int:
     print("tallyflow statement: reading usage ...", file=sys.stderr)
     statement = build_statement(data, catalog, args.subject, start, end, since,
                                 args.meters_shown)
+    statement.limits = customer_limits(data, catalog, args, args.subject, start, end)
     print(render_text(statement), end="")
-    print(limits_section(data, catalog, args, args.subject, start, end), end="")
     if args.html:
         Path(args.html).write_text(render_html(statement), encoding="utf-8")
         print(f"tallyflow statement: wrote {args.html}", file=sys.stderr)

@@ -37,7 +37,8 @@ from tallyflow.reports.explain import explain
 from tests.conftest import EXAMPLE_METERS, ROOT
 from tests.messy import generate
 from tests.reference import expected_usage, readings
-from transforms.rows import duplicate_row, event_row, late_event_row, usage_pane_row
+from transforms.rows import (duplicate_row, event_row, late_event_row, usage_alert_row,
+                            usage_pane_row)
 
 DATASET = "explain_test"
 HOUR = 3600 * 10 ** 9
@@ -319,6 +320,76 @@ def test_html_statement_renders_the_chart_and_bigquery_totals(stack, world, chro
     width, height, distinct = png_facts(shot.read_bytes())
     assert (width, height) == (1200, 1600)
     assert distinct > 100, "the screenshot is nearly blank"
+
+
+LIMITED = "api_requests"
+NOVEMBER = ("2026-11-01T00:00:00Z", "2026-12-01T00:00:00Z")  # cust-000: calendar months
+
+
+def test_html_statement_shows_each_limit_against_the_period_s_usage(stack, world, chromium,
+                                                                    tmp_path):
+    """Limits of the customer's own on api_requests: one threshold crossed, one crossed
+    provisionally and cleared, one not reached; the page shows November's usage to date
+    (from BigQuery here) against them, and the same rows as the terminal."""
+    total = next(iter(world["client"].query(
+        f"SELECT SUM(value) AS total FROM `{stack.project}.{DATASET}.usage` "
+        f"WHERE subject = '{SUBJECT}' AND meter = '{LIMITED}' "
+        f"AND window_start >= '{NOVEMBER[0]}' AND window_start < '{NOVEMBER[1]}'"
+    ).result()))["total"]
+    assert total > 10
+    kept, cleared, far = int(total) // 2, int(total) + 3, int(total) * 10
+    limits = tmp_path / "limits.yaml"
+    limits.write_text(yaml.safe_dump({"limits": [{"subject": SUBJECT, "meter": LIMITED,
+                                                  "thresholds": [far, kept, cleared]}]}))
+
+    def alert(quantity, status, value, at):
+        return {"alert_id": f"alert-{quantity}", "status": status, "subject": SUBJECT,
+                "meter": LIMITED, "period_start": NOVEMBER[0], "period_end": NOVEMBER[1],
+                "threshold": str(quantity), "threshold_quantity": str(quantity),
+                "value": str(value), "crossed_at": at, "dimensions": '{"method": "GET"}',
+                "window_start": "2026-11-02T07:00:00Z", "window_end": "2026-11-02T08:00:00Z",
+                "pane_timing": "EARLY", "pane_index": 2}
+
+    insert(world["client"], stack, "usage_alerts", [usage_alert_row(a, "stream-job") for a in (
+        alert(kept, "crossed", kept + 1, "2026-11-02T07:40:05Z"),
+        alert(cleared, "crossed", cleared + 1, "2026-11-03T12:00:01Z"),
+        alert(cleared, "cleared", total, "2026-12-02T00:00:00Z"))])
+    page = tmp_path / "statement.html"
+    result = tallyflow(stack, "statement", "--meters", str(EXAMPLE_METERS), "--bigquery_dataset",
+                       DATASET, "--subject", SUBJECT, "--period-start", PERIOD[0],
+                       "--period-end", PERIOD[1], "--limits", str(limits), "--prices",
+                       str(ROOT / "tallyflow" / "examples" / "prices.yaml"), "--html", str(page))
+    assert result.returncode == 0, result.stderr[-2000:]
+    dom = headless(chromium, tmp_path, "--dump-dom", page.as_uri())
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    (section,) = re.findall(rf'<section class="limit" data-meter="{LIMITED}" '
+                            rf'data-period="{NOVEMBER[0]}">(.*?)</section>', dom.stdout, re.S)
+    shown = re.search(r'<b class="usage"[^>]*>([^<]*)</b>', section).group(1)
+    assert Decimal(shown) == total
+    cells = lambda row: [re.sub(r"<[^>]+>", "", c)  # noqa: E731
+                         for c in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
+    rows = {label: (status, cells(row)) for label, status, row in re.findall(
+        r'<tr class="threshold-row" data-threshold="([^"]*)" data-status="([^"]*)">(.*?)</tr>',
+        section, re.S)}
+    assert list(rows) == [str(kept), str(cleared), str(far)]  # by quantity
+    pane = "EARLY 2 of 2026-11-02T07:00:00Z"
+    assert rows[str(kept)] == ("crossed", [str(kept), str(kept), "crossed",
+                                           "2026-11-02T07:40:05Z", str(kept + 1), pane, "", ""])
+    assert rows[str(cleared)] == ("cleared", [
+        str(cleared), str(cleared), "cleared", "2026-11-03T12:00:01Z", str(cleared + 1), pane,
+        format_decimal(total), "2026-12-02T00:00:00Z"])
+    assert rows[str(far)] == ("not reached", [str(far), str(far), "not reached"] + [""] * 5)
+    # the terminal's section: the same rows, with the usage to date on each
+    text = result.stdout.split(f"Limits and alerts ({SUBJECT})\n")[1].splitlines()[1:]
+    assert [re.split(r"\s{2,}", line.strip()) for line in text] == [
+        ["2026-11-01", LIMITED, label, cells_[1], format_decimal(total)]
+        + [c for c in cells_[2:] if c] for label, (_, cells_) in rows.items()]
+
+    shot = tmp_path / "limits.png"
+    taken = headless(chromium, tmp_path, f"--screenshot={shot}", "--window-size=1200,1600",
+                     "--hide-scrollbars", page.as_uri())
+    assert taken.returncode == 0 and shot.exists(), taken.stderr[-2000:]
+    assert png_facts(shot.read_bytes())[2] > 100, "the screenshot is nearly blank"
 
 
 def test_statement_corrections_since_the_last_statement(stack, world):

@@ -10,6 +10,7 @@ each the first time the period's count reaches 5, 8 and 10.
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from decimal import Decimal
@@ -185,10 +186,14 @@ def test_a_recompute_below_a_threshold_settles_its_alert_as_cleared_once(lane, b
     data = Dataset(lane.project, lane.dataset, lane.bigquery_endpoint)
     args = type("Args", (), {"limits": str(tmp_path / "limits.yaml"),
                              "prices": str(tmp_path / "prices.yaml")})
-    section = settle_alerts.limits_section(
+    section = settle_alerts.limits_text(SUBJECT, settle_alerts.customer_limits(
         data, load_catalog(str(METERS)), args, SUBJECT,
-        parse_rfc3339(nov), parse_rfc3339(dec)).splitlines()
-    thresholds = {line.split()[2]: line for line in section[3:]}
-    assert "not reached" in thresholds["50%"]
-    assert "2026-11-03T10:00:04Z" in thresholds["80%"] and "cleared" not in thresholds["80%"]
-    assert thresholds["100%"].rstrip().endswith("cleared (9)")
+        parse_rfc3339(nov), parse_rfc3339(dec))).splitlines()
+    # period, meter, threshold, quantity, usage to date, status, crossed at, usage then,
+    # pane, final usage, cleared at
+    thresholds = {line.split()[2]: re.split(r"\s{2,}", line.strip()) for line in section[3:]}
+    assert thresholds["50%"][3:] == ["5", "9", "reached without alert"]  # 50% never alerted here
+    assert thresholds["80%"][3:8] == ["8", "9", "crossed", "2026-11-03T10:00:04Z", "10"]
+    assert len(thresholds["80%"]) == 9  # not cleared
+    assert thresholds["100%"][3:8] == ["10", "9", "cleared", "2026-11-03T10:00:04Z", "10"]
+    assert thresholds["100%"][9] == "9"
