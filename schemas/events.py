@@ -477,13 +477,6 @@ def _identifier_problem(name: str, value: str, max_length: int) -> tuple[str, st
 _UNREADABLE = object()
 
 
-def event_data(obj: dict):
-    """An accepted event's data as meters read it: `data`, or `data_base64` decoded (the
-    `events` table's `data` column); None when it has none."""
-    data = _event_data(obj, [])
-    return None if data is _UNREADABLE else data
-
-
 def _event_data(obj: dict, problems: list):
     """What meters read: `data`, or `data_base64` decoded (CloudEvents JSON format §3.1);
     _UNREADABLE, with a problem, when the event's data is not JSON (meters then have

@@ -13,7 +13,8 @@ in common:
   are equal);
 - `signature` / `metering_signature`: what a copy of an event bills; two
   copies of one identity are a conflicting duplicate when `conflicts` says
-  their signatures differ;
+  their signatures differ; `signature_digest` is a fixed-size stand-in for a
+  parsed signature that compares as it does (the stream keeps it in state);
 - `usage_row`: a usage row's SPEC §4 columns from an aggregation's figures.
 
 The aggregation itself and the fingerprint are `schemas.aggregation`'s, used
@@ -21,6 +22,8 @@ by all three paths alike.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from decimal import Decimal
 from functools import lru_cache
 
@@ -55,8 +58,9 @@ def signature(subject: str, event_type: str, time_ns: int, readings: tuple) -> t
 def metering_signature(event: UsageEvent) -> tuple:
     """The signature of a parsed event (its readings' values as parsed).
 
-    Streaming deduplication keeps it in state across `--update`s of a job, so its
-    form (a tuple holding `schemas.events.Reading`s) is pinned by tests/test_upgrade.py.
+    Streaming deduplication keeps its `signature_digest`; release 0.1.0 kept it whole,
+    and such state must still decode after an `--update`, so its form (a tuple holding
+    `schemas.events.Reading`s) is pinned by tests/test_upgrade.py.
     """
     return signature(event.subject, event.type, event.time_ns, event.readings)
 
@@ -66,9 +70,27 @@ def text_readings(readings) -> tuple:
     return tuple((r.meter, r.dimensions, value_text(r.value)) for r in readings)
 
 
-def conflicts(copy: tuple, kept: tuple) -> bool:
+SIGNATURE_DIGEST_BYTES = 16
+
+
+def signature_digest(parsed: tuple) -> bytes:
+    """A 16-byte BLAKE2b digest of a parsed signature (`metering_signature`'s form): equal
+    signatures have equal digests, and two unequal ones collide with odds of 2**-128.
+
+    It hashes an unambiguous text of the signature: JSON (ASCII, so any string encodes),
+    each value as its type and canonical text, so Decimals equal as numbers (1E+3, 1000)
+    digest alike and a text "1" never as the number 1, exactly as tuples compare."""
+    subject, event_type, time_ns, readings = parsed
+    text = json.dumps([subject, event_type, time_ns,
+                       [[meter, dimensions, type(value).__name__, value_text(value)]
+                        for meter, dimensions, value in readings]], separators=(",", ":"))
+    return hashlib.blake2b(text.encode("ascii"), digest_size=SIGNATURE_DIGEST_BYTES).digest()
+
+
+def conflicts(copy, kept) -> bool:
     """Whether a dropped copy would have billed differently from the kept one: a
-    conflicting duplicate, still dropped, but counted apart for audit."""
+    conflicting duplicate, still dropped, but counted apart for audit. Both are
+    signatures of one form, or both their `signature_digest`s."""
     return copy != kept
 
 

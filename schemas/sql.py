@@ -212,7 +212,7 @@ identities AS (
     AND time >= @window_start AND time < @window_end
 ),
 copies AS (
-  SELECT e.source, e.id, e.subject, e.type, e.time, e.data, e.raw, e.ingest_time,
+  SELECT e.source, e.id, e.subject, e.type, e.time, e.raw, e.ingest_time,
          e.message_id,
          ROW_NUMBER() OVER (PARTITION BY e.source, e.id
                             ORDER BY e.ingest_time, COALESCE(e.message_id, '')) AS copy_rank
@@ -224,7 +224,7 @@ copies AS (
 SELECT source, id, copy_rank,
        copy_rank = 1 AND type = @event_type
          AND time >= @window_start AND time < @window_end AS counted,
-       time, data, ingest_time, message_id, raw
+       time, ingest_time, message_id, raw
 FROM copies
 WHERE subject = @subject
 ORDER BY time, source, id, copy_rank

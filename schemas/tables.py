@@ -136,8 +136,9 @@ EVENTS = Table(
         Column("subject", "STRING", "Customer id.", "REQUIRED"),
         Column("time", "TIMESTAMP", "Event time (microseconds; `raw` keeps full precision).",
                "REQUIRED"),
-        Column("data", "STRING", "The event's `data` as JSON text."),
-        Column("raw", "STRING", "The event exactly as received (JSON).", "REQUIRED"),
+        Column("raw", "STRING", "The event exactly as received (JSON), its data included: "
+                                "what the recompute, the restore and explain re-read; "
+                                "analysts read `JSON_VALUE(raw, '$.data.x')`.", "REQUIRED"),
         Column("ingest_time", "TIMESTAMP", "When the pipeline accepted the event.", "REQUIRED"),
         Column("message_id", "STRING", "Pub/Sub message id, or file:line for file input."),
         Column("job_id", "STRING", "The pipeline run that accepted the event."),
@@ -204,8 +205,11 @@ DEAD_LETTER = Table(
     name="dead_letter",
     description="Every rejected message or event, with the reason. Nothing is dropped.",
     columns=(
-        Column("payload", "STRING", "The rejected payload as text (invalid UTF-8 replaced)."),
-        Column("payload_bytes", "BYTES", "The rejected payload exactly as received."),
+        Column("payload", "STRING", "The rejected payload as text (invalid UTF-8 replaced; "
+                                    "clipped beyond 1 Mi characters)."),
+        Column("payload_bytes", "BYTES", "The rejected payload exactly as received, only when "
+                                         "`payload` is not it verbatim and whole: the payload "
+                                         "is COALESCE(payload_bytes, CAST(payload AS BYTES))."),
         Column("attributes", "STRING", "Pub/Sub attributes as a JSON object."),
         Column("error_code", "STRING", "Stable error code (first problem).", "REQUIRED"),
         Column("error_message", "STRING", "Every problem found, human readable.", "REQUIRED"),

@@ -18,6 +18,7 @@ Used by tests/test_fuzz.py (seeded, short) and benchmarks/fuzz.py (minutes).
 """
 from __future__ import annotations
 
+import base64
 import json
 import typing
 from collections import Counter
@@ -45,7 +46,7 @@ from transforms.dedup import Duplicate, metering_signature
 from transforms.outcomes import dead_letter_line
 from transforms.pubsub import dead_letter_message
 from transforms.rows import (UnwritableRow, dead_letter_row, duplicate_row, event_row,
-                            failed_write_rows, late_event_row, usage_pane_row)
+                            failed_write_rows, late_event_row, payload_bytes, usage_pane_row)
 from transforms.streaming import StreamUsage
 
 NS = 10 ** 9
@@ -278,6 +279,14 @@ def stored(row: dict) -> None:
     shuffled(row)
 
 
+def stored_payload(row: dict) -> bytes:
+    """A dead letter row's payload as received: COALESCE(payload_bytes, payload), as
+    docs/analysts.md tells a reader to take it."""
+    if row["payload_bytes"] is not None:
+        return base64.b64decode(row["payload_bytes"])
+    return row["payload"].encode("utf-8")
+
+
 def shuffled(element) -> None:
     """Asserts `element` crosses Beam's default (shuffle) coder unchanged."""
     assert _ANY_CODER.decode(_ANY_CODER.encode(element)) == element
@@ -286,7 +295,9 @@ def shuffled(element) -> None:
 def check_rejection(rejection: Rejection) -> None:
     assert rejection.error_code in ERROR_CODES, rejection.error_code
     shuffled(rejection)
-    stored(dead_letter_row(rejection, "fuzz", "job")[1])
+    row = dead_letter_row(rejection, "fuzz", "job")[1]
+    stored(row)
+    assert stored_payload(row) == payload_bytes(rejection)
     dead_letter_line(rejection).encode("utf-8")
     message = dead_letter_message(rejection)
     if rejection.payload_bytes is not None:

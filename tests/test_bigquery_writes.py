@@ -3,6 +3,7 @@
 bytes, aggregates beyond their column caught before BigQuery. A fake insertAll client
 behaves as BigQuery and the emulator do (per-row `invalid` / `stopped`, whole-request
 exceptions)."""
+import base64
 import json
 from decimal import Decimal
 from dataclasses import dataclass
@@ -13,15 +14,17 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from google.api_core import exceptions as api
 
-from schemas.events import Rejection
-from schemas.tables import FAILED_WRITES, USAGE_PANES
+from schemas.catalog import parse_catalog
+from schemas.events import Limits, Rejection, parse_payload
+from schemas.tables import EVENTS, FAILED_WRITES, USAGE_PANES
 from schemas.values import format_decimal, parse_rfc3339
+from tests.conftest import ALL_AGGREGATIONS
 from transforms import bigquery
 from transforms.bigquery import (MAX_REQUEST_BYTES, BigQueryTarget, TransientWriteError,
                                  WriteRows, Written, encoded_size, plan_requests,
                                  request_error_kind, row_outcomes, total_written)
 from transforms.restate import IncompleteWrite, RecomputeRun, rows_if_complete
-from transforms.rows import (PAYLOAD_TEXT_CHARS, UnwritableRow, dead_letter_row,
+from transforms.rows import (PAYLOAD_TEXT_CHARS, UnwritableRow, dead_letter_row, event_row,
                              usage_pane_row)
 
 TABLES: dict[str, "FakeTable"] = {}  # by dataset: shared with DoFns run in this process
@@ -218,6 +221,30 @@ def test_a_row_over_the_size_limit_is_recorded_in_parts(fake):
     assert "ROW_TOO_LARGE" == failed_rows[0][1]["error_code"] and "bytes" in reason
     assert len(failed_rows) > 1 and content_of(failed_rows) == big
     assert all(encoded_size(i, r) < MAX_REQUEST_BYTES for i, r in failed_rows)
+
+
+def test_a_dead_letter_stores_its_payload_once_unless_the_text_is_not_it():
+    text = Rejection("MALFORMED_JSON", "broken", '{"a": "\u00e9', "m-1", attributes={})
+    row = dead_letter_row(text, "streaming_usage", "job")[1]
+    assert row["payload"] == '{"a": "\u00e9' and row["payload_bytes"] is None
+    raw = b'{"a": "\xe9'  # Latin-1, not UTF-8: the text shows U+FFFD, the bytes are kept
+    latin = text._replace(payload='{"a": "\ufffd', payload_bytes=raw)
+    row = dead_letter_row(latin, "streaming_usage", "job")[1]
+    assert row["payload"] == '{"a": "\ufffd' and base64.b64decode(row["payload_bytes"]) == raw
+    big = text._replace(payload="x" * (PAYLOAD_TEXT_CHARS + 1))
+    row = dead_letter_row(big, "streaming_usage", "job")[1]
+    assert base64.b64decode(row["payload_bytes"]) == b"x" * (PAYLOAD_TEXT_CHARS + 1)
+
+
+def test_an_event_row_stores_the_event_once_in_its_columns():
+    data = '{"region":"eu","amount":1.50,"user":"u"}'
+    (event,) = parse_payload(b'{"specversion":"1.0","id":"e1","source":"s","type":"call",'
+                             b'"subject":"c","time":"2026-11-02T09:00:00Z","data":%s}'
+                             % data.encode(), "m-1", (), parse_catalog(ALL_AGGREGATIONS),
+                             Limits(now_ns=None), parse_rfc3339("2026-11-02T09:00:01Z"))
+    row = event_row(event, "job")[1]
+    assert list(row) == EVENTS.column_names()
+    assert row["raw"] == event.raw and f'"data":{data}' in row["raw"]
 
 
 def test_the_failed_writes_table_itself_never_gives_up_silently(fake):

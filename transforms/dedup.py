@@ -16,9 +16,13 @@ A copy from the same position (message id and element) as the kept one is a
 replay, not a duplicate: a restarted job replays stored events (positions
 prefixed `replay:`) and Pub/Sub redelivers the messages it seeks back over.
 Replays are dropped without a trace.
+
+State per identity is `SeenCoder`'s: the kept copy's signature digest and
+position, about 40 bytes (docs/architecture.md, "Upgrading a running stream").
 """
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 
 import apache_beam as beam
@@ -27,7 +31,8 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Duration, Timestamp
 
-from schemas.metering import conflicts, metering_signature
+from schemas.metering import (SIGNATURE_DIGEST_BYTES, conflicts, metering_signature,
+                              signature_digest)
 
 UNIQUE = "unique"
 DUPLICATES = "duplicates"
@@ -51,8 +56,34 @@ class Duplicate:
     conflict: bool  # it would have billed differently from the kept copy
 
 
+class SeenCoder(beam.coders.Coder):
+    """What deduplication keeps of an identity's kept copy: (signature digest, position),
+    encoded as a version byte, the 16-byte digest and the position's UTF-8.
+
+    Release 0.1.0 kept (signature, position) pickled (PickleCoder; pickle's protocol
+    2+ opens with 0x80, never this version byte): such state, in a job updated in
+    place, decodes to the digest of its signature, so it compares as it always did."""
+
+    VERSION = b"\x01"
+
+    def encode(self, seen: tuple[bytes, str]) -> bytes:
+        digest, position = seen
+        return self.VERSION + digest + position.encode("utf-8", "surrogatepass")
+
+    def decode(self, encoded: bytes) -> tuple[bytes, str]:
+        if encoded[:1] != self.VERSION:
+            signature, position = pickle.loads(encoded)
+            return signature_digest(signature), position
+        end = 1 + SIGNATURE_DIGEST_BYTES
+        return encoded[1:end], encoded[end:].decode("utf-8", "surrogatepass")
+
+    def is_deterministic(self) -> bool:
+        return True
+
+
 class _FirstCopyWithinHorizon(beam.DoFn):
-    SEEN = ReadModifyWriteStateSpec("seen_signature", beam.coders.PickleCoder())
+    # The state's id is what a job updated in place finds its state by: keep it.
+    SEEN = ReadModifyWriteStateSpec("seen_signature", SeenCoder())
     EXPIRY = TimerSpec("forget_identity", TimeDomain.WATERMARK)
 
     def __init__(self, horizon_seconds: int):
@@ -63,16 +94,16 @@ class _FirstCopyWithinHorizon(beam.DoFn):
         _, event = keyed
         first = seen.read()
         if first is None:
-            seen.write((metering_signature(event), event.position))
+            seen.write((signature_digest(metering_signature(event)), event.position))
             expiry.set(Timestamp.of(timestamp) + self._horizon)
             yield event
             return
-        signature, kept_position = first
+        digest, kept_position = first
         if same_position(event.position, kept_position):
             return
         yield pvalue.TaggedOutput(DUPLICATES, Duplicate(
             event.source, event.id, event.position, kept_position,
-            conflicts(metering_signature(event), signature)))
+            conflicts(signature_digest(metering_signature(event)), digest)))
 
     @on_timer(EXPIRY)
     def forget(self, seen=beam.DoFn.StateParam(SEEN)):

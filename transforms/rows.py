@@ -11,13 +11,12 @@ import json
 from decimal import Decimal
 from hashlib import blake2b
 
-from schemas.events import event_data
 from schemas.metering import window_start
-from schemas.values import NS, ValueProblem, check_range, dumps_exact, format_time, loads_exact
+from schemas.values import NS, ValueProblem, check_range, format_time
 
 NS_PER_US = 1000
 # The text copy of a dead letter's payload is clipped beyond this many characters
-# (`payload_bytes` always holds all of it), so a big payload is not stored twice.
+# (`payload_bytes` then holds all of it), so a big payload is not stored twice whole.
 PAYLOAD_TEXT_CHARS = 1 << 20
 # Characters of a failed row's JSON per `failed_writes` row: re-escaped, a part is
 # at most 2 MiB, well inside a request (transforms/bigquery.py MAX_REQUEST_BYTES).
@@ -42,14 +41,14 @@ def timestamp(ns: int) -> str:
 
 
 def event_row(event, job_id: str) -> tuple[str, dict]:
-    data = event_data(loads_exact(event.raw))
+    """The payload once, in `raw`; the columns beside it are what partitions, clusters,
+    joins and filters read without parsing it (docs/architecture.md)."""
     return row_id("event", event.source, event.id, event.position), {
         "source": event.source,
         "id": event.id,
         "type": event.type,
         "subject": event.subject,
         "time": timestamp(event.time_ns),
-        "data": None if data is None else dumps_exact(data),
         "raw": event.raw,
         "ingest_time": timestamp(event.ingest_ns),
         "message_id": event.position,
@@ -58,15 +57,17 @@ def event_row(event, job_id: str) -> tuple[str, dict]:
 
 
 def dead_letter_row(rejection, pipeline: str, job_id: str) -> tuple[str, dict]:
-    """`payload` as text (U+FFFD for bytes that are not UTF-8; clipped, as `payload_bytes`
-    holds it whole), `payload_bytes` exactly as received."""
-    text = rejection.payload
+    """The payload stored once: `payload` as text, and `payload_bytes` only when that text
+    is not the payload verbatim and whole (bytes that are not UTF-8, shown as U+FFFD; a
+    payload clipped to PAYLOAD_TEXT_CHARS), so COALESCE(payload_bytes, payload) is it."""
+    text, whole = rejection.payload, rejection.payload_bytes is None
     if len(text) > PAYLOAD_TEXT_CHARS:
-        text = (text[:PAYLOAD_TEXT_CHARS] + f"... [clipped at {PAYLOAD_TEXT_CHARS} of "
-                f"{len(text)} characters; payload_bytes holds the whole payload]")
+        text, whole = (text[:PAYLOAD_TEXT_CHARS] + f"... [clipped at {PAYLOAD_TEXT_CHARS} of "
+                       f"{len(text)} characters; payload_bytes holds the whole payload]"), False
     return row_id("dead", rejection.position), {
         "payload": text,
-        "payload_bytes": base64.b64encode(payload_bytes(rejection)).decode("ascii"),
+        "payload_bytes": None if whole else base64.b64encode(
+            payload_bytes(rejection)).decode("ascii"),
         "attributes": json.dumps(rejection.attributes or {}, sort_keys=True),
         "error_code": rejection.error_code,
         "error_message": rejection.error_message,
