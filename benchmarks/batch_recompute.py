@@ -25,6 +25,8 @@ peak RSS of the largest process). tallyflow's usage.jsonl is checked against
 DuckDB's result for every run: row for row, value for value.
 
     .venv/bin/python benchmarks/batch_recompute.py --sizes 100000 1000000
+    .venv/bin/python benchmarks/batch_recompute.py --sizes 1000000 --shapes high \
+        --modes "tallyflow defaults"
     .venv/bin/python benchmarks/batch_recompute.py --sizes --customers 50 5000 50000
 """
 from __future__ import annotations
@@ -207,6 +209,7 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="*", default=[100_000, 1_000_000])
     parser.add_argument("--shapes", nargs="*", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--modes", nargs="*", default=list(MODES), choices=list(MODES))
     parser.add_argument("--cardinality-events", type=int, default=200_000)
     parser.add_argument("--customers", type=int, nargs="*", default=[],
                         help="customer counts for the cardinality runs (e.g. 50 5000 50000); "
@@ -223,7 +226,7 @@ def main() -> int:
         for shape in args.shapes:
             customers, span = SHAPES[shape]
             path = synthetic_file(data, size, customers=customers, span_hours=span)
-            results = compare(data, path.stem, MODES, path)
+            results = compare(data, path.stem, {m: MODES[m] for m in args.modes}, path)
             keys = len(duckdb_rows(data / f"duckdb-{path.stem}.csv"))
             duck, duck_mib = results["duckdb (reference)"]
             load = os.getloadavg()[0]

@@ -178,12 +178,14 @@ class _DeduplicateAndAggregate(beam.DoFn):
         _, batches = shard
         counts = Counter()
         partials: dict[int, dict] = {}
-        with paused_gc():
+        with paused_gc():  # until the shard's objects are freed: none is left to rescan
             for key, found in self._readings(batches, counts).items():
                 partials.setdefault(_usage_shard_of(key, self._shards), {})[key] = \
                     aggregation.accumulate(self._aggregations[key[1]], found)
-        for usage_shard, accumulators in partials.items():
-            yield usage_shard, pickle.dumps(accumulators, protocol=pickle.HIGHEST_PROTOCOL)
+            blobs = [(usage_shard, pickle.dumps(accumulators, protocol=pickle.HIGHEST_PROTOCOL))
+                     for usage_shard, accumulators in partials.items()]
+            del partials
+        yield from blobs
         yield pvalue.TaggedOutput(COUNTS, counts)
 
     def _readings(self, batches, counts: Counter) -> dict[tuple, list]:
@@ -237,9 +239,11 @@ class _MergeUsage(beam.DoFn):
             block = [usage_row((subject, meter, dimensions), window, window + window_ns,
                                extract(acc))
                      for (subject, meter, dimensions, window), acc in merged.items()]
-        del merged
-        yield block
-        yield pvalue.TaggedOutput(COUNTS, Counter(usage_rows=len(block)))
+            del merged
+            rows = len(block)
+            yield block  # the sink writes it while the collector still waits
+            del block
+        yield pvalue.TaggedOutput(COUNTS, Counter(usage_rows=rows))
 
 
 class ComputeUsage(beam.PTransform):
