@@ -4,11 +4,16 @@ Input is the seeded synthetic stream behind `tallyflow publish --synthetic`
 (8 meters, Zipf-distributed customers, 5% duplicates of which 10% conflict,
 1% invalid events), written once per configuration under --data-dir.
 
-Sizes (--sizes): for each, times
-- tallyflow recompute on the DirectRunner in memory (one process);
+Sizes (--sizes) and shapes (--shapes): for each, times
+- tallyflow recompute with its default settings (the DirectRunner in memory, one process);
 - the same with --direct_running_mode=multi_processing --direct_num_workers=2;
 - DuckDB computing the same aggregation (parse, dedup by (source, id) keeping
   the first line, eight meters, hourly windows, exact DECIMAL) in one process.
+
+Shapes: `low` cardinality is 500 customers at 50 events a second of event
+time, so many events fold into each usage row; `high` is 2,500 customers over
+3 days of event time, about one usage row per event (the long tail of real
+billing data, where the cost per usage row is the whole run).
 
 Cardinality (--cardinality-events, --customers): at a fixed size, how time
 and memory grow with the number of distinct keys (customers x meters x
@@ -20,6 +25,8 @@ peak RSS of the largest process). tallyflow's usage.jsonl is checked against
 DuckDB's result for every run: row for row, value for value.
 
     .venv/bin/python benchmarks/batch_recompute.py --sizes 100000 1000000
+    .venv/bin/python benchmarks/batch_recompute.py --sizes 1000000 --shapes high \
+        --modes "tallyflow defaults"
     .venv/bin/python benchmarks/batch_recompute.py --sizes --customers 50 5000 50000
 """
 from __future__ import annotations
@@ -27,6 +34,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import re
 import subprocess
 import sys
@@ -108,20 +116,27 @@ COPY (
 
 
 MODES = {
-    "tallyflow in-memory": [],
+    "tallyflow defaults": [],
     "tallyflow 2 processes": ["--direct_running_mode=multi_processing", "--direct_num_workers=2"],
 }
 
+# shape -> (customers, event-time span in hours or None for 50 events a second)
+SHAPES = {"low": (500, None), "high": (2500, 72)}
+
 
 def synthetic_file(directory: Path, events: int, customers: int = 500,
-                   max_users: int = 60, event_types: tuple[str, ...] | None = None) -> Path:
-    name = f"synthetic-{events}-c{customers}-u{max_users}{'-' + '+'.join(event_types) if event_types else ''}"
+                   max_users: int = 60, event_types: tuple[str, ...] | None = None,
+                   span_hours: int | None = None) -> Path:
+    rate = 50 if span_hours is None else events / (span_hours * 3600)
+    name = (f"synthetic-{events}-c{customers}-u{max_users}"
+            f"{'-' + '+'.join(event_types) if event_types else ''}"
+            f"{f'-h{span_hours}' if span_hours else ''}")
     path = directory / f"{name}.jsonl"
     if not path.exists():
         types = f", event_types={event_types!r}" if event_types else ""
         subprocess.run([PYTHON, "-c", f"""
 from tallyflow.local.synthetic import SyntheticConfig, generate
-messages = generate(SyntheticConfig(seed=1, events={events}, customers={customers}, rate=50,
+messages = generate(SyntheticConfig(seed=1, events={events}, customers={customers}, rate={rate!r},
                                     duplicate_fraction=0.05, conflict_fraction=0.1,
                                     invalid_fraction=0.01, max_users={max_users}{types}))
 with open({str(path) + '.tmp'!r}, 'wb') as f:
@@ -193,6 +208,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="*", default=[100_000, 1_000_000])
+    parser.add_argument("--shapes", nargs="*", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--modes", nargs="*", default=list(MODES), choices=list(MODES))
     parser.add_argument("--cardinality-events", type=int, default=200_000)
     parser.add_argument("--customers", type=int, nargs="*", default=[],
                         help="customer counts for the cardinality runs (e.g. 50 5000 50000); "
@@ -202,14 +219,21 @@ def main() -> int:
     data = Path(args.data_dir)
     data.mkdir(parents=True, exist_ok=True)
     if args.sizes:
-        print(f"{'events':>9} {'run':<22} {'seconds':>8} {'events/s':>9} {'peak MiB':>9} "
-              f"{'vs DuckDB':>9}", flush=True)
+        print(f"{'events':>9} {'shape':<5} {'usage rows':>10} {'run':<22} {'seconds':>8} "
+              f"{'events/s':>9} {'peak MiB':>9} {'vs DuckDB':>9} {'memory':>7} {'load':>5}",
+              flush=True)
     for size in args.sizes:
-        results = compare(data, str(size), MODES, synthetic_file(data, size))
-        duck = results["duckdb (reference)"][0]
-        for name, (seconds, mib) in results.items():
-            print(f"{size:>9} {name:<22} {seconds:>8.1f} {size / seconds:>9.0f} {mib:>9.0f} "
-                  f"{seconds / duck:>8.1f}x", flush=True)
+        for shape in args.shapes:
+            customers, span = SHAPES[shape]
+            path = synthetic_file(data, size, customers=customers, span_hours=span)
+            results = compare(data, path.stem, {m: MODES[m] for m in args.modes}, path)
+            keys = len(duckdb_rows(data / f"duckdb-{path.stem}.csv"))
+            duck, duck_mib = results["duckdb (reference)"]
+            load = os.getloadavg()[0]
+            for name, (seconds, mib) in results.items():
+                print(f"{size:>9} {shape:<5} {keys:>10} {name:<22} {seconds:>8.1f} "
+                      f"{size / seconds:>9.0f} {mib:>9.0f} {seconds / duck:>8.1f}x "
+                      f"{mib / duck_mib:>6.2f}x {load:>5.1f}", flush=True)
     if not args.customers:
         return 0
     size = args.cardinality_events
@@ -220,7 +244,7 @@ def main() -> int:
                    synthetic_file(data, size, customers=50, max_users=10 ** 9,
                                   event_types=("user.active",))))
     for what, path in inputs:
-        results = compare(data, path.stem, {"tallyflow in-memory": []}, path)
+        results = compare(data, path.stem, {"tallyflow defaults": []}, path)
         keys = len(duckdb_rows(data / f"duckdb-{path.stem}.csv"))
         for name, (seconds, mib) in results.items():
             print(f"{'':>{len(str(size)) + 8}} {what:<36} {keys:>10} {name.split()[0]:<20} "

@@ -48,8 +48,8 @@ from transforms import rows
 from transforms.batch_usage import ComputeUsage
 from transforms.bigquery import PENDING_METHOD, WriteRows
 from transforms.bigquery_target import query
-from transforms.files import (PublishResults, ReadPayloadBatches, WriteSortedLines,
-                              discard_staging, remove_results, staging_dir)
+from transforms.files import (PublishResults, ReadPayloadBatches, WriteSortedBlocks,
+                              WriteSortedLines, discard_staging, remove_results, staging_dir)
 from transforms.outcomes import SummarizeCounts, WriteJson, dead_letter_line, usage_line
 from transforms.restate import CommitRun, ReadPeriodEvents, RecomputeRun, create_staging
 from transforms.runner import is_dataflow
@@ -141,7 +141,8 @@ def build(pipeline: beam.Pipeline, options: RecomputeOptions, limits: Limits,
                                                               options.read_streams)
 
     computed = batches | "ComputeUsage" >> ComputeUsage(catalog, limits, window_ns, start, end,
-                                                        shards=options.dedup_shards)
+                                                        shards=options.dedup_shards,
+                                                        blocks=run is None)
     usage, dead_letters = computed["usage"], computed["dead_letters"]
     summary = computed["counts"] | "Summarize" >> SummarizeCounts({
         "meters": options.meters, "inputs": options.input or ["bigquery:events"],
@@ -154,8 +155,7 @@ def build(pipeline: beam.Pipeline, options: RecomputeOptions, limits: Limits,
         usage_file, dead_letter_file, summary_file = (
             FileSystems.join(staging, name) for name in RESULT_FILES)
         written = (
-            usage | "UsageLines" >> beam.Map(usage_line)
-            | "WriteUsage" >> WriteSortedLines(usage_file),
+            usage | "WriteUsage" >> WriteSortedBlocks(usage_file, usage_line),
             dead_letters | "DeadLetterLines" >> beam.Map(dead_letter_line)
             | "WriteDeadLetters" >> WriteSortedLines(dead_letter_file),
             summary | "WriteSummary" >> WriteJson(summary_file))

@@ -23,14 +23,16 @@ Arithmetic uses `EXACT`, which raises rather than rounds.
 """
 from __future__ import annotations
 
-from decimal import Decimal, localcontext
+from decimal import Decimal
 from enum import StrEnum
+from functools import reduce
 from hashlib import blake2b
 from operator import ior, itemgetter
 
 from schemas.values import EXACT
 
 _FP_MOD = 1 << 128
+_ZERO = Decimal(0)
 
 
 class Aggregation(StrEnum):
@@ -107,8 +109,9 @@ def _numbers(readings):
 
 
 def _total(readings) -> Decimal:
-    with localcontext(EXACT):
-        return sum(_numbers(readings), Decimal(0))
+    """Adds in `EXACT` as `sum` would under it, without entering a context per key
+    (a recompute reduces about one key per event at high cardinality)."""
+    return reduce(EXACT.add, _numbers(readings), _ZERO)
 
 
 def _latest_of(readings) -> tuple:

@@ -1,7 +1,7 @@
 """The recompute's steps (transforms/batch_usage.py) called directly, without a pipeline:
 which copy of an identity is kept and what is counted, the window and period of each
-reading, partial accumulators meeting in one usage shard, and usage rows whose
-fingerprint is computed from its definition (tests/reference.py)."""
+reading, partial accumulators meeting in one usage shard, and usage rows (one list per
+usage shard) whose fingerprint is computed from its definition (tests/reference.py)."""
 import pickle
 import zlib
 from collections import Counter
@@ -81,7 +81,7 @@ def test_readings_are_windowed_in_the_period_and_partials_merge_into_exact_rows(
     assert all(len(shards) == 1 for shards in shards_of_key.values())  # partials meet
     assert len(shards_of_key) == 3
 
-    rows, tagged = split(batch_usage._MergeUsage(HOUR).process((0, [b for _, b in partials])))
+    (rows,), tagged = split(batch_usage._MergeUsage(HOUR).process((0, [b for _, b in partials])))
     assert tagged[batch_usage.COUNTS] == [Counter(usage_rows=3)]
     assert sorted(rows, key=lambda r: (r["subject"], r["window_start"])) == [
         {"subject": "acme", "meter": "amount", "dimensions": EU,

@@ -1,4 +1,5 @@
-"""Reading JSONL files as line-aligned ranges: every line once, with its line number."""
+"""Reading JSONL files as line-aligned ranges: every line once, with its line number;
+writing blocks of lines as one sorted file."""
 import gzip
 import io
 import random
@@ -11,8 +12,8 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from schemas.events import Payload
-from transforms.files import (ReadPayloadBatches, UnreadableInput, _PlanRanges, _ReadRange,
-                             plan_ranges, split_lines)
+from transforms.files import (ReadPayloadBatches, UnreadableInput, WriteSortedBlocks,
+                             _PlanRanges, _ReadRange, plan_ranges, split_lines)
 
 
 def lines_of(data: bytes) -> list[bytes]:
@@ -157,3 +158,18 @@ def test_a_file_two_patterns_match_is_read_once(tmp_path, monkeypatch):
 def test_a_file_whose_name_looks_like_a_glob_is_read(tmp_path):
     (tmp_path / "usage[1].jsonl").write_bytes(b"1\n2\n")
     assert_reads([str(tmp_path / "*.jsonl")], [b"1", b"2"], line_of)
+
+
+@pytest.mark.parametrize("blocks", [
+    [["b", "é", "a"], [], ["a b", "\u2028", "z", "a"], ["ab"]],  # "a" twice; non-ASCII
+    [[]],
+    [],  # no block at all: an empty file
+])
+def test_blocks_are_written_as_one_sorted_file_and_their_parts_removed(tmp_path, blocks):
+    path = str(tmp_path / "out.jsonl")
+    with TestPipeline() as p:
+        _ = p | beam.Create(blocks, reshuffle=False) | WriteSortedBlocks(path, str.upper)
+    expected = sorted(line.upper() for block in blocks for line in block)
+    with open(path, encoding="utf-8") as f:
+        assert f.read() == "".join(f"{line}\n" for line in expected)
+    assert [f.name for f in tmp_path.iterdir()] == ["out.jsonl"]

@@ -18,7 +18,8 @@ few, big elements instead of one per event.
    usage shard (by subject x meter x dimensions), through a second `GroupByKey`
    to `_MergeUsage`, which merges them into usage rows: a usage key's partials
    meet in one place, and the shuffle carries a few big elements, not one per
-   key and shard.
+   key and shard. Its rows leave as one list per usage shard, for a sink to
+   write in bulk (`blocks`), or one by one.
 
 Deduplication is over the whole input (it is the authority for a closed
 period), so a shard's identities are held in memory while it is processed:
@@ -177,12 +178,14 @@ class _DeduplicateAndAggregate(beam.DoFn):
         _, batches = shard
         counts = Counter()
         partials: dict[int, dict] = {}
-        with paused_gc():
+        with paused_gc():  # until the shard's objects are freed: none is left to rescan
             for key, found in self._readings(batches, counts).items():
                 partials.setdefault(_usage_shard_of(key, self._shards), {})[key] = \
                     aggregation.accumulate(self._aggregations[key[1]], found)
-        for usage_shard, accumulators in partials.items():
-            yield usage_shard, pickle.dumps(accumulators, protocol=pickle.HIGHEST_PROTOCOL)
+            blobs = [(usage_shard, pickle.dumps(accumulators, protocol=pickle.HIGHEST_PROTOCOL))
+                     for usage_shard, accumulators in partials.items()]
+            del partials
+        yield from blobs
         yield pvalue.TaggedOutput(COUNTS, counts)
 
     def _readings(self, batches, counts: Counter) -> dict[tuple, list]:
@@ -217,6 +220,9 @@ def _usage_shard_of(key: tuple, shards: int) -> int:
 
 
 class _MergeUsage(beam.DoFn):
+    """A usage shard's partials -> its usage rows, as one list (a block): a row costs a
+    dict, not a Beam element (at high cardinality there is about a row per event)."""
+
     def __init__(self, window_ns: int):
         self._window_ns = window_ns
 
@@ -229,11 +235,15 @@ class _MergeUsage(beam.DoFn):
                     mine = merged.get(key)
                     merged[key] = acc if mine is None else aggregation.merge_accumulators(
                         [mine, acc])
-        window_ns = self._window_ns
-        for (subject, meter, dimensions, window), acc in merged.items():
-            yield usage_row((subject, meter, dimensions), window, window + window_ns,
-                            aggregation.extract(acc))
-        yield pvalue.TaggedOutput(COUNTS, Counter(usage_rows=len(merged)))
+            window_ns, extract = self._window_ns, aggregation.extract
+            block = [usage_row((subject, meter, dimensions), window, window + window_ns,
+                               extract(acc))
+                     for (subject, meter, dimensions, window), acc in merged.items()]
+            del merged
+            rows = len(block)
+            yield block  # the sink writes it while the collector still waits
+            del block
+        yield pvalue.TaggedOutput(COUNTS, Counter(usage_rows=rows))
 
 
 class ComputeUsage(beam.PTransform):
@@ -241,12 +251,15 @@ class ComputeUsage(beam.PTransform):
 
     `usage` rows have the SPEC §4 columns; `counts` are Counters (lines,
     records, accepted, duplicates, conflicting_duplicates, dead_lettered[_by_code],
-    unmetered, outside_period) to be summed.
+    unmetered, outside_period) to be summed. With `blocks`, `usage` holds lists of
+    rows instead, one per usage shard, for a sink that writes them in bulk.
     """
 
     def __init__(self, catalog: MeterCatalog, limits: Limits, window_ns: int,
-                 start_ns: int | None = None, end_ns: int | None = None, shards: int = 4):
+                 start_ns: int | None = None, end_ns: int | None = None, shards: int = 4,
+                 blocks: bool = False):
         super().__init__()
+        self._blocks = blocks
         self._catalog = catalog
         self._limits = limits
         self._window_ns = window_ns
@@ -269,4 +282,5 @@ class ComputeUsage(beam.PTransform):
                       COUNTS, main="usage"))
         counts = ((parsed.counts, partial.counts, merged.counts)
                   | "AllCounts" >> beam.Flatten())
-        return {"usage": merged.usage, DEAD_LETTERS: parsed.dead_letters, COUNTS: counts}
+        usage = merged.usage if self._blocks else merged.usage | "Rows" >> beam.FlatMap(iter)
+        return {"usage": usage, DEAD_LETTERS: parsed.dead_letters, COUNTS: counts}
