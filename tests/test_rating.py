@@ -1,12 +1,15 @@
 """The rating without BigQuery: a customer's charge lines, adjustments and invoices as
 `_RateSubject` yields them, the `rate --diff` record, the run's summed counts and
-summary, and the commit step and its stale-revision guard against a fake client (on
-the emulator: tests/e2e/test_guards.py). Amounts worked out by hand."""
+summary, and what the commit decides (`commit_rating_through`: the stale-revision guard,
+two ratings holding one revision, a rating with nothing to bill) against an in-memory
+ledger (tests/ledgers.py; the statements on the emulator: tests/e2e/test_guards.py).
+Amounts worked out by hand."""
 import json
 from dataclasses import replace
 from decimal import Decimal as D
 
 import apache_beam as beam
+import pytest
 from apache_beam import pvalue
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
@@ -14,6 +17,8 @@ from apache_beam.testing.util import assert_that, equal_to
 from schemas.pricing import Line, parse_price_book
 from schemas.values import parse_rfc3339
 from transforms import rating
+from tests import ledgers
+from tests.ledgers import Period
 from transforms.rating import RatingRun
 
 NS, HOUR = 10 ** 9, 3600 * 10 ** 9
@@ -161,3 +166,102 @@ def test_a_diff_record_is_sorted_json_that_keeps_non_ascii_text():
                       '{"city": "z\u00fcrich"}, "kind": "usage", "line_type": "debit", '
                       '"new_amount": "0.25", "old_amount": null, "plan": "p", '
                       '"plan_version": 1, "price_id": "calls", "subject": "acme"}')
+
+
+# ---------------------------------------------------------------- the commit's decisions
+
+
+@pytest.fixture
+def no_waiting(monkeypatch):
+    waits = []
+    monkeypatch.setattr(rating.random, "uniform", lambda low, high: waits.append(1) or 0)
+    return waits
+
+
+def rating_ledger(period: Period, run_id: str, revision: int = 1) -> ledgers.RatingLedger:
+    period.staging[run_id] = [f"{run_id}-line"]
+    return ledgers.RatingLedger(period, run_id, revision)
+
+
+def named(run_id: str, revision: int = 1) -> RatingRun:
+    return replace(run_of(revision), run_id=run_id)
+
+
+def test_a_rating_alone_commits_and_drops_its_staging(no_waiting):
+    period = Period()
+    period.committed("rate-0", 1)
+    ledger = rating_ledger(period, "rate-1", revision=2)
+    rating.commit_rating_through(ledger, named("rate-1", 2))
+    assert period.revisions == {"rate-0": 1, "rate-1": 2} and period.staging == {}
+    assert period.rows["rate-1"] == ["rate-1-line"] and period.withdrawn == []
+    rating.commit_rating_through(ledger, named("rate-1", 2))  # a retried commit: the same
+    assert period.revisions == {"rate-0": 1, "rate-1": 2} and no_waiting == []
+
+
+def test_a_rating_against_a_revision_no_longer_the_latest_is_stale_and_leaves_nothing():
+    period = Period()
+    period.committed("rate-x", 1)
+    period.committed("rate-y", 2)
+    with pytest.raises(rating.StaleRating, match="^revision 2 of the period was committed "
+                                                 "while rate-1 ran against revision 0: rate "
+                                                 "again$"):
+        rating.commit_rating_through(rating_ledger(period, "rate-1"), named("rate-1"))
+    assert period.revisions == {"rate-x": 1, "rate-y": 2} and period.staging == {}
+    assert period.withdrawn == ["rate-1"]  # its own rows, none of another run's
+
+
+@pytest.mark.parametrize("rival_final", [False, True])
+def test_of_two_ratings_holding_one_revision_one_gives_way(no_waiting, rival_final):
+    """Both committed revision 1 in the same snapshot: the run gives way to a rival that
+    is final even when it is first by run id, or to one first by run id."""
+    mine, rival = ("rate-a", "rate-b") if rival_final else ("rate-b", "rate-a")
+    period = Period()
+    period.committed(rival, 1, staged=not rival_final)
+    period.unseen = {rival}
+    with pytest.raises(rating.StaleRating, match="revision 1 of the period"):
+        rating.commit_rating_through(rating_ledger(period, mine), named(mine))
+    assert period.revisions == {rival: 1} and period.withdrawn == [mine]
+    assert mine not in period.staging and no_waiting == []
+
+
+def test_the_first_rating_by_run_id_waits_for_a_rival_to_take_itself_back(no_waiting):
+    period = Period()
+    period.committed("rate-b", 1, staged=True)
+    period.unseen = {"rate-b"}
+    looks = []
+
+    def rival_gives_way_on_the_third_look():
+        looks.append(1)
+        if len(looks) == 3:
+            period.take_back("rate-b")
+    period.on_holders = rival_gives_way_on_the_third_look
+    rating.commit_rating_through(rating_ledger(period, "rate-a"), named("rate-a"))
+    assert period.revisions == {"rate-a": 1} and period.withdrawn == ["rate-b"]
+    assert "rate-a" not in period.staging and len(no_waiting) == 2
+
+
+def test_the_first_rating_gives_up_stale_when_its_rival_never_takes_itself_back(no_waiting):
+    period = Period()
+    period.committed("rate-b", 1, staged=True)
+    period.unseen = {"rate-b"}
+    with pytest.raises(rating.StaleRating, match="rate again"):
+        rating.commit_rating_through(rating_ledger(period, "rate-a"), named("rate-a"))
+    assert len(no_waiting) == rating.COMMIT_ATTEMPTS and period.withdrawn == ["rate-a"]
+    assert period.revisions == {"rate-b": 1} and "rate-a" not in period.staging
+
+
+class _Committing(rating._Commit):
+    def __init__(self, period: Period, run: RatingRun):
+        super().__init__(None, run)
+        self._period = period
+
+    def ledger(self):
+        return ledgers.RatingLedger(self._period, self._run.run_id, self._run.revision)
+
+
+def test_the_commit_step_commits_staged_rows_and_a_rating_with_none_commits_nothing():
+    for rows, revisions in ((3, {"rate-1": 1}), (0, {})):
+        period = Period(staging={"rate-1": ["line"]})
+        (out,) = _Committing(period, run_of(1)).process(rows, {"lines": rows})
+        assert out == {"lines": rows, "rows_written": rows, "committed": rows > 0}
+        assert period.revisions == revisions and period.staging == {}

@@ -1,0 +1,97 @@
+"""In-memory stand-ins for the BigQuery side of a commit (`restate.RecomputeLedger`,
+`rating.RatingLedger`), for testing what the commit loops decide without BigQuery.
+
+A `Period` holds what BigQuery would: the revision each run committed, the rows it
+committed, and which runs still have staging tables. Its ledgers act on it as the
+statements of schemas/sql.py do; the statements themselves run on the emulator
+(tests/e2e/test_restate.py, tests/e2e/test_guards.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Period:
+    revisions: dict[str, int] = field(default_factory=dict)  # run id -> committed revision
+    rows: dict[str, list] = field(default_factory=dict)  # run id -> its committed rows
+    summaries: dict[str, dict] = field(default_factory=dict)
+    staging: dict[str, list] = field(default_factory=dict)  # run id -> its staged rows
+    # runs a commit does not see (they committed in the same snapshot, as concurrent
+    # BigQuery transactions do)
+    unseen: set[str] = field(default_factory=set)
+    withdrawn: list[str] = field(default_factory=list)  # runs taken back, in order
+    # called before each answer about the holders of a revision (a rival acting meanwhile)
+    on_holders: object = lambda: None
+
+    def committed(self, run_id: str, revision: int, staged: bool = False) -> None:
+        """A run that committed `revision` (still staged: not final yet)."""
+        self.revisions[run_id], self.rows[run_id] = revision, [run_id]
+        if staged:
+            self.staging[run_id] = [run_id]
+
+    def latest_seen(self) -> int:
+        return max((r for run, r in self.revisions.items() if run not in self.unseen),
+                   default=0)
+
+    def holders_of(self, revision: int) -> set[str]:
+        self.on_holders()
+        return {run for run, r in self.revisions.items() if r == revision}
+
+    def take_back(self, run_id: str) -> None:
+        self.withdrawn.append(run_id)
+        self.revisions.pop(run_id, None)
+        self.rows.pop(run_id, None)
+
+
+class _Ledger:
+    def __init__(self, period: Period, run_id: str):
+        self.period, self.run_id = period, run_id
+
+    def staged(self, run_id: str) -> bool:
+        return run_id in self.period.staging
+
+    def withdraw(self) -> None:
+        self.period.take_back(self.run_id)
+
+    def drop_staging(self) -> None:
+        self.period.staging.pop(self.run_id, None)
+
+
+class RecomputeLedger(_Ledger):
+    """A recompute's commit takes the next revision after those it sees; once."""
+
+    def revision(self) -> int | None:
+        return self.period.revisions.get(self.run_id)
+
+    def commit(self, summary: dict) -> None:
+        period = self.period
+        if self.run_id not in period.revisions:
+            period.revisions[self.run_id] = period.latest_seen() + 1
+            period.rows[self.run_id] = list(period.staging[self.run_id])
+            period.summaries[self.run_id] = summary
+
+    def holders(self) -> set[str]:
+        mine = self.period.revisions.get(self.run_id)
+        return self.period.holders_of(mine) if mine is not None else set()
+
+
+class RatingLedger(_Ledger):
+    """A rating's commit inserts its revision only while the latest it sees is the one
+    before it."""
+
+    def __init__(self, period: Period, run_id: str, revision: int):
+        super().__init__(period, run_id)
+        self.revision = revision
+
+    def commit(self) -> None:
+        period = self.period
+        if period.latest_seen() == self.revision - 1:
+            period.revisions[self.run_id] = self.revision
+            period.rows[self.run_id] = list(period.staging[self.run_id])
+
+    def holders(self) -> set[str]:
+        return self.period.holders_of(self.revision)
+
+    def latest_revision(self) -> int:
+        return max(self.period.revisions.values(), default=0)
