@@ -50,10 +50,13 @@ FAST_TESTS = {
         "tests/test_batch_steps.py",
         "tests/test_transforms.py::test_compute_usage_keeps_the_first_copy_and_counts_conflicts"],
     "schemas/pricing.py": ["tests/test_pricing.py", "tests/test_pricing_rules.py"],
-    # the commit against a fake BigQuery; tests/e2e/test_restate.py runs it on the emulator
-    "transforms/restate.py": ["tests/test_restatement.py", "tests/test_bigquery_writes.py"],
+    # the commits' decisions against in-memory ledgers and their statements against a
+    # recording client; tests/e2e/test_restate.py and test_guards.py run them on the emulator
+    "transforms/restate.py": ["tests/test_restatement.py", "tests/test_bigquery_writes.py",
+                              "tests/test_ledgers.py", "tests/test_commits.py",
+                              "tests/test_storage_write.py"],
     "transforms/rating.py": ["tests/test_pricing.py::test_rate_subjects_transform",
-                             "tests/test_rating.py"],
+                             "tests/test_rating.py", "tests/test_ledgers.py"],
 }
 
 KILLED = {"killed", "timeout", "caught by type check"}

@@ -1,5 +1,6 @@
 """In-memory stand-ins for the BigQuery side of a commit (`restate.RecomputeLedger`,
-`rating.RatingLedger`), for testing what the commit loops decide without BigQuery.
+`rating.RatingLedger`), for testing what the commit loops decide without BigQuery, and
+a client that records what those ledgers send (`Recording`).
 
 A `Period` holds what BigQuery would: the revision each run committed, the rows it
 committed, and which runs still have staging tables. Its ledgers act on it as the
@@ -9,6 +10,8 @@ statements of schemas/sql.py do; the statements themselves run on the emulator
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from google.api_core.exceptions import NotFound
 
 
 @dataclass
@@ -95,3 +98,31 @@ class RatingLedger(_Ledger):
 
     def latest_revision(self) -> int:
         return max(self.period.revisions.values(), default=0)
+
+
+class Recording:
+    """A client: `answers` are the rows of the next queries, in order; `tables` exist."""
+
+    def __init__(self, *answers, tables=()):
+        self.answers, self.tables = list(answers), set(tables)
+        self.sent: list[tuple[str, dict]] = []
+        self.deleted: list[str] = []
+
+    def query(self, sql, job_config):
+        params = {p.name: (p.type_, p.value) for p in job_config.query_parameters}
+        self.sent.append((sql, params))
+        rows = self.answers.pop(0) if self.answers else []
+        return Rows(rows)
+
+    def get_table(self, table_id):
+        if table_id not in self.tables:
+            raise NotFound(table_id)
+
+    def delete_table(self, table_id, not_found_ok=False):
+        assert not_found_ok  # a retried drop must not fail
+        self.deleted.append(table_id)
+
+
+class Rows(list):
+    def result(self):
+        return self

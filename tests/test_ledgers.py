@@ -1,6 +1,6 @@
 """The BigQuery ledgers of the recompute's and the rating's commits, against a client
-that records what is sent and answers with given rows: every statement binds exactly
-the parameters it names, with BigQuery's types and the run's values, names only tables
+that records what is sent and answers with given rows: every statement binds every
+parameter it names, with BigQuery's types and the run's values, names only tables
 of the target's dataset, and the answers are read as the commit loops expect. Whether
 the statements do the right thing is the emulator's part (tests/e2e/test_restate.py,
 tests/e2e/test_guards.py); what the loops decide is tests/test_restatement.py's and
@@ -9,9 +9,9 @@ import datetime as dt
 import re
 
 import pytest
-from google.api_core.exceptions import NotFound
 
 from schemas.tables import INVOICE_LINES, INVOICES, USAGE_RECOMPUTED
+from tests.ledgers import Recording
 from transforms import rating, restate
 from transforms.bigquery_target import BigQueryTarget
 
@@ -22,38 +22,6 @@ RECOMPUTE = restate.RecomputeRun("r-1", START, START + 24 * HOUR, HOUR, "close",
                                  START + 5 * HOUR)
 RATING = rating.RatingRun("rate-1", START, START + 24 * HOUR, 3, START + 25 * HOUR, "close")
 TYPES = {"STRING", "INT64", "TIMESTAMP"}
-
-
-class Recording:
-    """A client: `answers` are the rows of the next queries, in order; `tables` exist."""
-
-    def __init__(self, *answers, tables=()):
-        self.answers, self.tables = list(answers), set(tables)
-        self.sent: list[tuple[str, dict]] = []
-        self.deleted: list[str] = []
-
-    def query(self, sql, job_config):
-        params = {p.name: (p.type_, p.value) for p in job_config.query_parameters}
-        self.sent.append((sql, params))
-        rows = self.answers.pop(0) if self.answers else []
-        return Rows(Row(r) for r in rows)
-
-    def get_table(self, table_id):
-        if table_id not in self.tables:
-            raise NotFound(table_id)
-
-    def delete_table(self, table_id, not_found_ok=False):
-        assert not_found_ok  # a retried drop must not fail
-        self.deleted.append(table_id)
-
-
-class Row(dict):
-    pass
-
-
-class Rows(list):
-    def result(self):
-        return self
 
 
 def statement(client) -> tuple[str, dict]:
@@ -90,8 +58,15 @@ def test_the_recompute_commit_copies_every_column_from_the_runs_staging_table():
                                                                            '{"rows": 1}')
     assert TARGET.table(RECOMPUTE.staging_table) in sql
     insert = re.search(r"INSERT INTO \S+ \(([^)]*)\)\s*SELECT (.*?)\s*FROM", sql, re.S)
-    assert insert.group(1).split(", ") == USAGE_RECOMPUTED.column_names()
-    assert len(insert.group(2).split(", ")) == len(USAGE_RECOMPUTED.column_names())
+    columns = USAGE_RECOMPUTED.column_names()
+    assert insert.group(1).split(", ") == columns
+    copied = dict(zip(columns, insert.group(2).split(", "), strict=True))
+    # the staged values, except what the commit decides: the revision (the period's next,
+    # not the staged 0), the commit time and the run
+    assert {c for c in columns if copied[c] != f"s.{c}"} == {"revision", "recomputed_at",
+                                                           "run_id"}
+    assert (copied["recomputed_at"], copied["run_id"]) == ("@committed_at", "@run_id")
+    assert copied["revision"].startswith("n.")
 
 
 def test_a_ledger_tells_staged_runs_by_their_staging_table_and_drops_only_its_own():

@@ -5,6 +5,7 @@ two ratings holding one revision, a rating with nothing to bill) against an in-m
 ledger (tests/ledgers.py; the statements on the emulator: tests/e2e/test_guards.py).
 Amounts worked out by hand."""
 import json
+import random
 from dataclasses import replace
 from decimal import Decimal as D
 
@@ -173,8 +174,10 @@ def test_a_diff_record_is_sorted_json_that_keeps_non_ascii_text():
 
 @pytest.fixture
 def no_waiting(monkeypatch):
+    """The waits asked for (seconds, jittered), none of them slept."""
     waits = []
-    monkeypatch.setattr(rating.random, "uniform", lambda low, high: waits.append(1) or 0)
+    monkeypatch.setattr(rating.random, "uniform", random.Random(7).uniform)
+    monkeypatch.setattr(rating.time, "sleep", waits.append)
     return waits
 
 
@@ -247,6 +250,7 @@ def test_the_first_rating_gives_up_stale_when_its_rival_never_takes_itself_back(
     with pytest.raises(rating.StaleRating, match="rate again"):
         rating.commit_rating_through(rating_ledger(period, "rate-a"), named("rate-a"))
     assert len(no_waiting) == rating.COMMIT_ATTEMPTS and period.withdrawn == ["rate-a"]
+    assert all(0.2 <= w <= 0.5 for w in no_waiting) and len(set(no_waiting)) == len(no_waiting)
     assert period.revisions == {"rate-b": 1} and "rate-a" not in period.staging
 
 

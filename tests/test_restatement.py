@@ -4,6 +4,8 @@ read back from `events`, the commit's parameters, and what `commit_through` deci
 an in-memory ledger (tests/ledgers.py); the commit's statements themselves run on the
 emulator (tests/e2e/test_restate.py)."""
 
+import random
+
 import apache_beam as beam
 import pyarrow as pa
 import pytest
@@ -17,7 +19,8 @@ from transforms.bigquery import BigQueryTarget, Written
 from transforms.restate import (CommitAfterWrites, ConcurrentCommit, RecomputeRun,
                                 commit_through, event_payloads)
 from tests import ledgers
-from tests.ledgers import Period
+from tests.ledgers import Period, Recording
+from tests.test_storage_write import FakeWriteClient
 
 NS, HOUR = 10 ** 9, 3600 * 10 ** 9
 TARGET = BigQueryTarget("proj-1", "ds")
@@ -153,6 +156,21 @@ def test_a_run_that_keeps_sharing_its_revision_gives_up_taken_back():
     assert period.revisions == {"r-a": 1} and "r-b" in period.staging
 
 
+def test_a_run_waits_a_fifth_to_half_a_second_between_attempts(monkeypatch):
+    """Jittered, so that rivals retrying together drift apart; bounded, so 40 attempts
+    take at most 20 s."""
+    waits = []
+    monkeypatch.setattr(restate.random, "uniform", random.Random(7).uniform)
+    monkeypatch.setattr(restate.time, "sleep", waits.append)
+    period = Period()
+    period.committed("r-a", 1, staged=True)
+    period.unseen = {"r-a"}
+    with pytest.raises(ConcurrentCommit):
+        commit_through(ledger_of(period, "r-b"), "r-b", {})
+    assert len(waits) == restate.COMMIT_ATTEMPTS and all(0.2 <= w <= 0.5 for w in waits)
+    assert len(set(waits)) == len(waits)
+
+
 def test_a_run_is_staged_in_a_table_of_its_own_shaped_as_usage_recomputed():
     created = []
 
@@ -191,6 +209,7 @@ def test_a_commit_that_does_not_land_is_an_error():
 
 
 PIPELINE_PERIOD = Period()  # the commit DoFn runs in this process (DirectRunner)
+PIPELINE_WRITES = FakeWriteClient()
 
 
 class _FakeCommit(restate._Commit):
@@ -198,30 +217,61 @@ class _FakeCommit(restate._Commit):
         return ledgers.RecomputeLedger(PIPELINE_PERIOD, self._run.run_id)
 
 
+class _Target(BigQueryTarget):
+    def write_client(self):
+        return PIPELINE_WRITES
+
+    def client(self):
+        return PIPELINE_CLIENT
+
+
+PIPELINE_CLIENT = Recording()
+
+
 @pytest.fixture
 def pipeline_period():
-    """PIPELINE_PERIOD emptied: nothing an earlier test (or process it was forked from,
-    as mutation testing does) committed is seen."""
+    """PIPELINE_PERIOD and PIPELINE_WRITES emptied: nothing an earlier test (or process
+    it was forked from, as mutation testing does) committed is seen."""
     PIPELINE_PERIOD.__init__()
+    PIPELINE_WRITES.__init__()
     return PIPELINE_PERIOD
 
 
-def run_commit(written: list[Written], run: RecomputeRun):
-    target = BigQueryTarget("proj-1", "ds")
+def run_commit(written: list[Written], run: RecomputeRun, commit=_FakeCommit):
+    target = _Target("proj-1", "ds")
     with TestPipeline() as p:
         summary = p | "Summary" >> beam.Create([{"lines": 9}])
-        out = (p | "Written" >> beam.Create(written), summary) | CommitAfterWrites(
-            _FakeCommit(target, run), target)
+        out = (p | "Written" >> beam.Create(written), summary) | restate.CommitAfterWrites(
+            commit(target, run), target)
         assert_that(out, equal_to([{"lines": 9, "rows_staged": 5, "run_id": run.run_id,
                                     "revision": 1}]))
+
+
+STREAMS = ("projects/p/datasets/d/tables/t/streams/a", "projects/p/datasets/d/tables/t/streams/b")
 
 
 def test_commit_run_commits_once_after_every_staging_write(pipeline_period):
     run = run_of("rpipe1")
     pipeline_period.staging[run.run_id] = ["row"]
-    run_commit([Written(2), Written(3)], run)
+    run_commit([Written(2, streams=STREAMS[:1]), Written(3, streams=STREAMS[1:])], run)
     assert pipeline_period.revisions == {"rpipe1": 1}
     assert pipeline_period.summaries == {"rpipe1": {"lines": 9, "rows_staged": 5}}
+    assert set(PIPELINE_WRITES.committed) == set(STREAMS)  # the staged rows made visible
+
+
+def test_commit_run_commits_through_the_bigquery_ledger_of_its_target(pipeline_period):
+    """CommitRun as the recompute builds it, on a client answering as BigQuery would for
+    a run alone: not committed, committed as revision 1, the only holder."""
+    run = run_of("rpipe3")
+    PIPELINE_CLIENT.__init__([], [], [{"revision": 1}], [{"run_id": run.run_id}])
+    with TestPipeline() as p:
+        summary = p | "Summary" >> beam.Create([{"lines": 9}])
+        out = (p | "Written" >> beam.Create([Written(5, streams=STREAMS)]), summary) | \
+            restate.CommitRun(_Target("proj-1", "ds"), run)
+        assert_that(out, equal_to([{"lines": 9, "rows_staged": 5, "run_id": run.run_id,
+                                    "revision": 1}]))
+    assert set(PIPELINE_WRITES.committed) == set(STREAMS)
+    assert PIPELINE_CLIENT.deleted == ["proj-1.ds.usage_recomputed__staging_rpipe3"]
 
 
 def test_commit_run_commits_nothing_when_a_row_was_given_up(pipeline_period):
