@@ -231,13 +231,7 @@ def test_the_first_rating_by_run_id_waits_for_a_rival_to_take_itself_back(no_wai
     period = Period()
     period.committed("rate-b", 1, staged=True)
     period.unseen = {"rate-b"}
-    looks = []
-
-    def rival_gives_way_on_the_third_look():
-        looks.append(1)
-        if len(looks) == 3:
-            period.take_back("rate-b")
-    period.on_holders = rival_gives_way_on_the_third_look
+    period.gives_way("rate-b", on_look=3)
     rating.commit_rating_through(rating_ledger(period, "rate-a"), named("rate-a"))
     assert period.revisions == {"rate-a": 1} and period.withdrawn == ["rate-b"]
     assert "rate-a" not in period.staging and len(no_waiting) == 2

@@ -16,8 +16,7 @@ from schemas.events import Payload
 from schemas.tables import USAGE_RECOMPUTED
 from transforms import restate
 from transforms.bigquery import BigQueryTarget, Written
-from transforms.restate import (CommitAfterWrites, ConcurrentCommit, RecomputeRun,
-                                commit_through, event_payloads)
+from transforms.restate import ConcurrentCommit, RecomputeRun, commit_through, event_payloads
 from tests import ledgers
 from tests.ledgers import Period, Recording
 from tests.test_storage_write import FakeWriteClient
@@ -134,13 +133,7 @@ def test_the_first_holder_by_run_id_waits_for_the_others_to_take_themselves_back
     period = Period()
     period.committed("r-a", 1, staged=True)
     period.committed("r-b", 1, staged=True)
-    asked = []
-
-    def second_withdraws_on_the_second_look():
-        asked.append(1)
-        if len(asked) == 2:
-            period.take_back("r-b")
-    period.on_holders = second_withdraws_on_the_second_look
+    asked = period.gives_way("r-b", on_look=2)
     assert commit_through(ledgers.RecomputeLedger(period, "r-a"), "r-a", {}) == 1
     assert len(asked) == 2 and period.withdrawn == ["r-b"]  # r-b took itself back, r-a none
     assert "r-a" not in period.staging
