@@ -281,3 +281,57 @@ def test_an_incomplete_write_names_how_many_rows_and_the_first_reasons_clipped()
         restate.rows_if_complete(Written(5, 2, (long, "too big")))
     assert str(caught.value) == ("2 rows could not be written (recorded in failed_writes), so "
                                  f"the run is not committed: {long[:300]} | too big")
+
+
+def test_commit_run_commits_the_run_through_its_targets_bigquery_ledger():
+    """On a client answering as BigQuery would for a run alone: not committed, then
+    revision 3, the only holder."""
+    run = run_of("r-1")
+    client = Recording([], [], [{"revision": 3}], [{"run_id": "r-1"}])
+    assert restate.commit_run(client, TARGET, run, {"rows": 4}) == 3
+    commits = [params for sql, params in client.sent if "summary" in params]
+    assert [p["summary"] for p in commits] == [("STRING", '{"rows": 4}')]
+    assert {p["run_id"] for _, p in client.sent} == {("STRING", "r-1")}
+    assert client.deleted == ["proj-1.ds.usage_recomputed__staging_r_1"]
+
+
+READS = []  # (table, columns, max streams) of each read ReadPeriodEvents asked for
+
+
+class _EventsTable(beam.PTransform):
+    """ReadTableStreams on an in-memory `events` table: the row restriction is evaluated
+    by DuckDB, whose SQL reads BigQuery's `time >= TIMESTAMP '...'` alike."""
+
+    def __init__(self, target, table, columns, row_restriction, max_streams):
+        super().__init__()
+        import duckdb
+
+        READS.append((table.name, list(columns), max_streams))
+        con = duckdb.connect()
+        con.execute("SET TimeZone = 'UTC'")
+        con.execute("CREATE TABLE events (raw VARCHAR, message_id VARCHAR, "
+                    "ingest_time TIMESTAMPTZ, time TIMESTAMPTZ)")
+        con.executemany("INSERT INTO events VALUES (?, ?, ?, ?)", EVENTS_ROWS)
+        self._batch = con.sql(f"SELECT {', '.join(columns)} FROM events "
+                              f"WHERE {row_restriction} ORDER BY raw").to_arrow_table()
+
+    def expand(self, pbegin):
+        return pbegin | beam.Create(self._batch.to_batches())
+
+
+EVENTS_ROWS = [(raw, f"m-{raw}", "2026-11-05 00:00:00+00", time) for raw, time in (
+    ("before", "2026-10-31 23:59:59.999999+00"), ("first", "2026-11-01 00:00:00+00"),
+    ("last", "2026-11-01 23:59:59.999999+00"), ("end", "2026-11-02 00:00:00+00"))]
+
+
+def test_a_period_is_read_from_its_first_instant_to_before_its_end(monkeypatch):
+    monkeypatch.setattr(restate, "ReadTableStreams", _EventsTable)
+    READS.clear()
+    ingest = 1_793_836_800 * 10 ** 6  # 2026-11-05T00:00:00Z, in microseconds
+    with TestPipeline() as p:
+        payloads = (p | restate.ReadPeriodEvents(TARGET, START, START + 24 * HOUR, 3)
+                    | beam.FlatMap(lambda batch: batch))
+        assert_that(payloads, equal_to([
+            Payload(f"m-{raw}", (ingest, f"m-{raw}"), raw.encode(), ingest * 1000)
+            for raw in ("first", "last")]))
+    assert READS == [("events", ["raw", "message_id", "ingest_time"], 3)]
