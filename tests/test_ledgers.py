@@ -118,3 +118,16 @@ def test_a_ledger_sends_nothing_until_asked(ledger):
     client = Recording()
     ledger(client, TARGET, RECOMPUTE if ledger is restate.RecomputeLedger else RATING)
     assert client.sent == [] and client.deleted == []
+
+
+def test_a_rating_is_staged_in_tables_of_its_own_shaped_as_lines_and_invoices():
+    created = []
+
+    class Client:
+        create_table = created.append
+
+    rating.create_staging(Client(), TARGET, RATING)
+    assert [(f"{t.project}.{t.dataset_id}.{t.table_id}", [f.name for f in t.schema])
+            for t in created] == [
+        ("proj-1.ds.invoice_lines__staging_rate_1", INVOICE_LINES.column_names()),
+        ("proj-1.ds.invoices__staging_rate_1", INVOICES.column_names())]
