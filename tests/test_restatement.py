@@ -295,7 +295,7 @@ def test_commit_run_commits_the_run_through_its_targets_bigquery_ledger():
     assert client.deleted == ["proj-1.ds.usage_recomputed__staging_r_1"]
 
 
-READS = []  # (table, columns, max streams) of each read ReadPeriodEvents asked for
+READS = []  # (target, table, columns, max streams) of each read ReadPeriodEvents asked for
 
 
 class _EventsTable(beam.PTransform):
@@ -306,7 +306,7 @@ class _EventsTable(beam.PTransform):
         super().__init__()
         import duckdb
 
-        READS.append((table.name, list(columns), max_streams))
+        READS.append((target, table.name, list(columns), max_streams))
         con = duckdb.connect()
         con.execute("SET TimeZone = 'UTC'")
         con.execute("CREATE TABLE events (raw VARCHAR, message_id VARCHAR, "
@@ -334,4 +334,4 @@ def test_a_period_is_read_from_its_first_instant_to_before_its_end(monkeypatch):
         assert_that(payloads, equal_to([
             Payload(f"m-{raw}", (ingest, f"m-{raw}"), raw.encode(), ingest * 1000)
             for raw in ("first", "last")]))
-    assert READS == [("events", ["raw", "message_id", "ingest_time"], 3)]
+    assert READS == [(TARGET, "events", ["raw", "message_id", "ingest_time"], 3)]
