@@ -1,6 +1,7 @@
 """In-memory stand-ins for the BigQuery side of a commit (`restate.RecomputeLedger`,
 `rating.RatingLedger`), for testing what the commit loops decide without BigQuery, and
-a client that records what those ledgers send (`Recording`).
+a client that records what those ledgers send (`Recording`), also as the client of a
+commit step in a test pipeline (`RecordingTarget`).
 
 A `Period` holds what BigQuery would: the revision each run committed, the rows it
 committed, and which runs still have staging tables. Its ledgers act on it as the
@@ -12,6 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from google.api_core.exceptions import NotFound
+
+from tests.test_storage_write import FakeWriteClient
+from transforms.bigquery_target import BigQueryTarget
 
 
 @dataclass
@@ -138,3 +142,19 @@ class Recording:
 class Rows(list):
     def result(self):
         return self
+
+
+# A commit step runs in the test's process (DirectRunner): its clients are these.
+PIPELINE_CLIENT = Recording()
+PIPELINE_WRITES = FakeWriteClient()
+
+
+class RecordingTarget(BigQueryTarget):
+    """A target whose BigQuery client is PIPELINE_CLIENT and Storage Write client
+    PIPELINE_WRITES."""
+
+    def client(self):
+        return PIPELINE_CLIENT
+
+    def write_client(self):
+        return PIPELINE_WRITES

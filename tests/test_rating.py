@@ -20,6 +20,8 @@ from schemas.values import parse_rfc3339
 from transforms import rating
 from tests import ledgers
 from tests.ledgers import Period
+from transforms.bigquery import Written
+from transforms.bigquery_target import BigQueryTarget
 from transforms.rating import RatingRun
 
 NS, HOUR = 10 ** 9, 3600 * 10 ** 9
@@ -31,6 +33,7 @@ BOOK = parse_price_book({
         "prices": [{"id": "calls", "meter": "calls", "model": "per_unit",
                     "unit_amount": "0.125"}]}]}],
     "assignments": [{"subject": "acme", "plan": "p", "starting_at": "2026-01-01T00:00:00Z"}]})
+TARGET = BigQueryTarget("proj-1", "ds")
 COMMON = {"period_start": "2026-11-01T00:00:00Z", "period_end": "2026-12-01T00:00:00Z",
           "rated_at": "2026-12-02T00:00:00.000001Z"}
 
@@ -263,3 +266,26 @@ def test_the_commit_step_commits_staged_rows_and_a_rating_with_none_commits_noth
         (out,) = _Committing(period, run_of(1)).process(rows, {"lines": rows})
         assert out == {"lines": rows, "rows_written": rows, "committed": rows > 0}
         assert period.revisions == revisions and period.staging == {}
+
+
+def test_commit_rating_commits_through_the_bigquery_ledger_of_its_target():
+    """On a client answering as BigQuery would for a rating alone: the only holder."""
+    client = ledgers.Recording([], [{"run_id": "rate-1"}])
+    rating.commit_rating(client, TARGET, run_of(2))
+    assert [p["previous_revision"] for _, p in client.sent] == [("INT64", 1)] * 2
+    assert client.deleted == ["proj-1.ds.invoice_lines__staging_rate_1",
+                              "proj-1.ds.invoices__staging_rate_1"]
+
+
+@pytest.mark.parametrize("rows", [3, 0])
+def test_commit_rating_commits_after_the_staged_writes_and_nothing_without_rows(rows):
+    ledgers.PIPELINE_CLIENT.__init__([], [{"run_id": "rate-1"}])
+    with TestPipeline() as p:
+        summary = p | "Summary" >> beam.Create([{"lines": rows}])
+        out = (p | "Written" >> beam.Create([Written(rows)]), summary) | rating.CommitRating(
+            ledgers.RecordingTarget("proj-1", "ds"), run_of(1))
+        assert_that(out, equal_to([{"lines": rows, "rows_written": rows,
+                                    "committed": rows > 0}]))
+    assert len(ledgers.PIPELINE_CLIENT.sent) == (2 if rows else 0)  # commit, holders
+    assert ledgers.PIPELINE_CLIENT.deleted == ["proj-1.ds.invoice_lines__staging_rate_1",
+                                               "proj-1.ds.invoices__staging_rate_1"]

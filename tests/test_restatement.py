@@ -19,7 +19,6 @@ from transforms.bigquery import BigQueryTarget, Written
 from transforms.restate import ConcurrentCommit, RecomputeRun, commit_through, event_payloads
 from tests import ledgers
 from tests.ledgers import Period, Recording
-from tests.test_storage_write import FakeWriteClient
 
 NS, HOUR = 10 ** 9, 3600 * 10 ** 9
 TARGET = BigQueryTarget("proj-1", "ds")
@@ -202,7 +201,6 @@ def test_a_commit_that_does_not_land_is_an_error():
 
 
 PIPELINE_PERIOD = Period()  # the commit DoFn runs in this process (DirectRunner)
-PIPELINE_WRITES = FakeWriteClient()
 
 
 class _FakeCommit(restate._Commit):
@@ -210,28 +208,20 @@ class _FakeCommit(restate._Commit):
         return ledgers.RecomputeLedger(PIPELINE_PERIOD, self._run.run_id)
 
 
-class _Target(BigQueryTarget):
-    def write_client(self):
-        return PIPELINE_WRITES
-
-    def client(self):
-        return PIPELINE_CLIENT
-
-
-PIPELINE_CLIENT = Recording()
 
 
 @pytest.fixture
 def pipeline_period():
-    """PIPELINE_PERIOD and PIPELINE_WRITES emptied: nothing an earlier test (or process
+    """PIPELINE_PERIOD and the pipeline's clients emptied: nothing an earlier test (or process
     it was forked from, as mutation testing does) committed is seen."""
     PIPELINE_PERIOD.__init__()
-    PIPELINE_WRITES.__init__()
+    ledgers.PIPELINE_WRITES.__init__()
+    ledgers.PIPELINE_CLIENT.__init__()
     return PIPELINE_PERIOD
 
 
 def run_commit(written: list[Written], run: RecomputeRun, commit=_FakeCommit):
-    target = _Target("proj-1", "ds")
+    target = ledgers.RecordingTarget("proj-1", "ds")
     with TestPipeline() as p:
         summary = p | "Summary" >> beam.Create([{"lines": 9}])
         out = (p | "Written" >> beam.Create(written), summary) | restate.CommitAfterWrites(
@@ -249,22 +239,22 @@ def test_commit_run_commits_once_after_every_staging_write(pipeline_period):
     run_commit([Written(2, streams=STREAMS[:1]), Written(3, streams=STREAMS[1:])], run)
     assert pipeline_period.revisions == {"rpipe1": 1}
     assert pipeline_period.summaries == {"rpipe1": {"lines": 9, "rows_staged": 5}}
-    assert set(PIPELINE_WRITES.committed) == set(STREAMS)  # the staged rows made visible
+    assert set(ledgers.PIPELINE_WRITES.committed) == set(STREAMS)  # the staged rows made visible
 
 
 def test_commit_run_commits_through_the_bigquery_ledger_of_its_target(pipeline_period):
     """CommitRun as the recompute builds it, on a client answering as BigQuery would for
     a run alone: not committed, committed as revision 1, the only holder."""
     run = run_of("rpipe3")
-    PIPELINE_CLIENT.__init__([], [], [{"revision": 1}], [{"run_id": run.run_id}])
+    ledgers.PIPELINE_CLIENT.__init__([], [], [{"revision": 1}], [{"run_id": run.run_id}])
     with TestPipeline() as p:
         summary = p | "Summary" >> beam.Create([{"lines": 9}])
         out = (p | "Written" >> beam.Create([Written(5, streams=STREAMS)]), summary) | \
-            restate.CommitRun(_Target("proj-1", "ds"), run)
+            restate.CommitRun(ledgers.RecordingTarget("proj-1", "ds"), run)
         assert_that(out, equal_to([{"lines": 9, "rows_staged": 5, "run_id": run.run_id,
                                     "revision": 1}]))
-    assert set(PIPELINE_WRITES.committed) == set(STREAMS)
-    assert PIPELINE_CLIENT.deleted == ["proj-1.ds.usage_recomputed__staging_rpipe3"]
+    assert set(ledgers.PIPELINE_WRITES.committed) == set(STREAMS)
+    assert ledgers.PIPELINE_CLIENT.deleted == ["proj-1.ds.usage_recomputed__staging_rpipe3"]
 
 
 def test_commit_run_commits_nothing_when_a_row_was_given_up(pipeline_period):
