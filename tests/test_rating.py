@@ -216,6 +216,16 @@ def test_a_rating_against_a_revision_no_longer_the_latest_is_stale_and_leaves_no
     assert period.withdrawn == ["rate-1"]  # its own rows, none of another run's
 
 
+def test_a_rating_against_a_revision_nobody_committed_is_stale():
+    """It read revision 1, which no run holds: its commit inserted nothing, so no run
+    holds its revision 2 either, and it is not final."""
+    period = Period()
+    with pytest.raises(rating.StaleRating, match="^revision 0 of the period was committed "
+                                                 "while rate-1 ran against revision 1"):
+        rating.commit_rating_through(rating_ledger(period, "rate-1", 2), named("rate-1", 2))
+    assert period.revisions == {} and period.withdrawn == ["rate-1"] and period.staging == {}
+
+
 @pytest.mark.parametrize("rival_final", [False, True])
 def test_of_two_ratings_holding_one_revision_one_gives_way(no_waiting, rival_final):
     """Both committed revision 1 in the same snapshot: the run gives way to a rival that
