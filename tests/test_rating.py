@@ -158,6 +158,9 @@ def test_charge_lines_read_back_as_they_were_written():
                 D("7"), 5, D("0.875"), D("0.88"), "EUR")
     _, row = rating.line_row(line, run_of(1), "charge")
     assert rating.line_from_row(row) == line
+    minimum = replace(line, price_id=None, meter=None, model=None, kind="minimum",
+                      quantity=None, event_count=None, unrounded=D("9.5"), amount=D("9.50"))
+    assert rating.line_from_row(rating.line_row(minimum, run_of(1), "charge")[1]) == minimum
     subject, window = rating.usage_window(usage_row(0, "3", None) | {"dimensions": '{"a": "b"}'})
     assert (subject, window.dimensions, window.event_count) == ("acme", {"a": "b"}, 0)
 
