@@ -293,12 +293,16 @@ def test_commit_rating_commits_through_the_bigquery_ledger_of_its_target():
 @pytest.mark.parametrize("rows", [3, 0])
 def test_commit_rating_commits_after_the_staged_writes_and_nothing_without_rows(rows):
     ledgers.PIPELINE_CLIENT.__init__([], [{"run_id": "rate-1"}])
+    ledgers.PIPELINE_WRITES.__init__()
+    streams = ("projects/p/datasets/d/tables/t/streams/a",) if rows else ()
     with TestPipeline() as p:
         summary = p | "Summary" >> beam.Create([{"lines": rows}])
-        out = (p | "Written" >> beam.Create([Written(rows)]), summary) | rating.CommitRating(
-            ledgers.RecordingTarget("proj-1", "ds"), run_of(1))
+        written = p | "Written" >> beam.Create([Written(rows, streams=streams)])
+        out = (written, summary) | rating.CommitRating(ledgers.RecordingTarget("proj-1", "ds"),
+                                                       run_of(1))
         assert_that(out, equal_to([{"lines": rows, "rows_written": rows,
                                     "committed": rows > 0}]))
     assert len(ledgers.PIPELINE_CLIENT.sent) == (2 if rows else 0)  # commit, holders
+    assert list(ledgers.PIPELINE_WRITES.committed) == list(streams)  # made visible first
     assert ledgers.PIPELINE_CLIENT.deleted == ["proj-1.ds.invoice_lines__staging_rate_1",
                                                "proj-1.ds.invoices__staging_rate_1"]
