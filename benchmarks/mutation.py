@@ -40,7 +40,8 @@ FASTPATH_AGREES = "tests/test_fastpath.py::test_agrees_on_the_messy_file"
 FAST_TESTS = {
     "schemas/values.py": ["tests/test_values.py", "tests/test_values_edges.py",
                           "tests/test_events.py", FASTPATH_AGREES],
-    "schemas/events.py": ["tests/test_events.py", "tests/test_rejections.py", FASTPATH_AGREES],
+    "schemas/events.py": ["tests/test_events.py", "tests/test_rejections.py",
+                          "tests/test_cloudevents.py", FASTPATH_AGREES],
     "schemas/aggregation.py": ["tests/test_aggregation.py", "tests/test_property.py"],
     "schemas/metering.py": ["tests/test_metering.py", "tests/test_transforms.py",
                             "tests/test_upgrade.py"],
