@@ -40,7 +40,8 @@ FASTPATH_AGREES = "tests/test_fastpath.py::test_agrees_on_the_messy_file"
 FAST_TESTS = {
     "schemas/values.py": ["tests/test_values.py", "tests/test_values_edges.py",
                           "tests/test_events.py", FASTPATH_AGREES],
-    "schemas/events.py": ["tests/test_events.py", "tests/test_rejections.py", FASTPATH_AGREES],
+    "schemas/events.py": ["tests/test_events.py", "tests/test_rejections.py",
+                          "tests/test_cloudevents.py", FASTPATH_AGREES],
     "schemas/aggregation.py": ["tests/test_aggregation.py", "tests/test_property.py"],
     "schemas/metering.py": ["tests/test_metering.py", "tests/test_transforms.py",
                             "tests/test_upgrade.py"],
@@ -50,10 +51,13 @@ FAST_TESTS = {
         "tests/test_batch_steps.py",
         "tests/test_transforms.py::test_compute_usage_keeps_the_first_copy_and_counts_conflicts"],
     "schemas/pricing.py": ["tests/test_pricing.py", "tests/test_pricing_rules.py"],
-    # the commit against a fake BigQuery; tests/e2e/test_restate.py runs it on the emulator
-    "transforms/restate.py": ["tests/test_restatement.py", "tests/test_bigquery_writes.py"],
+    # the commits' decisions against in-memory ledgers and their statements against a
+    # recording client; tests/e2e/test_restate.py and test_guards.py run them on the emulator
+    "transforms/restate.py": ["tests/test_restatement.py", "tests/test_bigquery_writes.py",
+                              "tests/test_ledgers.py", "tests/test_commits.py",
+                              "tests/test_storage_write.py"],
     "transforms/rating.py": ["tests/test_pricing.py::test_rate_subjects_transform",
-                             "tests/test_rating.py"],
+                             "tests/test_rating.py", "tests/test_ledgers.py"],
 }
 
 KILLED = {"killed", "timeout", "caught by type check"}

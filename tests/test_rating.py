@@ -1,12 +1,16 @@
 """The rating without BigQuery: a customer's charge lines, adjustments and invoices as
 `_RateSubject` yields them, the `rate --diff` record, the run's summed counts and
-summary, and the commit step and its stale-revision guard against a fake client (on
-the emulator: tests/e2e/test_guards.py). Amounts worked out by hand."""
+summary, and what the commit decides (`commit_rating_through`: the stale-revision guard,
+two ratings holding one revision, a rating with nothing to bill) against an in-memory
+ledger (tests/ledgers.py; the statements on the emulator: tests/e2e/test_guards.py).
+Amounts worked out by hand."""
 import json
+import random
 from dataclasses import replace
 from decimal import Decimal as D
 
 import apache_beam as beam
+import pytest
 from apache_beam import pvalue
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
@@ -14,6 +18,10 @@ from apache_beam.testing.util import assert_that, equal_to
 from schemas.pricing import Line, parse_price_book
 from schemas.values import parse_rfc3339
 from transforms import rating
+from tests import ledgers
+from tests.ledgers import Period
+from transforms.bigquery import Written
+from transforms.bigquery_target import BigQueryTarget
 from transforms.rating import RatingRun
 
 NS, HOUR = 10 ** 9, 3600 * 10 ** 9
@@ -25,6 +33,7 @@ BOOK = parse_price_book({
         "prices": [{"id": "calls", "meter": "calls", "model": "per_unit",
                     "unit_amount": "0.125"}]}]}],
     "assignments": [{"subject": "acme", "plan": "p", "starting_at": "2026-01-01T00:00:00Z"}]})
+TARGET = BigQueryTarget("proj-1", "ds")
 COMMON = {"period_start": "2026-11-01T00:00:00Z", "period_end": "2026-12-01T00:00:00Z",
           "rated_at": "2026-12-02T00:00:00.000001Z"}
 
@@ -149,6 +158,9 @@ def test_charge_lines_read_back_as_they_were_written():
                 D("7"), 5, D("0.875"), D("0.88"), "EUR")
     _, row = rating.line_row(line, run_of(1), "charge")
     assert rating.line_from_row(row) == line
+    minimum = replace(line, price_id=None, meter=None, model=None, kind="minimum",
+                      quantity=None, event_count=None, unrounded=D("9.5"), amount=D("9.50"))
+    assert rating.line_from_row(rating.line_row(minimum, run_of(1), "charge")[1]) == minimum
     subject, window = rating.usage_window(usage_row(0, "3", None) | {"dimensions": '{"a": "b"}'})
     assert (subject, window.dimensions, window.event_count) == ("acme", {"a": "b"}, 0)
 
@@ -161,3 +173,136 @@ def test_a_diff_record_is_sorted_json_that_keeps_non_ascii_text():
                       '{"city": "z\u00fcrich"}, "kind": "usage", "line_type": "debit", '
                       '"new_amount": "0.25", "old_amount": null, "plan": "p", '
                       '"plan_version": 1, "price_id": "calls", "subject": "acme"}')
+
+
+# ---------------------------------------------------------------- the commit's decisions
+
+
+@pytest.fixture
+def no_waiting(monkeypatch):
+    """The waits asked for (seconds, jittered), none of them slept."""
+    waits = []
+    monkeypatch.setattr(rating.random, "uniform", random.Random(7).uniform)
+    monkeypatch.setattr(rating.time, "sleep", waits.append)
+    return waits
+
+
+def rating_ledger(period: Period, run_id: str, revision: int = 1) -> ledgers.RatingLedger:
+    period.staging[run_id] = [f"{run_id}-line"]
+    return ledgers.RatingLedger(period, run_id, revision)
+
+
+def named(run_id: str, revision: int = 1) -> RatingRun:
+    return replace(run_of(revision), run_id=run_id)
+
+
+def test_a_rating_alone_commits_and_drops_its_staging(no_waiting):
+    period = Period()
+    period.committed("rate-0", 1)
+    ledger = rating_ledger(period, "rate-1", revision=2)
+    rating.commit_rating_through(ledger, named("rate-1", 2))
+    assert period.revisions == {"rate-0": 1, "rate-1": 2} and period.staging == {}
+    assert period.rows["rate-1"] == ["rate-1-line"] and period.withdrawn == []
+    rating.commit_rating_through(ledger, named("rate-1", 2))  # a retried commit: the same
+    assert period.revisions == {"rate-0": 1, "rate-1": 2} and no_waiting == []
+
+
+def test_a_rating_against_a_revision_no_longer_the_latest_is_stale_and_leaves_nothing():
+    period = Period()
+    period.committed("rate-x", 1)
+    period.committed("rate-y", 2)
+    with pytest.raises(rating.StaleRating, match="^revision 2 of the period was committed "
+                                                 "while rate-1 ran against revision 0: rate "
+                                                 "again$"):
+        rating.commit_rating_through(rating_ledger(period, "rate-1"), named("rate-1"))
+    assert period.revisions == {"rate-x": 1, "rate-y": 2} and period.staging == {}
+    assert period.withdrawn == ["rate-1"]  # its own rows, none of another run's
+
+
+def test_a_rating_against_a_revision_nobody_committed_is_stale():
+    """It read revision 1, which no run holds: its commit inserted nothing, so no run
+    holds its revision 2 either, and it is not final."""
+    period = Period()
+    with pytest.raises(rating.StaleRating, match="^revision 0 of the period was committed "
+                                                 "while rate-1 ran against revision 1"):
+        rating.commit_rating_through(rating_ledger(period, "rate-1", 2), named("rate-1", 2))
+    assert period.revisions == {} and period.withdrawn == ["rate-1"] and period.staging == {}
+
+
+@pytest.mark.parametrize("rival_final", [False, True])
+def test_of_two_ratings_holding_one_revision_one_gives_way(no_waiting, rival_final):
+    """Both committed revision 1 in the same snapshot: the run gives way to a rival that
+    is final even when it is first by run id, or to one first by run id."""
+    mine, rival = ("rate-a", "rate-b") if rival_final else ("rate-b", "rate-a")
+    period = Period()
+    period.committed(rival, 1, staged=not rival_final)
+    period.unseen = {rival}
+    with pytest.raises(rating.StaleRating, match="revision 1 of the period"):
+        rating.commit_rating_through(rating_ledger(period, mine), named(mine))
+    assert period.revisions == {rival: 1} and period.withdrawn == [mine]
+    assert mine not in period.staging and no_waiting == []
+
+
+def test_the_first_rating_by_run_id_waits_for_a_rival_to_take_itself_back(no_waiting):
+    period = Period()
+    period.committed("rate-b", 1, staged=True)
+    period.unseen = {"rate-b"}
+    period.gives_way("rate-b", on_look=3)
+    rating.commit_rating_through(rating_ledger(period, "rate-a"), named("rate-a"))
+    assert period.revisions == {"rate-a": 1} and period.withdrawn == ["rate-b"]
+    assert "rate-a" not in period.staging and len(no_waiting) == 2
+
+
+def test_the_first_rating_gives_up_stale_when_its_rival_never_takes_itself_back(no_waiting):
+    period = Period()
+    period.committed("rate-b", 1, staged=True)
+    period.unseen = {"rate-b"}
+    with pytest.raises(rating.StaleRating, match="rate again"):
+        rating.commit_rating_through(rating_ledger(period, "rate-a"), named("rate-a"))
+    assert len(no_waiting) == rating.COMMIT_ATTEMPTS and period.withdrawn == ["rate-a"]
+    assert all(0.2 <= w <= 0.5 for w in no_waiting) and len(set(no_waiting)) == len(no_waiting)
+    assert period.revisions == {"rate-b": 1} and "rate-a" not in period.staging
+
+
+class _Committing(rating._Commit):
+    def __init__(self, period: Period, run: RatingRun):
+        super().__init__(None, run)
+        self._period = period
+
+    def ledger(self):
+        return ledgers.RatingLedger(self._period, self._run.run_id, self._run.revision)
+
+
+def test_the_commit_step_commits_staged_rows_and_a_rating_with_none_commits_nothing():
+    for rows, revisions in ((3, {"rate-1": 1}), (0, {})):
+        period = Period(staging={"rate-1": ["line"]})
+        (out,) = _Committing(period, run_of(1)).process(rows, {"lines": rows})
+        assert out == {"lines": rows, "rows_written": rows, "committed": rows > 0}
+        assert period.revisions == revisions and period.staging == {}
+
+
+def test_commit_rating_commits_through_the_bigquery_ledger_of_its_target():
+    """On a client answering as BigQuery would for a rating alone: the only holder."""
+    client = ledgers.Recording([], [{"run_id": "rate-1"}])
+    rating.commit_rating(client, TARGET, run_of(2))
+    assert [p["previous_revision"] for _, p in client.sent] == [("INT64", 1)] * 2
+    assert client.deleted == ["proj-1.ds.invoice_lines__staging_rate_1",
+                              "proj-1.ds.invoices__staging_rate_1"]
+
+
+@pytest.mark.parametrize("rows", [3, 0])
+def test_commit_rating_commits_after_the_staged_writes_and_nothing_without_rows(rows):
+    ledgers.PIPELINE_CLIENT.__init__([], [{"run_id": "rate-1"}])
+    ledgers.PIPELINE_WRITES.__init__()
+    streams = ("projects/p/datasets/d/tables/t/streams/a",) if rows else ()
+    with TestPipeline() as p:
+        summary = p | "Summary" >> beam.Create([{"lines": rows}])
+        written = p | "Written" >> beam.Create([Written(rows, streams=streams)])
+        out = (written, summary) | rating.CommitRating(ledgers.RecordingTarget("proj-1", "ds"),
+                                                       run_of(1))
+        assert_that(out, equal_to([{"lines": rows, "rows_written": rows,
+                                    "committed": rows > 0}]))
+    assert len(ledgers.PIPELINE_CLIENT.sent) == (2 if rows else 0)  # commit, holders
+    assert list(ledgers.PIPELINE_WRITES.committed) == list(streams)  # made visible first
+    assert ledgers.PIPELINE_CLIENT.deleted == ["proj-1.ds.invoice_lines__staging_rate_1",
+                                               "proj-1.ds.invoices__staging_rate_1"]

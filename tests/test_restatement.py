@@ -1,25 +1,24 @@
 """Restating a period without the emulator: the staging rows a run writes, the payloads
-read back from `events`, the commit's parameters, and `commit_run`'s serialising of
-concurrent commits against a fake BigQuery that keeps `recompute_runs`, the committed
-rows and the staging tables as BigQuery would (the local-stack version of these is
-tests/e2e/test_restate.py)."""
-import datetime as dt
-import json
-import re
+read back from `events`, the commit's parameters, and what `commit_through` decides
+(a retried commit, a rival that is final, the first holder waiting, giving up) against
+an in-memory ledger (tests/ledgers.py); the commit's statements themselves run on the
+emulator (tests/e2e/test_restate.py)."""
+
+import random
 
 import apache_beam as beam
 import pyarrow as pa
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
-from google.api_core.exceptions import NotFound
 
 from schemas.events import Payload
 from schemas.tables import USAGE_RECOMPUTED
 from transforms import restate
 from transforms.bigquery import BigQueryTarget, Written
-from transforms.restate import (ConcurrentCommit, CommitRun, RecomputeRun, commit_run,
-                                event_payloads)
+from transforms.restate import ConcurrentCommit, RecomputeRun, commit_through, event_payloads
+from tests import ledgers
+from tests.ledgers import Period, Recording
 
 NS, HOUR = 10 ** 9, 3600 * 10 ** 9
 TARGET = BigQueryTarget("proj-1", "ds")
@@ -78,168 +77,103 @@ def test_the_commit_parameters_name_the_run(monkeypatch):
     assert type(params["window_seconds"][1]) is int  # an INT64 parameter, not 3600.0
 
 
-class FakeBigQuery:
-    """`recompute_runs`, the committed usage rows and the staging tables of one dataset.
-
-    Statements are told apart by their first words; parameters are the query's
-    (TIMESTAMPs parsed by the client).
-    `stale_reads` commits compute their next revision without the runs listed (both
-    read the same snapshot, as concurrent BigQuery transactions do); `on_holders` is
-    called before each answer to the same-revision query (a rival acting meanwhile).
-    """
-
-    def __init__(self):
-        self.runs: list[dict] = []
-        self.usage: list[dict] = []
-        self.staging: dict[str, list[dict]] = {}
-        self.stale_reads: set[str] = set()
-        self.on_holders = lambda: None
-        self.statements: list[tuple[str, dict]] = []
-        self.schemas: list = []  # of the tables created
-
-    def stage(self, run: RecomputeRun, rows: list[dict]) -> None:
-        self.staging[TARGET.table_id(run.staging_table)] = rows
-
-    def create_table(self, table):
-        self.staging[f"{table.project}.{table.dataset_id}.{table.table_id}"] = []
-        self.schemas.append(table.schema)
-
-    def get_table(self, table_id):
-        if table_id not in self.staging:
-            raise NotFound(table_id)
-
-    def delete_table(self, table_id, not_found_ok=False):
-        assert not_found_ok
-        self.staging.pop(table_id, None)
-
-    def query(self, sql, job_config):
-        params = {p.name: p.value for p in job_config.query_parameters}
-        statement = " ".join(sql.split()[:4])
-        self.statements.append((statement, params))
-        run_id = params["run_id"]
-        mine = [r for r in self.runs if r["run_id"] == run_id]
-        if statement.startswith("SELECT revision, summary FROM"):
-            return Result([{"revision": r["revision"], "summary": r.get("summary")}
-                           for r in mine])
-        if statement.startswith("SELECT o.run_id FROM"):
-            self.on_holders()
-            mine = [r for r in self.runs if r["run_id"] == run_id]
-            return Result([{"run_id": r["run_id"]} for r in self.runs if mine and
-                           (r["revision"], r["period_start"], r["period_end"]) ==
-                           (mine[0]["revision"], mine[0]["period_start"], mine[0]["period_end"])])
-        if statement == "BEGIN TRANSACTION; INSERT INTO":
-            if not mine:
-                seen = [r["revision"] for r in self.runs if r["run_id"] not in self.stale_reads
-                        and (r["period_start"], r["period_end"]) ==
-                        (params["period_start"], params["period_end"])]
-                revision = max(seen, default=0) + 1
-                staged = self.staging[re.search(r"FROM `([^`]+)` s\b", sql).group(1)]
-                self.usage += [{**r, "revision": revision, "run_id": run_id} for r in staged]
-                self.runs.append({**params, "revision": revision})
-            return Result([])
-        if statement == "BEGIN TRANSACTION; DELETE FROM":
-            self.runs = [r for r in self.runs if r["run_id"] != run_id]
-            self.usage = [r for r in self.usage if r["run_id"] != run_id]
-            return Result([])
-        raise AssertionError(f"unexpected statement: {sql}")
-
-    def withdrawn(self) -> list[str]:
-        return [p["run_id"] for s, p in self.statements if s == "BEGIN TRANSACTION; DELETE FROM"]
-
-
-class Result(list):
-    def result(self):
-        return self
-
-
 @pytest.fixture(autouse=True)
 def no_waiting(monkeypatch):
     monkeypatch.setattr(restate.random, "uniform", lambda low, high: 0)
 
 
-def committed_run(fake: FakeBigQuery, run: RecomputeRun, revision: int) -> None:
-    day = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)  # as the client parses it
-    fake.runs.append({"run_id": run.run_id, "revision": revision, "period_start": day,
-                      "period_end": day + dt.timedelta(days=1)})
+def ledger_of(period: Period, run_id: str, staged=("row",)) -> ledgers.RecomputeLedger:
+    period.staging[run_id] = list(staged)
+    return ledgers.RecomputeLedger(period, run_id)
 
 
 def test_a_run_alone_commits_the_next_revision_once_and_drops_its_staging():
-    fake = FakeBigQuery()
-    committed_run(fake, run_of("older"), 1)
-    run = run_of("r-new")
-    fake.stage(run, [USAGE])
-    assert commit_run(fake, TARGET, run, {"rows": 1}) == 2
-    assert fake.staging == {}
-    (row,) = [r for r in fake.runs if r["run_id"] == "r-new"]
-    assert json.loads(row["summary"]) == {"rows": 1} and row["window_seconds"] == 3600
-    assert fake.usage == [{**USAGE, "revision": 2, "run_id": "r-new"}]
-    assert commit_run(fake, TARGET, run, {"rows": 1}) == 2  # a retried commit changes nothing
-    assert len(fake.usage) == 1 and len(fake.runs) == 2 and fake.withdrawn() == []
+    period = Period()
+    period.committed("older", 1)
+    ledger = ledger_of(period, "r-new", ["row-1", "row-2"])
+    assert commit_through(ledger, "r-new", {"rows": 2}) == 2
+    assert period.staging == {} and period.rows["r-new"] == ["row-1", "row-2"]
+    assert period.summaries == {"r-new": {"rows": 2}}
+    assert commit_through(ledger, "r-new", {"rows": 2}) == 2  # a retried commit changes nothing
+    assert period.revisions == {"older": 1, "r-new": 2} and period.withdrawn == []
 
 
 def test_a_run_sharing_its_revision_with_a_final_run_takes_itself_back_and_commits_next():
-    fake = FakeBigQuery()
-    final, run = run_of("r-a"), run_of("r-b")
-    committed_run(fake, final, 1)
-    fake.stale_reads = {"r-a"}  # r-b's first commit did not see r-a's
-    fake.stage(run, [USAGE])
+    period = Period()
+    period.committed("r-a", 1)  # final: no staging table left
+    period.unseen = {"r-a"}  # r-b's first commit did not see r-a's
 
     def rival_seen():  # from r-b's second commit on, r-a is visible
-        fake.stale_reads = set()
-    fake.on_holders = rival_seen
-    assert commit_run(fake, TARGET, run, {}) == 2
-    assert fake.withdrawn() == ["r-b"]
-    assert sorted((r["run_id"], r["revision"]) for r in fake.runs) == [("r-a", 1), ("r-b", 2)]
-    assert [r["revision"] for r in fake.usage] == [2]
+        period.unseen = set()
+    period.on_holders = rival_seen
+    assert commit_through(ledger_of(period, "r-b"), "r-b", {}) == 2
+    assert period.withdrawn == ["r-b"]
+    assert period.revisions == {"r-a": 1, "r-b": 2} and "r-b" not in period.staging
+
+
+def test_the_first_holder_by_run_id_takes_itself_back_when_a_later_one_is_final():
+    period = Period()
+    period.committed("r-b", 1)
+    period.unseen = {"r-b"}
+    period.on_holders = lambda: period.unseen.clear()
+    assert commit_through(ledger_of(period, "r-a"), "r-a", {}) == 2
+    assert period.withdrawn == ["r-a"] and period.revisions == {"r-b": 1, "r-a": 2}
 
 
 def test_a_final_run_keeps_its_revision_while_a_rival_takes_itself_back():
-    fake = FakeBigQuery()
-    final, rival = run_of("r-b"), run_of("r-a")
-    committed_run(fake, final, 1)
-    committed_run(fake, rival, 1)
-    fake.stage(rival, [USAGE])  # the rival is not final yet; r-b's staging is dropped
-    assert commit_run(fake, TARGET, final, {}) == 1
-    assert fake.withdrawn() == [] and TARGET.table_id(rival.staging_table) in fake.staging
+    period = Period()
+    period.committed("r-b", 1)  # final: its staging table is gone
+    period.committed("r-a", 1, staged=True)  # the rival is not final yet
+    assert commit_through(ledgers.RecomputeLedger(period, "r-b"), "r-b", {}) == 1
+    assert period.withdrawn == [] and "r-a" in period.staging
 
 
 def test_the_first_holder_by_run_id_waits_for_the_others_to_take_themselves_back():
-    fake = FakeBigQuery()
-    first, second = run_of("r-a"), run_of("r-b")
-    committed_run(fake, first, 1)
-    committed_run(fake, second, 1)
-    fake.stage(first, [USAGE])
-    fake.stage(second, [USAGE])
-    asked = []
-
-    def second_withdraws_on_the_second_look():
-        asked.append(1)
-        if len(asked) == 2:
-            fake.runs = [r for r in fake.runs if r["run_id"] != "r-b"]
-    fake.on_holders = second_withdraws_on_the_second_look
-    assert commit_run(fake, TARGET, first, {}) == 1
-    assert len(asked) == 2 and fake.withdrawn() == []  # it never takes back another run
-    assert TARGET.table_id(first.staging_table) not in fake.staging
+    period = Period()
+    period.committed("r-a", 1, staged=True)
+    period.committed("r-b", 1, staged=True)
+    asked = period.gives_way("r-b", on_look=2)
+    assert commit_through(ledgers.RecomputeLedger(period, "r-a"), "r-a", {}) == 1
+    assert len(asked) == 2 and period.withdrawn == ["r-b"]  # r-b took itself back, r-a none
+    assert "r-a" not in period.staging
 
 
 def test_a_run_that_keeps_sharing_its_revision_gives_up_taken_back():
-    fake = FakeBigQuery()
-    first, run = run_of("r-a"), run_of("r-b")
-    committed_run(fake, first, 1)
-    fake.stage(first, [USAGE])  # r-a never becomes final, and r-b never sees it
-    fake.stale_reads = {"r-a"}
-    fake.stage(run, [USAGE])
+    period = Period()
+    period.committed("r-a", 1, staged=True)  # r-a never becomes final, and r-b never sees it
+    period.unseen = {"r-a"}
     with pytest.raises(ConcurrentCommit, match=r"run r-b: .*\(40 attempts\); run again"):
-        commit_run(fake, TARGET, run, {})
-    assert fake.withdrawn() == ["r-b"] * (restate.COMMIT_ATTEMPTS + 1)
-    assert [r["run_id"] for r in fake.runs] == ["r-a"] and fake.usage == []
+        commit_through(ledger_of(period, "r-b"), "r-b", {})
+    assert period.withdrawn == ["r-b"] * (restate.COMMIT_ATTEMPTS + 1)
+    assert period.revisions == {"r-a": 1} and "r-b" in period.staging
+
+
+def test_a_run_waits_a_fifth_to_half_a_second_between_attempts(monkeypatch):
+    """Jittered, so that rivals retrying together drift apart; bounded, so 40 attempts
+    take at most 20 s."""
+    waits = []
+    monkeypatch.setattr(restate.random, "uniform", random.Random(7).uniform)
+    monkeypatch.setattr(restate.time, "sleep", waits.append)
+    period = Period()
+    period.committed("r-a", 1, staged=True)
+    period.unseen = {"r-a"}
+    with pytest.raises(ConcurrentCommit):
+        commit_through(ledger_of(period, "r-b"), "r-b", {})
+    assert len(waits) == restate.COMMIT_ATTEMPTS and all(0.2 <= w <= 0.5 for w in waits)
+    assert len(set(waits)) == len(waits)
 
 
 def test_a_run_is_staged_in_a_table_of_its_own_shaped_as_usage_recomputed():
-    fake = FakeBigQuery()
-    restate.create_staging(fake, TARGET, run_of("r-1"))
-    assert list(fake.staging) == ["proj-1.ds.usage_recomputed__staging_r_1"]
-    assert [f.name for f in fake.schemas[0]] == USAGE_RECOMPUTED.column_names()
+    created = []
+
+    class Client:
+        create_table = created.append
+
+    restate.create_staging(Client(), TARGET, run_of("r-1"))
+    (table,) = created
+    assert f"{table.project}.{table.dataset_id}.{table.table_id}" == \
+        "proj-1.ds.usage_recomputed__staging_r_1"
+    assert [f.name for f in table.schema] == USAGE_RECOMPUTED.column_names()
 
 
 def test_the_pause_before_commit_is_read_from_the_environment(monkeypatch):
@@ -251,63 +185,84 @@ def test_the_pause_before_commit_is_read_from_the_environment(monkeypatch):
             monkeypatch.delenv(restate.PAUSE_BEFORE_COMMIT_ENV, raising=False)
         else:
             monkeypatch.setenv(restate.PAUSE_BEFORE_COMMIT_ENV, setting)
-        fake, run = FakeBigQuery(), run_of("r-1")
-        fake.stage(run, [USAGE])
         slept.clear()
-        assert commit_run(fake, TARGET, run, {}) == 1 and slept == pauses
+        assert commit_through(ledger_of(Period(), "r-1"), "r-1", {}) == 1 and slept == pauses
 
 
 def test_a_commit_that_does_not_land_is_an_error():
-    class Lost(FakeBigQuery):
-        def query(self, sql, job_config):
-            return Result([]) if "INSERT" in sql else super().query(sql, job_config)
+    class Lost(ledgers.RecomputeLedger):
+        def commit(self, summary):
+            pass
 
-    fake = Lost()
-    run = run_of("r-1")
-    fake.stage(run, [USAGE])
+    period = Period()
+    period.staging["r-1"] = ["row"]
     with pytest.raises(RuntimeError, match="the commit of run r-1 did not land"):
-        commit_run(fake, TARGET, run, {})
+        commit_through(Lost(period, "r-1"), "r-1", {})
 
 
-class FakeTarget(BigQueryTarget):
-    def client(self):
-        return PIPELINE_FAKE
+PIPELINE_PERIOD = Period()  # the commit DoFn runs in this process (DirectRunner)
 
 
-PIPELINE_FAKE = FakeBigQuery()  # the commit DoFn runs in this process (DirectRunner)
+class _FakeCommit(restate._Commit):
+    def ledger(self):
+        return ledgers.RecomputeLedger(PIPELINE_PERIOD, self._run.run_id)
+
+
 
 
 @pytest.fixture
-def pipeline_fake():
-    """PIPELINE_FAKE emptied: nothing an earlier test (or process it was forked from,
-    as mutation testing does) committed is seen."""
-    PIPELINE_FAKE.__init__()
-    return PIPELINE_FAKE
+def pipeline_period():
+    """PIPELINE_PERIOD and the pipeline's clients emptied: nothing an earlier test (or process
+    it was forked from, as mutation testing does) committed is seen."""
+    PIPELINE_PERIOD.__init__()
+    ledgers.PIPELINE_WRITES.__init__()
+    ledgers.PIPELINE_CLIENT.__init__()
+    return PIPELINE_PERIOD
 
 
-def run_commit(written: list[Written], run: RecomputeRun):
+def run_commit(written: list[Written], run: RecomputeRun, commit=_FakeCommit):
+    target = ledgers.RecordingTarget("proj-1", "ds")
     with TestPipeline() as p:
         summary = p | "Summary" >> beam.Create([{"lines": 9}])
-        out = (p | "Written" >> beam.Create(written), summary) | CommitRun(
-            FakeTarget("proj-1", "ds"), run)
+        out = (p | "Written" >> beam.Create(written), summary) | restate.CommitAfterWrites(
+            commit(target, run), target)
         assert_that(out, equal_to([{"lines": 9, "rows_staged": 5, "run_id": run.run_id,
                                     "revision": 1}]))
 
 
-def test_commit_run_commits_once_after_every_staging_write(pipeline_fake):
+STREAMS = ("projects/p/datasets/d/tables/t/streams/a", "projects/p/datasets/d/tables/t/streams/b")
+
+
+def test_commit_run_commits_once_after_every_staging_write(pipeline_period):
     run = run_of("rpipe1")
-    pipeline_fake.stage(run, [USAGE])
-    run_commit([Written(2), Written(3)], run)
-    (row,) = pipeline_fake.runs
-    assert json.loads(row["summary"]) == {"lines": 9, "rows_staged": 5}
+    pipeline_period.staging[run.run_id] = ["row"]
+    run_commit([Written(2, streams=STREAMS[:1]), Written(3, streams=STREAMS[1:])], run)
+    assert pipeline_period.revisions == {"rpipe1": 1}
+    assert pipeline_period.summaries == {"rpipe1": {"lines": 9, "rows_staged": 5}}
+    assert set(ledgers.PIPELINE_WRITES.committed) == set(STREAMS)  # the staged rows made visible
 
 
-def test_commit_run_commits_nothing_when_a_row_was_given_up(pipeline_fake):
+def test_commit_run_commits_through_the_bigquery_ledger_of_its_target(pipeline_period):
+    """CommitRun as the recompute builds it, on a client answering as BigQuery would for
+    a run alone: not committed, committed as revision 1, the only holder."""
+    run = run_of("rpipe3")
+    ledgers.PIPELINE_CLIENT.__init__([], [], [{"revision": 1}], [{"run_id": run.run_id}])
+    with TestPipeline() as p:
+        summary = p | "Summary" >> beam.Create([{"lines": 9}])
+        out = (p | "Written" >> beam.Create([Written(5, streams=STREAMS)]), summary) | \
+            restate.CommitRun(ledgers.RecordingTarget("proj-1", "ds"), run)
+        assert_that(out, equal_to([{"lines": 9, "rows_staged": 5, "run_id": run.run_id,
+                                    "revision": 1}]))
+    assert set(ledgers.PIPELINE_WRITES.committed) == set(STREAMS)
+    assert ledgers.PIPELINE_CLIENT.deleted == ["proj-1.ds.usage_recomputed__staging_rpipe3"]
+
+
+def test_commit_run_commits_nothing_when_a_row_was_given_up(pipeline_period):
     run = run_of("rpipe2")
-    pipeline_fake.stage(run, [USAGE])
+    pipeline_period.staging[run.run_id] = ["row"]
     with pytest.raises(Exception, match="1 rows could not be written.*too big"):
         run_commit([Written(2), Written(2, 1, ("too big",))], run)
-    assert pipeline_fake.runs == [] and pipeline_fake.statements == []
+    assert pipeline_period.revisions == {} and pipeline_period.staging == {"rpipe2": ["row"]}
 
 
 def test_an_incomplete_write_names_how_many_rows_and_the_first_reasons_clipped():
@@ -316,3 +271,57 @@ def test_an_incomplete_write_names_how_many_rows_and_the_first_reasons_clipped()
         restate.rows_if_complete(Written(5, 2, (long, "too big")))
     assert str(caught.value) == ("2 rows could not be written (recorded in failed_writes), so "
                                  f"the run is not committed: {long[:300]} | too big")
+
+
+def test_commit_run_commits_the_run_through_its_targets_bigquery_ledger():
+    """On a client answering as BigQuery would for a run alone: not committed, then
+    revision 3, the only holder."""
+    run = run_of("r-1")
+    client = Recording([], [], [{"revision": 3}], [{"run_id": "r-1"}])
+    assert restate.commit_run(client, TARGET, run, {"rows": 4}) == 3
+    commits = [params for sql, params in client.sent if "summary" in params]
+    assert [p["summary"] for p in commits] == [("STRING", '{"rows": 4}')]
+    assert {p["run_id"] for _, p in client.sent} == {("STRING", "r-1")}
+    assert client.deleted == ["proj-1.ds.usage_recomputed__staging_r_1"]
+
+
+READS = []  # (target, table, columns, max streams) of each read ReadPeriodEvents asked for
+
+
+class _EventsTable(beam.PTransform):
+    """ReadTableStreams on an in-memory `events` table: the row restriction is evaluated
+    by DuckDB, whose SQL reads BigQuery's `time >= TIMESTAMP '...'` alike."""
+
+    def __init__(self, target, table, columns, row_restriction, max_streams):
+        super().__init__()
+        import duckdb
+
+        READS.append((target, table.name, list(columns), max_streams))
+        con = duckdb.connect()
+        con.execute("SET TimeZone = 'UTC'")
+        con.execute("CREATE TABLE events (raw VARCHAR, message_id VARCHAR, "
+                    "ingest_time TIMESTAMPTZ, time TIMESTAMPTZ)")
+        con.executemany("INSERT INTO events VALUES (?, ?, ?, ?)", EVENTS_ROWS)
+        self._batch = con.sql(f"SELECT {', '.join(columns)} FROM events "
+                              f"WHERE {row_restriction} ORDER BY raw").to_arrow_table()
+
+    def expand(self, pbegin):
+        return pbegin | beam.Create(self._batch.to_batches())
+
+
+EVENTS_ROWS = [(raw, f"m-{raw}", "2026-11-05 00:00:00+00", time) for raw, time in (
+    ("before", "2026-10-31 23:59:59.999999+00"), ("first", "2026-11-01 00:00:00+00"),
+    ("last", "2026-11-01 23:59:59.999999+00"), ("end", "2026-11-02 00:00:00+00"))]
+
+
+def test_a_period_is_read_from_its_first_instant_to_before_its_end(monkeypatch):
+    monkeypatch.setattr(restate, "ReadTableStreams", _EventsTable)
+    READS.clear()
+    ingest = 1_793_836_800 * 10 ** 6  # 2026-11-05T00:00:00Z, in microseconds
+    with TestPipeline() as p:
+        payloads = (p | restate.ReadPeriodEvents(TARGET, START, START + 24 * HOUR, 3)
+                    | beam.FlatMap(lambda batch: batch))
+        assert_that(payloads, equal_to([
+            Payload(f"m-{raw}", (ingest, f"m-{raw}"), raw.encode(), ingest * 1000)
+            for raw in ("first", "last")]))
+    assert READS == [(TARGET, "events", ["raw", "message_id", "ingest_time"], 3)]

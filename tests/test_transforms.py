@@ -13,7 +13,7 @@ from schemas.events import Limits, Payload, parse_payload
 from schemas.values import parse_rfc3339
 from transforms.aggregate import AggregateUsage, MeterReadings, event_timestamp
 from transforms.batch_usage import ComputeUsage
-from transforms.dedup import DeduplicateEvents
+from transforms.dedup import DeduplicateEvents, same_position
 from transforms.parse import ParseEvents
 from tests.conftest import event, line
 
@@ -161,3 +161,12 @@ def test_aggregate_usage_per_key_and_window(catalog):
             lambda r: r["meter"] == "calls" and r["window_start"] == "2026-11-02T10:00:00Z"
         ) | beam.Map(lambda r: r["fingerprint"])
         assert_that(fingerprints, equal_to([fingerprint_of([("//test", "d")])]), label="fp")
+
+
+def test_copies_are_one_position_only_for_one_message_and_element_replayed_or_not():
+    """A restored job's replay (`replay:` positions) of what it had already seen is not a
+    duplicate; copies from elements of no known message cannot be told to be one."""
+    assert same_position("m-1#0", "m-1#0") and same_position("replay:m-1#0", "m-1#0")
+    assert same_position("m-1#0", "replay:m-1#0")
+    assert not same_position("m-1#0", "m-1#1") and not same_position("m-1#0", "m-2#0")
+    assert not same_position("#0", "#0")

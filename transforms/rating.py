@@ -235,11 +235,6 @@ def create_staging(client, target: BigQueryTarget, run: RatingRun) -> None:
         client.create_table(run.staging(table).bigquery_table(target.project, target.dataset))
 
 
-def drop_staging(client, target: BigQueryTarget, run: RatingRun) -> None:
-    for table in (INVOICE_LINES, INVOICES):
-        client.delete_table(target.table_id(run.staging(table)), not_found_ok=True)
-
-
 class StaleRating(RuntimeError):
     """Another rating of the period committed a revision while this one ran: its
     adjustments are relative to a revision that is no longer the latest."""
@@ -249,39 +244,80 @@ COMMIT_ATTEMPTS = 40
 
 
 def commit_rating(client, target: BigQueryTarget, run: RatingRun) -> None:
-    """Appends the staged lines and invoices in one transaction, which inserts nothing
-    unless the period's latest revision is still the one this run read (StaleRating).
+    """Appends the staged lines and invoices in one transaction (`commit_rating_through`
+    on BigQuery)."""
+    commit_rating_through(RatingLedger(client, target, run), run)
 
-    Two ratings that read the same revision can still both commit (appends do not
-    conflict, on BigQuery or the emulator), so each checks after its commit which
-    runs hold its revision and settles as a recompute does (`restate.settle`): the
-    one that must give way takes its rows back and is stale. Idempotent: a retried
-    commit of a committed run inserts nothing and finds itself committed.
+
+class RatingLedger:
+    """A rating run's side of BigQuery, one method per statement of its commit
+    (schemas/sql.py): `commit_rating_through` decides, this only sends, so the decisions
+    are tested against a ledger of the test's own and these statements on the emulator."""
+
+    def __init__(self, client, target: BigQueryTarget, run: RatingRun):
+        self._client, self._target, self._run = client, target, run
+        self._params = period_parameters(run.period_start_ns, run.period_end_ns) + [
+            ("run_id", "STRING", run.run_id), ("revision", "INT64", run.revision),
+            ("previous_revision", "INT64", run.previous_revision)]
+
+    def commit(self) -> None:
+        """The commit transaction: inserts nothing unless the period's latest revision is
+        still the run's previous one."""
+        copies = {key: self._target.sql(
+                      sql.COPY_STAGED, table=table, staging=self._run.staging(table),
+                      columns=", ".join(table.column_names()),
+                      copied=", ".join(f"s.{c}" for c in table.column_names()))
+                  for key, table in (("copy_lines", INVOICE_LINES), ("copy_invoices", INVOICES))}
+        query(self._client, self._target.sql(sql.COMMIT_RATING, **copies), self._params)
+
+    def holders(self) -> set[str]:
+        """The runs holding the run's revision of the period."""
+        return {r["run_id"] for r in query(self._client, self._target.sql(sql.RATING_HOLDERS),
+                                           self._params)}
+
+    def staged(self, run_id: str) -> bool:
+        """Whether that rating run still has its staging tables (is not final yet)."""
+        return exists(self._client, self._target, self._run.staging(INVOICES, run_id))
+
+    def withdraw(self) -> None:
+        """Takes the run's lines and invoices back, in one transaction."""
+        query(self._client, self._target.sql(sql.WITHDRAW_RATING), self._params)
+
+    def drop_staging(self) -> None:
+        for table in (INVOICE_LINES, INVOICES):
+            self._client.delete_table(self._target.table_id(self._run.staging(table)),
+                                      not_found_ok=True)
+
+    def latest_revision(self) -> int:
+        return latest_revision(self._client, self._target, self._run.period_start_ns,
+                               self._run.period_end_ns)
+
+
+def commit_rating_through(ledger: RatingLedger, run: RatingRun) -> None:
+    """Commits `run` through `ledger`; StaleRating when it must give way.
+
+    The commit inserts nothing unless the period's latest revision is still the one
+    this run read. Two ratings that read the same revision can still both commit
+    (appends do not conflict, on BigQuery or the emulator), so each checks after its
+    commit which runs hold its revision and settles as a recompute does
+    (`restate.settle`): the one that must give way takes its rows back and is stale.
+    Idempotent: a retried commit of a committed run inserts nothing and finds itself
+    committed.
     """
-    params = period_parameters(run.period_start_ns, run.period_end_ns) + [
-        ("run_id", "STRING", run.run_id), ("revision", "INT64", run.revision),
-        ("previous_revision", "INT64", run.previous_revision)]
-    copies = {key: target.sql(sql.COPY_STAGED, table=table, staging=run.staging(table),
-                              columns=", ".join(table.column_names()),
-                              copied=", ".join(f"s.{c}" for c in table.column_names()))
-              for key, table in (("copy_lines", INVOICE_LINES), ("copy_invoices", INVOICES))}
-    query(client, target.sql(sql.COMMIT_RATING, **copies), params)
+    ledger.commit()
     for _ in range(COMMIT_ATTEMPTS):
-        holders = {r["run_id"] for r in query(client, target.sql(sql.RATING_HOLDERS), params)}
-        step = (settle(run.run_id, holders, lambda run_id: exists(
-                    client, target, run.staging(INVOICES, run_id)))
-                if run.run_id in holders else WITHDRAW)
+        holders = ledger.holders()
+        step = settle(run.run_id, holders, ledger.staged) if run.run_id in holders else WITHDRAW
         if step == FINAL:
-            drop_staging(client, target, run)
+            ledger.drop_staging()
             return
         if step == WITHDRAW:
             break
         time.sleep(random.uniform(0.2, 0.5))  # the first by run id waits for the others
-    query(client, target.sql(sql.WITHDRAW_RATING), params)
-    drop_staging(client, target, run)
-    latest = latest_revision(client, target, run.period_start_ns, run.period_end_ns)
-    raise StaleRating(f"revision {latest} of the period was committed while {run.run_id} "
-                      f"ran against revision {run.previous_revision}: rate again")
+    ledger.withdraw()
+    ledger.drop_staging()
+    raise StaleRating(f"revision {ledger.latest_revision()} of the period was committed while "
+                      f"{run.run_id} ran against revision {run.previous_revision}: rate again")
 
 
 class _Commit(beam.DoFn):
@@ -289,12 +325,15 @@ class _Commit(beam.DoFn):
         self._target = target
         self._run = run
 
+    def ledger(self) -> RatingLedger:
+        return RatingLedger(self._target.client(), self._target, self._run)
+
     def process(self, rows_written, summary):
-        client = self._target.client()
+        ledger = self.ledger()
         if rows_written:
-            commit_rating(client, self._target, self._run)
+            commit_rating_through(ledger, self._run)
         else:
-            drop_staging(client, self._target, self._run)
+            ledger.drop_staging()
         yield {**summary, "rows_written": rows_written, "committed": bool(rows_written)}
 
 

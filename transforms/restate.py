@@ -121,7 +121,54 @@ class ConcurrentCommit(RuntimeError):
 
 
 def commit_run(client, target: BigQueryTarget, run: RecomputeRun, summary: dict) -> int:
-    """Appends the staged rows and the run's row in one transaction; returns the revision.
+    """Appends the staged rows and the run's row in one transaction; returns the revision
+    (`commit_through` on BigQuery)."""
+    return commit_through(RecomputeLedger(client, target, run), run.run_id, summary)
+
+
+class RecomputeLedger:
+    """A recompute run's side of BigQuery, one method per statement of its commit
+    (schemas/sql.py): `commit_through` decides, this only sends, so the decisions are
+    tested against a ledger of the test's own and these statements on the emulator."""
+
+    def __init__(self, client, target: BigQueryTarget, run: RecomputeRun):
+        self._client, self._target, self._run = client, target, run
+        self._mine = [("run_id", "STRING", run.run_id)]
+
+    def revision(self) -> int | None:
+        """The run's committed revision; None before its commit."""
+        found = query(self._client, self._target.sql(sql.COMMITTED_RUN), self._mine)
+        return found[0]["revision"] if found else None
+
+    def commit(self, summary: dict) -> None:
+        """The commit transaction: a no-op when the run committed already."""
+        query(self._client, self._target.sql(
+            sql.COMMIT_RECOMPUTE, staging=self._run.staging_table,
+            columns=", ".join(USAGE_RECOMPUTED.column_names()),
+            copied=", ".join(_COMMITTED.get(c, f"s.{c}")
+                             for c in USAGE_RECOMPUTED.column_names())),
+              _commit_parameters(self._run, summary))
+
+    def holders(self) -> set[str]:
+        """The runs of the period holding the run's revision, itself included."""
+        return {r["run_id"] for r in query(self._client, self._target.sql(
+            sql.SAME_REVISION_RUNS), self._mine)}
+
+    def staged(self, run_id: str) -> bool:
+        """Whether that run still has its staging table (is not final yet)."""
+        return exists(self._client, self._target, staging_table_of(run_id))
+
+    def withdraw(self) -> None:
+        """Takes the run's rows and its `recompute_runs` row back, in one transaction."""
+        query(self._client, self._target.sql(sql.WITHDRAW_RECOMPUTE), self._mine)
+
+    def drop_staging(self) -> None:
+        self._client.delete_table(self._target.table_id(self._run.staging_table),
+                                  not_found_ok=True)
+
+
+def commit_through(ledger: RecomputeLedger, run_id: str, summary: dict) -> int:
+    """Commits run `run_id` through `ledger`; returns its revision.
 
     Idempotent: committing a run again (a retried commit) changes nothing and returns
     its revision. Concurrent commits of one period are serialised: neither BigQuery
@@ -135,34 +182,22 @@ def commit_run(client, target: BigQueryTarget, run: RecomputeRun, summary: dict)
     pause = float(os.environ.get(PAUSE_BEFORE_COMMIT_ENV, "0") or 0)  # float-ok: seconds
     if pause:
         time.sleep(pause)
-    mine = [("run_id", "STRING", run.run_id)]
-
-    def withdraw():
-        query(client, target.sql(sql.WITHDRAW_RECOMPUTE), mine)
-
     for _ in range(COMMIT_ATTEMPTS):
-        revision = committed_revision(client, target, run.run_id)
+        revision = ledger.revision()
         if revision is None:
-            query(client, target.sql(
-                sql.COMMIT_RECOMPUTE, staging=run.staging_table,
-                columns=", ".join(USAGE_RECOMPUTED.column_names()),
-                copied=", ".join(_COMMITTED.get(c, f"s.{c}")
-                                 for c in USAGE_RECOMPUTED.column_names())),
-                  _commit_parameters(run, summary))
-            revision = committed_revision(client, target, run.run_id)
+            ledger.commit(summary)
+            revision = ledger.revision()
             if revision is None:
-                raise RuntimeError(f"the commit of run {run.run_id} did not land")
-        holders = {r["run_id"] for r in query(client, target.sql(sql.SAME_REVISION_RUNS), mine)}
-        step = settle(run.run_id, holders,
-                      lambda run_id: exists(client, target, staging_table_of(run_id)))
+                raise RuntimeError(f"the commit of run {run_id} did not land")
+        step = settle(run_id, ledger.holders(), ledger.staged)
         if step == FINAL:
-            client.delete_table(target.table_id(run.staging_table), not_found_ok=True)
+            ledger.drop_staging()
             return revision
         if step == WITHDRAW:
-            withdraw()
+            ledger.withdraw()
         time.sleep(random.uniform(0.2, 0.5))
-    withdraw()
-    raise ConcurrentCommit(f"run {run.run_id}: concurrent recomputes of the period kept "
+    ledger.withdraw()
+    raise ConcurrentCommit(f"run {run_id}: concurrent recomputes of the period kept "
                            f"taking the same revision ({COMMIT_ATTEMPTS} attempts); run again")
 
 
@@ -183,11 +218,6 @@ def settle(me: str, holders: set[str], staged) -> str:
     return WITHDRAW
 
 
-def committed_revision(client, target: BigQueryTarget, run_id: str) -> int | None:
-    found = query(client, target.sql(sql.COMMITTED_RUN), [("run_id", "STRING", run_id)])
-    return found[0]["revision"] if found else None
-
-
 def _commit_parameters(run: RecomputeRun, summary: dict) -> list:
     committed_at = time.time_ns()
     return period_parameters(run.period_start_ns, run.period_end_ns) + [
@@ -205,10 +235,12 @@ class _Commit(beam.DoFn):
         self._target = target
         self._run = run
 
+    def ledger(self) -> RecomputeLedger:
+        return RecomputeLedger(self._target.client(), self._target, self._run)
+
     def process(self, rows_written, summary):
-        client = self._target.client()
         summary = {**summary, "rows_staged": rows_written}
-        revision = commit_run(client, self._target, self._run, summary)
+        revision = commit_through(self.ledger(), self._run.run_id, summary)
         yield {**summary, "run_id": self._run.run_id, "revision": revision}
 
 
