@@ -13,6 +13,7 @@ explain lists must be exactly the ground truth's and must reproduce the row's
 value, event count and fingerprint; the HTML statement is rendered by headless
 Chromium and its chart and totals must match BigQuery.
 """
+import itertools
 import json
 import os
 import random
@@ -425,7 +426,8 @@ def test_statement_corrections_against_the_streamed_figures(stack, world):
                        "--period-end", PERIOD[1])
     assert result.returncode == 0, result.stderr[-2000:]
     section = result.stdout.split("Corrections since the provisional figures: ")[1]
-    count, _, *rows = section.splitlines()
+    count, _, *rest = section.splitlines()
+    rows = list(itertools.takewhile(str.strip, rest))  # the section ends at a blank line
     assert int(count) == len(expected) > 0
     assert sorted(tuple(re.split(r"\s{2,}", row.strip())[:5]) for row in rows) == expected
 
