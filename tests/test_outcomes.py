@@ -28,3 +28,14 @@ def test_a_usage_line_is_the_rows_sorted_json(row):
                           sort_keys=True, ensure_ascii=False)
     assert usage_line(row) == expected
     assert json.loads(usage_line(row)) == {**row, "dimensions": json.loads(row["dimensions"])}
+
+
+def test_a_usage_line_writes_every_column_of_the_usage_row():
+    """usage_line names its columns itself: a column `usage_row` gains must reach the file."""
+    from decimal import Decimal
+
+    from schemas.metering import usage_row
+
+    row = usage_row(("cust-1", "api_requests", '{"method": "GET"}'), 0, 3_600 * 10 ** 9,
+                    (Decimal("12.5"), 3, "0" * 32))
+    assert json.loads(usage_line(row)) == {**row, "dimensions": {"method": "GET"}}
