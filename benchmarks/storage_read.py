@@ -45,7 +45,8 @@ from schemas.events import Limits, UsageEvent, parse_payload  # noqa: E402
 from schemas.tables import EVENTS, USAGE_RECOMPUTED  # noqa: E402
 from schemas.values import format_decimal, format_time, parse_rfc3339  # noqa: E402
 from tests.test_storage_write import one_bundle  # noqa: E402
-from transforms.bigquery import BigQueryTarget, encoded_size  # noqa: E402
+from transforms.bigquery import encoded_size  # noqa: E402
+from transforms.bigquery_target import BigQueryTarget  # noqa: E402
 from transforms.bigquery_target import query_config  # noqa: E402
 from transforms.restate import EVENT_COLUMNS, RecomputeRun  # noqa: E402
 from transforms.storage_read import ReadQueryStreams, ReadTableStreams  # noqa: E402

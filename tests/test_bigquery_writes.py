@@ -20,9 +20,10 @@ from schemas.tables import EVENTS, FAILED_WRITES, USAGE_PANES
 from schemas.values import format_decimal, parse_rfc3339
 from tests.conftest import ALL_AGGREGATIONS
 from transforms import bigquery
-from transforms.bigquery import (MAX_REQUEST_BYTES, BigQueryTarget, TransientWriteError,
-                                 WriteRows, Written, encoded_size, plan_requests,
-                                 request_error_kind, row_outcomes, total_written)
+from transforms.bigquery import (MAX_REQUEST_BYTES, TransientWriteError, WriteRows, Written,
+                                 encoded_size, plan_requests, request_error_kind, row_outcomes,
+                                 total_written)
+from transforms.bigquery_target import BigQueryTarget
 from transforms.restate import IncompleteWrite, RecomputeRun, rows_if_complete
 from transforms.rows import (PAYLOAD_TEXT_CHARS, UnwritableRow, dead_letter_row, event_row,
                              usage_pane_row)

@@ -6,7 +6,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from pipelines import policy
 from tallyflow.local.stack import StackError
 from schemas.catalog import CatalogError
-from transforms.bigquery import BigQueryTarget
+from transforms.bigquery_target import BigQueryTarget
 from transforms.files import UnreadableInput
 
 

@@ -7,7 +7,8 @@ import pytest
 
 from schemas.tables import USAGE_PANES
 from transforms import bigquery
-from transforms.bigquery import BigQueryTarget, _InsertBatch
+from transforms.bigquery import _InsertBatch
+from transforms.bigquery_target import BigQueryTarget
 
 
 class FlakyClient:

@@ -10,7 +10,7 @@ from tallyflow.reports import statement
 from pipelines.recompute_usage import RecomputeOptions
 from pipelines.streaming_usage import StreamingUsageOptions
 from schemas import names
-from transforms.bigquery import BigQueryTarget
+from transforms.bigquery_target import BigQueryTarget
 
 # a dataset that would turn `project.dataset.table` into a UNION over another project
 CRAFTED = "metering.usage` UNION ALL SELECT * FROM `victim-project.billing"

@@ -15,7 +15,8 @@ from apache_beam.testing.util import assert_that, equal_to
 from schemas.events import Payload
 from schemas.tables import USAGE_RECOMPUTED
 from transforms import restate
-from transforms.bigquery import BigQueryTarget, Written
+from transforms.bigquery import Written
+from transforms.bigquery_target import BigQueryTarget
 from transforms.restate import ConcurrentCommit, RecomputeRun, commit_through, event_payloads
 from tests import ledgers
 from tests.ledgers import Period, Recording

@@ -9,7 +9,8 @@ import pytest
 from schemas.tables import USAGE_RECOMPUTED
 from schemas.values import parse_rfc3339
 from transforms import storage_write
-from transforms.bigquery import FAILED, BigQueryTarget, Written, total_written
+from transforms.bigquery import FAILED, Written, total_written
+from transforms.bigquery_target import BigQueryTarget
 from transforms.restate import RecomputeRun, commit_pending_streams
 
 HOUR = 3600 * 10 ** 9

@@ -230,8 +230,7 @@ class _WriteSortedLines(beam.DoFn):
 
     def process(self, lines):
         with FileSystems.create(self._path) as f:
-            for line in sorted(lines):
-                f.write(line.encode("utf-8") + b"\n")
+            _write_in_chunks(f, sorted(lines), _text_chunk)
         yield self._path
 
 
@@ -253,11 +252,16 @@ class WriteSortedLines(beam.PTransform):
 _WRITE_CHUNK = 8192  # lines encoded and written at a time
 
 
-def _write_lines(f, lines) -> None:
-    """Writes text lines, each ending in a newline, a chunk of them per write."""
-    lines = iter(lines)
-    while chunk := list(itertools.islice(lines, _WRITE_CHUNK)):
-        f.write(("\n".join(chunk) + "\n").encode("utf-8"))
+def _write_in_chunks(f, items, to_bytes) -> None:
+    """Writes items a chunk at a time: one write call per line costs more than the line."""
+    items = iter(items)
+    while chunk := list(itertools.islice(items, _WRITE_CHUNK)):
+        f.write(to_bytes(chunk))
+
+
+def _text_chunk(lines: list[str]) -> bytes:
+    """Text lines, each ending in a newline, as UTF-8."""
+    return ("\n".join(lines) + "\n").encode("utf-8")
 
 
 class _WriteSortedPart(beam.DoFn):
@@ -268,7 +272,7 @@ class _WriteSortedPart(beam.DoFn):
         part = f"{self._path}.part-{uuid.uuid4().hex}"
         lines = sorted(map(self._to_line, block))
         with FileSystems.create(part, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            _write_lines(f, lines)
+            _write_in_chunks(f, lines, _text_chunk)
         yield part
 
 
@@ -283,8 +287,7 @@ class _MergeParts(beam.DoFn):
         try:
             merged = heapq.merge(*opened)  # lines of bytes, each with its newline
             with FileSystems.create(self._path) as f:
-                while chunk := list(itertools.islice(merged, _WRITE_CHUNK)):
-                    f.write(b"".join(chunk))
+                _write_in_chunks(f, merged, b"".join)
         finally:
             for part in opened:
                 part.close()

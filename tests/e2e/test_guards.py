@@ -19,7 +19,7 @@ import pytest
 from tallyflow.reports import reconcile
 from tests.conftest import ROOT
 from tests.e2e.test_rate import write_prices
-from transforms.bigquery import BigQueryTarget
+from transforms.bigquery_target import BigQueryTarget
 from schemas.tables import INVOICES
 from schemas.values import parse_rfc3339
 from schemas.tables import INVOICE_LINES

@@ -27,7 +27,7 @@ from tests.conftest import EXAMPLE_METERS, ROOT
 from tests.messy import generate
 from tests.reference import expected_usage
 from transforms.rows import event_row, usage_pane_row
-from transforms.bigquery import BigQueryTarget
+from transforms.bigquery_target import BigQueryTarget
 from transforms.restate import PAUSE_BEFORE_COMMIT_ENV, RecomputeRun, commit_run, create_staging
 
 DATASET = "restate_test"

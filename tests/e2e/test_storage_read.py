@@ -21,7 +21,7 @@ from schemas.values import format_decimal, parse_rfc3339
 from tests.conftest import EXAMPLE_METERS
 from tests.e2e.test_restate import PERIOD, tallyflow
 from tests.messy import generate
-from transforms.bigquery import BigQueryTarget
+from transforms.bigquery_target import BigQueryTarget
 from transforms.rows import event_row
 from transforms.storage_read import ReadTableStreams, query_frame
 

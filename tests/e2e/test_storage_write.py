@@ -8,7 +8,8 @@ import apache_beam as beam
 import pytest
 
 from tests.test_storage_write import one_bundle
-from transforms.bigquery import PENDING_METHOD, BigQueryTarget, Written, WriteRows, total_written
+from transforms.bigquery import PENDING_METHOD, Written, WriteRows, total_written
+from transforms.bigquery_target import BigQueryTarget
 from transforms.restate import RecomputeRun, commit_pending_streams
 from transforms.storage_write import row_encoder
 
