@@ -156,8 +156,9 @@ def measure_cpu(command: list[str]) -> tuple[float, float, float]:
     """(wall seconds, peak RSS MiB, CPU seconds: user + system, its children included)."""
     result = subprocess.run(["/usr/bin/time", "-v", *command], cwd=ROOT, capture_output=True,
                             text=True)
-    if result.returncode:
-        raise RuntimeError(f"{command[:3]} failed: {result.stderr.splitlines()[-25:]}")
+    if result.returncode:  # the command's own last lines, before GNU time's report
+        own = result.stderr.split("\tCommand being timed:")[0].splitlines()
+        raise RuntimeError(f"{' '.join(command)[:300]} failed: " + "\n".join(own[-25:]))
     wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", result.stderr)
     parts = [float(p) for p in wall.group(1).split(":")]  # float-ok: seconds
     seconds = sum(p * 60 ** i for i, p in enumerate(reversed(parts)))

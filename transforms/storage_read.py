@@ -30,8 +30,12 @@ from transforms.bigquery_target import query_config
 DEFAULT_MAX_STREAMS = 1000
 # Where a local emulator's Storage API listens (host:port), like BIGQUERY_EMULATOR_HOST.
 STORAGE_EMULATOR_ENV = "BIGQUERY_STORAGE_EMULATOR_HOST"
-# Arrow record batches can be large; gRPC's default 4 MB receive limit is not.
-MAX_RECEIVE_BYTES = 256 << 20
+# The official client's own channel options (its generated gRPC transport): no
+# message size limit. An emulator sends a stream's rows in batches of up to a
+# million rows, hundreds of MB, which gRPC's default 4 MB limit (or any fixed
+# one) refuses.
+CHANNEL_OPTIONS = [("grpc.max_send_message_length", -1),
+                   ("grpc.max_receive_message_length", -1)]
 
 
 def read_client(endpoint: str | None):
@@ -44,8 +48,7 @@ def read_client(endpoint: str | None):
     from google.cloud.bigquery_storage_v1.services.big_query_read.transports import (
         BigQueryReadGrpcTransport)
 
-    channel = grpc.insecure_channel(
-        endpoint, options=[("grpc.max_receive_message_length", MAX_RECEIVE_BYTES)])
+    channel = grpc.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
     return bigquery_storage_v1.BigQueryReadClient(
         transport=BigQueryReadGrpcTransport(channel=channel))
 
