@@ -245,7 +245,7 @@ def plain_length(number: Decimal) -> int:
 
 
 def _normalized(number: Decimal) -> Decimal:
-    """Trailing zeros dropped, exactly, whatever the number of digits or the exponent.
+    """A non-zero number with its trailing zeros dropped, exactly, whatever its digits or exponent.
 
     Beyond EXACT, the digits are trimmed by hand: no context can normalize
     1E-1000000000000000005 (below the least exponent a context admits, it would
