@@ -72,9 +72,25 @@ def new_accumulator(aggregation: str) -> list:
     return [aggregation, 0, 0, set() if aggregation == Aggregation.UNIQUE_COUNT else None]
 
 
+def _fold_sum(state, value, *_):
+    return value if state is None else EXACT.add(state, value)
+
+
+def _fold_count(state, *_):
+    return state  # None: the value is the event count
+
+
 def _add_unique(state: set, value, *_) -> set:
     state.add(value)
     return state
+
+
+def _fold_min(state, value, *_):
+    return value if state is None or value < state else state
+
+
+def _fold_max(state, value, *_):
+    return value if state is None or value > state else state
 
 
 def _latest(state, value, time_ns: int, event_id: str, identity: int):
@@ -82,13 +98,15 @@ def _latest(state, value, time_ns: int, event_id: str, identity: int):
         state is None or (time_ns, event_id, identity) > state[:3]) else state
 
 
-# state, value, time_ns, event_id, identity -> the state with one more reading
+# state, value, time_ns, event_id, identity -> the state with one more reading. The
+# entries of this table and the others are named functions, not lambdas: a mutation
+# run (benchmarks/mutation.py) only mutates code inside functions.
 _FOLD = {
-    Aggregation.SUM: lambda state, value, *_: value if state is None else EXACT.add(state, value),
-    Aggregation.COUNT: lambda state, *_: state,
+    Aggregation.SUM: _fold_sum,
+    Aggregation.COUNT: _fold_count,
     Aggregation.UNIQUE_COUNT: _add_unique,
-    Aggregation.MIN: lambda state, value, *_: value if state is None or value < state else state,
-    Aggregation.MAX: lambda state, value, *_: value if state is None or value > state else state,
+    Aggregation.MIN: _fold_min,
+    Aggregation.MAX: _fold_max,
     Aggregation.LATEST: _latest,
 }
 
@@ -114,6 +132,22 @@ def _total(readings) -> Decimal:
     return reduce(EXACT.add, _numbers(readings), _ZERO)
 
 
+def _no_state(readings) -> None:
+    return None
+
+
+def _distinct(readings) -> set:
+    return set(map(_VALUE_OF, readings))
+
+
+def _least(readings) -> Decimal:
+    return min(_numbers(readings))
+
+
+def _greatest(readings) -> Decimal:
+    return max(_numbers(readings))
+
+
 def _latest_of(readings) -> tuple:
     value, time_ns, event_id, identity = max(readings, key=lambda r: (r[1], r[2], r[3]))
     return (time_ns, event_id, identity, Decimal(value))
@@ -122,10 +156,10 @@ def _latest_of(readings) -> tuple:
 # readings (value text, time_ns, event_id, identity) -> the state folding them gives
 _REDUCE = {
     Aggregation.SUM: _total,
-    Aggregation.COUNT: lambda readings: None,
-    Aggregation.UNIQUE_COUNT: lambda readings: set(map(_VALUE_OF, readings)),
-    Aggregation.MIN: lambda readings: min(_numbers(readings)),
-    Aggregation.MAX: lambda readings: max(_numbers(readings)),
+    Aggregation.COUNT: _no_state,
+    Aggregation.UNIQUE_COUNT: _distinct,
+    Aggregation.MIN: _least,
+    Aggregation.MAX: _greatest,
     Aggregation.LATEST: _latest_of,
 }
 
@@ -141,13 +175,17 @@ def accumulate(aggregation: str, readings: list) -> list:
     return [aggregation, len(readings), fingerprint, _REDUCE[aggregation](readings)]
 
 
+def _later(a: tuple, b: tuple) -> tuple:
+    return b if b[:3] > a[:3] else a
+
+
 # two states, neither None -> their merge (UNIQUE_COUNT's into the first, in place)
 _MERGE = {
     Aggregation.SUM: EXACT.add,
     Aggregation.UNIQUE_COUNT: ior,
     Aggregation.MIN: min,
     Aggregation.MAX: max,
-    Aggregation.LATEST: lambda a, b: b if b[:3] > a[:3] else a,
+    Aggregation.LATEST: _later,
 }
 
 
@@ -165,14 +203,30 @@ def merge_accumulators(accs) -> list:
     return merged
 
 
+def _the_state(state, _) -> Decimal:
+    return state
+
+
+def _count_of(_, count: int) -> Decimal:
+    return Decimal(count)
+
+
+def _distinct_count(state: set, _) -> Decimal:
+    return Decimal(len(state))
+
+
+def _latest_value(state: tuple, _) -> Decimal:
+    return state[3]
+
+
 # state, event count -> the aggregation's value
 _VALUE = {
-    Aggregation.SUM: lambda state, _: state,
-    Aggregation.COUNT: lambda _, count: Decimal(count),
-    Aggregation.UNIQUE_COUNT: lambda state, _: Decimal(len(state)),
-    Aggregation.MIN: lambda state, _: state,
-    Aggregation.MAX: lambda state, _: state,
-    Aggregation.LATEST: lambda state, _: state[3],
+    Aggregation.SUM: _the_state,
+    Aggregation.COUNT: _count_of,
+    Aggregation.UNIQUE_COUNT: _distinct_count,
+    Aggregation.MIN: _the_state,
+    Aggregation.MAX: _the_state,
+    Aggregation.LATEST: _latest_value,
 }
 
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from decimal import (MAX_EMAX, MIN_EMIN, Context, Decimal, Inexact, InvalidOperation,
-                     Overflow, Rounded)
+from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow, Rounded
 
 import orjson
 
@@ -246,13 +245,19 @@ def plain_length(number: Decimal) -> int:
 
 
 def _normalized(number: Decimal) -> Decimal:
-    """Trailing zeros dropped, exactly, whatever the number of digits."""
+    """A non-zero number with its trailing zeros dropped, exactly, whatever its digits or exponent.
+
+    Beyond EXACT, the digits are trimmed by hand: no context can normalize
+    1E-1000000000000000005 (below the least exponent a context admits, it would
+    round to 0), though JSON may spell it and a Decimal holds it."""
     try:
         return number.normalize(EXACT)
     except ArithmeticError:  # more digits, or an exponent further out, than EXACT holds
-        digits = len(number.as_tuple().digits)
-        return number.normalize(Context(prec=digits, Emax=MAX_EMAX, Emin=MIN_EMIN,
-                                        traps=[Inexact, InvalidOperation, Overflow]))
+        sign, digits, exponent = number.as_tuple()
+        kept = len(digits)
+        while digits[kept - 1] == 0:  # a non-zero number has a non-zero digit
+            kept -= 1
+        return Decimal((sign, digits[:kept], exponent + len(digits) - kept))
 
 
 def _json_kind(value) -> str:

@@ -43,6 +43,7 @@ CASES = [
     (b"", "MALFORMED_JSON"),
     (b"   ", "MALFORMED_JSON"),
     (b'{"id": "\xff\xfe"}', "INVALID_UNICODE"),
+    (b'{"id": "\xed\xa0\x80"}', "INVALID_UNICODE"),  # a surrogate encoded as if UTF-8
     (line(event(subject="\ud800", data=CALL)), "INVALID_UNICODE"),
     (line([event(data={**CALL, "region": "\udfff"})]), "INVALID_UNICODE"),
     (line(event(data={**CALL, "deep": nested(MAX_DEPTH)})), "TOO_DEEP"),
@@ -84,6 +85,9 @@ CASES = [
     (b'{"specversion":"1.0","id":"n","source":"s","type":"call","subject":"a",'
      b'"time":"2026-11-02T09:00:00Z","data":{"region":1E999999999,"user":"u","amount":1}}',
      "DIMENSION_TOO_LONG"),
+    # exponents below any context's least (a Decimal holds them, normalize cannot)
+    *((line(event(data=CALL)).replace(b'"eu"', tiny), "DIMENSION_TOO_LONG")
+      for tiny in (b"1E-1000000000000000005", b"-1000E-1999999999999999997")),
     (line(event(data={**CALL, "user": "u" * (MAX_TEXT_LENGTH + 1)})), "VALUE_TOO_LONG"),
     (line(event(datacontenttype="text/plain", data="amount=3")), "UNSUPPORTED_CONTENT_TYPE"),
     (line(event(datacontenttype="application/json; charset=latin-1", data=CALL)),
