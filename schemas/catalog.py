@@ -16,7 +16,8 @@ from decimal import Decimal
 import yaml
 
 from schemas.aggregation import Aggregation
-from schemas.values import ValueProblem, format_decimal, parse_decimal, plain_length
+from schemas.values import (UnrepresentableNumber, ValueProblem, format_decimal, parse_decimal,
+                           plain_length)
 
 AGGREGATIONS = tuple(Aggregation)
 PRECISIONS = ("NUMERIC", "BIGNUMERIC")
@@ -190,6 +191,12 @@ def _scalar_text(value, too_long: str, what: str) -> str:
         return "true" if value else "false"
     if isinstance(value, int):
         value = Decimal(value)
+    if isinstance(value, UnrepresentableNumber):  # an exponent no Decimal holds
+        mantissa = Decimal(re.split("[eE]", value.text)[0])
+        if not mantissa.is_zero():
+            raise ValueProblem(too_long, f"{what} is a number of more than {MAX_TEXT_LENGTH} "
+                               "digits")
+        value = mantissa  # zero, however its exponent is spelled
     if isinstance(value, Decimal) and value.is_finite():
         if plain_length(value) > MAX_TEXT_LENGTH:
             raise ValueProblem(too_long, f"{what} is a number of more than {MAX_TEXT_LENGTH} "

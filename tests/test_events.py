@@ -85,9 +85,11 @@ CASES = [
     (b'{"specversion":"1.0","id":"n","source":"s","type":"call","subject":"a",'
      b'"time":"2026-11-02T09:00:00Z","data":{"region":1E999999999,"user":"u","amount":1}}',
      "DIMENSION_TOO_LONG"),
-    # exponents below any context's least (a Decimal holds them, normalize cannot)
+    # exponents below any context's least (a Decimal holds them, normalize cannot), and
+    # exponents no Decimal holds (kept as their text)
     *((line(event(data=CALL)).replace(b'"eu"', tiny), "DIMENSION_TOO_LONG")
-      for tiny in (b"1E-1000000000000000005", b"-1000E-1999999999999999997")),
+      for tiny in (b"1E-1000000000000000005", b"-1000E-1999999999999999997",
+                   b"1E+1999999999999999997", b"-2.5e9999999999999999999")),
     (line(event(data={**CALL, "user": "u" * (MAX_TEXT_LENGTH + 1)})), "VALUE_TOO_LONG"),
     (line(event(datacontenttype="text/plain", data="amount=3")), "UNSUPPORTED_CONTENT_TYPE"),
     (line(event(datacontenttype="application/json; charset=latin-1", data=CALL)),
@@ -156,6 +158,12 @@ def test_missing_dimension_is_null_and_numbers_unify_with_strings(catalog):
     readings = {r.meter: (r.dimensions, r.value) for r in result.readings}
     assert readings["amount"] == ('{"region":null}', Decimal(1))
     assert readings["users"] == ("{}", "7")
+
+
+def test_a_zero_dimension_is_0_however_its_exponent_is_spelled(catalog):
+    for zero in (b"0", b"0E+5", b"-0.0e-7", b"0E+1999999999999999997", b"-0.00E-9999999999999999999"):
+        result = one(line(event(data=CALL)).replace(b'"eu"', zero), catalog)
+        assert {r.meter: r.dimensions for r in result.readings}["amount"] == '{"region":"0"}'
 
 
 def test_batch_yields_each_element_with_its_own_position(catalog):
