@@ -2,8 +2,8 @@
 
 Every accepted event crosses one shuffle, into deduplication (keyed by identity), and
 Streaming Engine bills its encoded bytes. Beam's fallback coder pickled each Reading
-and Decimal (about 560 bytes an event). This coder writes the fields positionally
-(numbers as varints, text as one UTF-8 blob), and `raw` with its common parts replaced
+and Decimal (about 600 bytes an event). This coder writes the fields positionally
+(lengths as varints, text as one UTF-8 blob), and `raw` with its common parts replaced
 by one-character marks: the JSON literals of the event's own source, id, type and
 subject (already in the record) and the CloudEvents envelope's vocabulary. Valid JSON
 never holds a raw control character, so a mark cannot be confused with the text;
@@ -40,7 +40,7 @@ _NONE, _DECIMAL, _STR = 0, 1, 2  # a reading's value
 
 
 def encode_event(event: UsageEvent) -> bytes:
-    """The event's bytes (docs/architecture.md, "The shuffle into deduplication")."""
+    """The event's bytes (docs/architecture.md, "Upgrading a running stream")."""
     raw, form = _marked(event)
     out = create_OutputStream()
     out.write_byte(VERSION)
