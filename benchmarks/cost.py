@@ -113,6 +113,17 @@ def billed_row_bytes(table, row: dict) -> int:
     return sum(value_bytes(column.type, row.get(column.name)) for column in table.columns)
 
 
+def print_columns(table, table_rows: list[dict], accepted: int) -> None:
+    """Each column's billed bytes per accepted event, and what it costs per billion:
+    written once (Storage Write API) and kept a month (active storage)."""
+    print(f"`{table.name}` per column: | column | B per accepted event | $ per billion |")
+    for column in table.columns:
+        size = Decimal(sum(value_bytes(column.type, r.get(column.name))
+                           for r in table_rows)) / accepted
+        cost = size * BILLION / GIB * (STORAGE_WRITE_PER_GIB + ACTIVE_STORAGE_PER_GIB_MONTH)
+        print(f"| {column.name} | {size:.1f} | {cost:.2f} |")
+
+
 # ------------------------------------------------------------------ inputs
 
 def stream_config(events: int, customers: int, batch_size: int) -> SyntheticConfig:
@@ -408,6 +419,7 @@ def measure_engine(payloads: list[Payload], catalog, coders: dict, stateful: dic
     accepted = len(unique)
     return {
         "accepted": accepted,
+        "event_rows": [rows.event_row(e, JOB_NAME)[1] for e in unique],
         "shuffle": {dedup_label: Decimal(dedup_bytes) / accepted,
                     combine_label + " (per reading, before combiner lifting)":
                         Decimal(combine_bytes) / accepted},
@@ -427,6 +439,7 @@ def stream_payloads(events: int, customers: int) -> list[Payload]:
 
 
 PUBSUB_MESSAGE_ID = 11862383429361714  # a real one's length: 17 digits
+JOB_NAME = "tallyflow-stream"  # every row's job_id (docs/deploy.md: the fixed job name)
 
 
 def measure_engine_warm(payloads, catalog, coders, stateful) -> dict:
@@ -515,6 +528,7 @@ def main() -> int:
             engine = measure_engine_warm(stream_payloads(args.events, customers), catalog, coders,
                                     stateful)
             print_engine(f"{customers} customers", engine)
+            print_columns(EVENTS, engine["event_rows"], engine["accepted"])
         return 0
     run_dir = Path(tempfile.mkdtemp(prefix="tallyflow-cost-stack-"))
     stack = up(run_dir, progress=lambda message: None)
@@ -540,6 +554,7 @@ def main() -> int:
             print_engine(name, engine)
             print("BigQuery billed bytes per accepted event:",
                   {k: f"{v:.1f}" for k, v in bigquery.items()})
+            print_columns(EVENTS, tables[EVENTS.name], tables["accepted"])
             unpack = {None: Decimal(0)}
             for encoding in ("gzip", "zstd"):
                 labelled, packed = outgoing(config, encoding)
