@@ -25,7 +25,9 @@ of them conflicting, 1% invalid) and a high-cardinality variant (`--hc-customers
   identity keeps (what its stateful DoFn writes, in its state spec's coder).
 - CPU: microseconds of one core per accepted event in tallyflow's own code,
   stage by stage, outside the runner (the DirectRunner's overhead is not
-  Dataflow's).
+  Dataflow's), and the shuffles' coders encoding and decoding what they carry.
+  `--engine-only` measures these and the shuffles without the stack, for
+  comparing two trees on the same load.
 
 The table of $ per billion accepted events is computed from these figures and
 the list prices below; a new measurement updates it.
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import inspect
 import json
 import sys
@@ -108,6 +111,17 @@ def value_bytes(kind: str, value) -> int:
 def billed_row_bytes(table, row: dict) -> int:
     """A row's size as BigQuery bills its ingestion and storage."""
     return sum(value_bytes(column.type, row.get(column.name)) for column in table.columns)
+
+
+def print_columns(table, table_rows: list[dict], accepted: int) -> None:
+    """Each column's billed bytes per accepted event, and what it costs per billion:
+    written once (Storage Write API) and kept a month (active storage)."""
+    print(f"`{table.name}` per column: | column | B per accepted event | $ per billion |")
+    for column in table.columns:
+        size = Decimal(sum(value_bytes(column.type, r.get(column.name))
+                           for r in table_rows)) / accepted
+        cost = size * BILLION / GIB * (STORAGE_WRITE_PER_GIB + ACTIVE_STORAGE_PER_GIB_MONTH)
+        print(f"| {column.name} | {size:.1f} | {cost:.2f} |")
 
 
 # ------------------------------------------------------------------ inputs
@@ -322,8 +336,7 @@ def tagged(output) -> bool:
 def call_stateful(fn, cells: dict, keyed, timestamp) -> list:
     """`fn.process(keyed)` with this key's state cells and a no-op timer."""
     kwargs = {}
-    for name, parameter in inspect.signature(fn.process).parameters.items():
-        default = parameter.default
+    for name, default in _process_parameters(fn):
         if hasattr(default, "state_spec"):
             spec = default.state_spec
             kwargs[name] = cells.setdefault(spec.name, _State(spec.coder))
@@ -332,6 +345,14 @@ def call_stateful(fn, cells: dict, keyed, timestamp) -> list:
         elif default is beam.DoFn.TimestampParam:
             kwargs[name] = timestamp
     return list(fn.process(keyed, **kwargs) or ())
+
+
+@functools.cache
+def _process_parameters(fn) -> tuple:
+    """(name, default) of `fn.process`, read once: inspecting it per event is this
+    script's cost, not the DoFn's."""
+    return tuple((name, parameter.default)
+                 for name, parameter in inspect.signature(fn.process).parameters.items())
 
 
 def measure_engine(payloads: list[Payload], catalog, coders: dict, stateful: dict) -> dict:
@@ -358,14 +379,25 @@ def measure_engine(payloads: list[Payload], catalog, coders: dict, stateful: dic
         unique.extend(o for o in out if not tagged(o))
     cpu["deduplicate"] = time.process_time_ns() - clock
     dedup_coder = coders[dedup_label]
-    dedup_bytes = sum(len(dedup_coder.encode((e.identity, e))) for e in events)
+    keyed = [(e.identity, e) for e in events]
+    clock = time.process_time_ns()
+    encoded = [dedup_coder.encode(k) for k in keyed]
+    for blob in encoded:
+        dedup_coder.decode(blob)
+    cpu["shuffle coding"] = time.process_time_ns() - clock
+    dedup_bytes = sum(map(len, encoded))
     state = [sum(c.size() for c in cell.values()) for cell in cells.values()]
 
     meters = _ReadMeters(catalog)
     clock = time.process_time_ns()
     readings = [r.value for e in unique for r in meters.process(e) if not tagged(r)]
     cpu["meter"] = time.process_time_ns() - clock
-    combine_bytes = sum(len(combine_coder.encode(r)) for r in readings)
+    clock = time.process_time_ns()
+    encoded = [combine_coder.encode(r) for r in readings]
+    for blob in encoded:
+        combine_coder.decode(blob)
+    cpu["shuffle coding"] += time.process_time_ns() - clock
+    combine_bytes = sum(map(len, encoded))
 
     combine = UsageCombineFn()
     clock = time.process_time_ns()
@@ -387,6 +419,7 @@ def measure_engine(payloads: list[Payload], catalog, coders: dict, stateful: dic
     accepted = len(unique)
     return {
         "accepted": accepted,
+        "event_rows": [rows.event_row(e, JOB_NAME)[1] for e in unique],
         "shuffle": {dedup_label: Decimal(dedup_bytes) / accepted,
                     combine_label + " (per reading, before combiner lifting)":
                         Decimal(combine_bytes) / accepted},
@@ -395,6 +428,34 @@ def measure_engine(payloads: list[Payload], catalog, coders: dict, stateful: dic
         "keys_per_customer": Decimal(len(accumulators)) / max(
             len({key[0] for key in accumulators}), 1),
     }
+
+
+def stream_payloads(events: int, customers: int) -> list[Payload]:
+    """The stream's 100-event batches as the Pub/Sub source hands them on (message ids
+    as long as Pub/Sub's)."""
+    _, messages = outgoing(stream_config(events, customers, 100), None)
+    return [Payload(str(PUBSUB_MESSAGE_ID + n), (), m.data, time.time_ns(), attributes_of(m))
+            for n, m in enumerate(messages)]
+
+
+PUBSUB_MESSAGE_ID = 11862383429361714  # a real one's length: 17 digits
+JOB_NAME = "tallyflow-stream"  # every row's job_id (docs/deploy.md: the fixed job name)
+
+
+def measure_engine_warm(payloads, catalog, coders, stateful) -> dict:
+    """`measure_engine`, the second time: caches filled, imports done."""
+    measure_engine(payloads, catalog, coders, stateful)
+    return measure_engine(payloads, catalog, coders, stateful)
+
+
+def print_engine(name: str, engine: dict) -> None:
+    print(f"{name}: {engine['accepted']} accepted")
+    print("shuffle bytes per accepted event:",
+          {k: f"{v:.1f}" for k, v in engine["shuffle"].items()})
+    print(f"dedup state per identity: {engine['state_per_identity']:.1f} bytes")
+    print("CPU µs per accepted event:",
+          {k: f"{v:.1f}" for k, v in engine["cpu_us"].items()})
+    print(f"usage keys per customer: {engine['keys_per_customer']:.1f}", flush=True)
 
 
 # ------------------------------------------------------------------ the table
@@ -456,10 +517,19 @@ def main() -> int:
     parser.add_argument("--rate", type=int, default=11_574,
                         help="production events/s (a billion a day), for usage_panes")
     parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--engine-only", action="store_true",
+                        help="only the shuffles, state and CPU (no stack, no $ table)")
     args = parser.parse_args()
     catalog = load_catalog(METERS)
     coders, stateful = pipeline_shuffles(METERS)
     print("shuffles in StreamUsage:", {k: str(v) for k, v in coders.items()}, flush=True)
+    if args.engine_only:
+        for customers in (args.customers, args.hc_customers):
+            engine = measure_engine_warm(stream_payloads(args.events, customers), catalog, coders,
+                                    stateful)
+            print_engine(f"{customers} customers", engine)
+            print_columns(EVENTS, engine["event_rows"], engine["accepted"])
+        return 0
     run_dir = Path(tempfile.mkdtemp(prefix="tallyflow-cost-stack-"))
     stack = up(run_dir, progress=lambda message: None)
     totals = {}
@@ -467,11 +537,8 @@ def main() -> int:
         for name, customers in (("synthetic", args.customers), ("high-cardinality",
                                                                 args.hc_customers)):
             config = stream_config(args.events, customers, 100)
-            labelled, messages = outgoing(config, None)
-            payloads = [Payload(f"m{n}", (), m.data, time.time_ns(), attributes_of(m))
-                        for n, m in enumerate(messages)]
-            measure_engine(payloads, catalog, coders, stateful)  # warm: caches, imports
-            engine = measure_engine(payloads, catalog, coders, stateful)
+            engine = measure_engine_warm(stream_payloads(args.events, customers), catalog, coders,
+                                    stateful)
             pubsub = measure_pubsub(stack, args.events, customers)
             tables = run_stream(stack, args.events, customers, name[:2], args.timeout)
             keys = customers * engine["keys_per_customer"]  # PANE_MODEL
@@ -484,14 +551,10 @@ def main() -> int:
                 size, encoding = shape if shape != "unbatched" else ("1", "a request each")
                 print(f"  {size:>5} events/message {encoding or 'plain':>5}: "
                       f"{pub:8.1f} {sub:8.1f}")
-            print("shuffle bytes per accepted event:",
-                  {k: f"{v:.1f}" for k, v in engine["shuffle"].items()})
-            print(f"dedup state per identity: {engine['state_per_identity']:.1f} bytes")
-            print("CPU µs per accepted event:",
-                  {k: f"{v:.1f}" for k, v in engine["cpu_us"].items()})
-            print(f"usage keys per customer: {engine['keys_per_customer']:.1f}")
+            print_engine(name, engine)
             print("BigQuery billed bytes per accepted event:",
                   {k: f"{v:.1f}" for k, v in bigquery.items()})
+            print_columns(EVENTS, tables[EVENTS.name], tables["accepted"])
             unpack = {None: Decimal(0)}
             for encoding in ("gzip", "zstd"):
                 labelled, packed = outgoing(config, encoding)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import json
-import typing
 from collections import Counter
 
 import apache_beam as beam
@@ -60,7 +59,6 @@ CATALOG = parse_catalog({"meters": ALL_AGGREGATIONS["meters"] + [
      "value_property": "$.level.value", "group_by": {"zone": "$.where[0]"}},
 ]})
 OUTCOMES = ("accepted", "dead_lettered")
-_ANY_CODER = beam.coders.registry.get_coder(typing.Any)
 
 
 class Raw(str):
@@ -288,8 +286,10 @@ def stored_payload(row: dict) -> bytes:
 
 
 def shuffled(element) -> None:
-    """Asserts `element` crosses Beam's default (shuffle) coder unchanged."""
-    assert _ANY_CODER.decode(_ANY_CODER.encode(element)) == element
+    """Asserts `element` crosses the shuffle coder Beam picks for its type unchanged
+    (UsageEventCoder for events), exponents of Decimals included."""
+    coder = beam.coders.registry.get_coder(type(element))
+    assert repr(coder.decode(coder.encode(element))) == repr(element)
 
 
 def check_rejection(rejection: Rejection) -> None:

@@ -20,6 +20,7 @@ import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.portability.api import beam_runner_api_pb2
+from apache_beam.runners import pipeline_context
 from apache_beam.runners.dataflow.internal.apiclient import dataflow as dataflow_api
 from apache_beam.runners.runner import PipelineState
 
@@ -27,6 +28,8 @@ from pipelines import recompute_usage, streaming_usage
 from schemas.events import Limits
 from tests.conftest import EXAMPLE_METERS, ROOT
 from transforms.bigquery import ExpansionServiceUnavailable
+from transforms.dedup import KEYED_EVENT
+from transforms.event_coder import UsageEventCoder
 from transforms.restate import RecomputeRun
 
 PROJECT = "tallyflow-test"  # Beam checks project ids: 6-30 characters
@@ -124,6 +127,19 @@ def test_the_restore_reads_its_replay_in_parallel_streams():
     assert job.proto.type == JobType.JOB_TYPE_STREAMING
     assert_read_in_parallel_streams(job, "ReplayOpenWindows/ReadStreams")
     assert_read_in_parallel_streams(job, "RecordedSince/ReadStreams")
+
+
+def test_the_deduplication_shuffle_carries_events_in_their_compact_coder():
+    """What Streaming Engine bills per event (transforms/event_coder.py): the job's
+    shuffle into deduplication is the identity's strings and UsageEventCoder."""
+    components = translate_streaming().proto_pipeline.components
+    (dedup,) = [t for t in components.transforms.values()
+                if t.unique_name.endswith("FirstCopyWithinHorizon/ParDo(_FirstCopyWithinHorizon)")]
+    (keyed,) = dedup.inputs.values()
+    context = pipeline_context.PipelineContext(components)
+    coder = context.coders.get_by_id(components.pcollections[keyed].coder_id)
+    assert coder == beam.coders.registry.get_coder(KEYED_EVENT)
+    assert isinstance(coder.value_coder(), UsageEventCoder)
 
 
 def test_bad_pubsub_names_fail_at_construction():

@@ -31,8 +31,15 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Duration, Timestamp
 
+from schemas.events import UsageEvent
 from schemas.metering import (SIGNATURE_DIGEST_BYTES, conflicts, metering_signature,
                               signature_digest)
+from transforms.event_coder import UsageEventCoder
+
+# What crosses the shuffle into deduplication, typed so Beam encodes it compactly: the
+# identity as two strings, the event with UsageEventCoder (transforms/event_coder.py).
+KEYED_EVENT = beam.typehints.Tuple[beam.typehints.Tuple[str, str], UsageEvent]
+beam.coders.registry.register_coder(UsageEvent, UsageEventCoder)
 
 UNIQUE = "unique"
 DUPLICATES = "duplicates"
@@ -118,6 +125,7 @@ class DeduplicateEvents(beam.PTransform):
         self._horizon_seconds = horizon_seconds
 
     def expand(self, events):
-        keyed = events | "KeyByIdentity" >> beam.Map(lambda e: (e.identity, e))
+        keyed = events | "KeyByIdentity" >> beam.Map(
+            lambda e: (e.identity, e)).with_output_types(KEYED_EVENT)
         return keyed | "FirstCopyWithinHorizon" >> beam.ParDo(
             _FirstCopyWithinHorizon(self._horizon_seconds)).with_outputs(DUPLICATES, main=UNIQUE)
