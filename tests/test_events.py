@@ -167,3 +167,27 @@ def test_batch_yields_each_element_with_its_own_position(catalog):
 def test_time_at_the_skew_limit_is_accepted(catalog):
     result = one(line(event(time="2026-11-21T00:05:00Z", data=CALL)), catalog)
     assert isinstance(result, UsageEvent)
+
+
+def wide_and_deep(levels: int) -> bytes:
+    """An event `levels` deep (its object, data's object, then arrays) with more
+    brackets than MAX_DEPTH side by side, so the cheap bracket count cannot decide."""
+    data = {**CALL, "deep": nested(levels - 2), "wide": [[] for _ in range(MAX_DEPTH)]}
+    return line(event(data=data))
+
+
+def test_nesting_exactly_at_the_limit_is_accepted_one_level_more_is_too_deep(catalog):
+    assert wide_and_deep(MAX_DEPTH).count(b"[") > MAX_DEPTH
+    assert isinstance(one(wide_and_deep(MAX_DEPTH), catalog), UsageEvent)
+    too_deep = one(wide_and_deep(MAX_DEPTH + 1), catalog)
+    assert (too_deep.error_code, too_deep.error_message) == (
+        "TOO_DEEP", f"arrays and objects are nested more than {MAX_DEPTH} levels deep")
+
+
+def test_an_escaped_surrogate_pair_is_the_character_it_encodes(catalog):
+    # "\ud83d\ude00" is U+1F600 written as JSON escapes: a pair, not a lone surrogate
+    payload = line(event(data={**CALL, "user": "\U0001F600", "n": [1, None, True]}))
+    assert b"\\ud83d\\ude00" in payload
+    result = one(payload, catalog)
+    assert isinstance(result, UsageEvent), result
+    assert {r.meter: r.value for r in result.readings}["users"] == "\U0001F600"

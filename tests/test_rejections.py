@@ -102,3 +102,14 @@ def test_attribute_messages_name_the_kind_and_a_missing_time_is_rejected(rejecte
     del doc["time"]
     [r] = rejected(json.dumps(doc).encode())
     assert r.error_code == "MISSING_ATTRIBUTE" and "time" in r.error_message
+
+
+def test_a_payload_that_is_not_utf8_keeps_its_bytes_and_a_utf8_one_needs_none(rejected):
+    # payload_bytes holds the bytes only where the payload text cannot be them
+    not_utf8 = b'{"id": "caf\xe9"}'
+    [r] = rejected(not_utf8)
+    assert (r.error_code, r.payload, r.payload_bytes) == (
+        "INVALID_UNICODE", '{"id": "caf\ufffd"}', not_utf8)
+    for utf8 in (b'{"id": "caf\xc3\xa9"}', b"{oops", b"[]"):
+        [r] = rejected(utf8)
+        assert (r.payload, r.payload_bytes) == (utf8.decode(), None)
