@@ -292,6 +292,44 @@ def test_what_only_a_binary_message_can_get_wrong_is_a_precise_dead_letter(messa
     assert rejected.payload_bytes in (None, message.data)
 
 
+NOT_A_NAME = ("Pub/Sub attribute {!r} is not a CloudEvents attribute (ce- and 1 to 64 letters "
+              "and digits, not ce-data)")
+
+
+@pytest.mark.parametrize("attributes,message", [
+    ({"ce-re_gion": "eu"}, NOT_A_NAME.format("ce-re_gion")),
+    ({"ce-data": "{}"}, NOT_A_NAME.format("ce-data")),
+    ({"ce-Region": "us"}, "attribute region is given twice, with different values (names are "
+                          "case-insensitive; content-type is datacontenttype)"),
+    ({"ce-region": "\ud800"}, "attribute region holds a lone UTF-16 surrogate, which is not "
+                               "Unicode text"),
+    ({"ce-partitionkey": "p" * 1025},
+     "attribute partitionkey is longer than 1024 bytes (Pub/Sub's limit)"),
+    # bytes, not characters: 513 two-byte characters
+    ({"ce-region": "\u00e9" * 513}, "attribute region is longer than 1024 bytes (Pub/Sub's limit)"),
+    # an identifier has its own limit, in characters, and only that one
+    ({"ce-id": "x" * 1025}, "attribute id is longer than 256 characters"),
+])
+def test_a_binary_attribute_problem_says_what_is_wrong_and_the_rest_is_still_judged(
+        attributes, message):
+    """Every problem is listed, in the order of the attributes: one found in an early
+    attribute does not end the reading of the others (ce-subject, last, is empty)."""
+    headers, data = to_binary(SAMPLE[0])
+    headers = {**attributes, **headers, "ce-subject": "", **attributes}
+    [rejected] = parsed(Payload("b", (), data, NOW, headers))
+    assert rejected.error_message == f"{message}; attribute subject is empty", rejected
+
+
+def test_attributes_that_are_not_the_events_are_passed_over_wherever_they_are():
+    """Transport metadata and keys that are no strings (a Pub/Sub client's own, not the
+    event's), before the event's attributes, neither end their reading nor enter raw."""
+    headers, data = to_binary(SAMPLE[3])
+    [expected] = parsed(binary(SAMPLE[3], "b"))
+    for first in ({"googclient_origin": "x"}, {7: "x"}, {"content-encoding": "identity"}):
+        [accepted] = parsed(Payload("b", (), data, NOW, {**first, **headers}))
+        assert (billed(accepted), accepted.raw) == (billed(expected), expected.raw)
+
+
 @pytest.mark.parametrize("levels,code", [(MAX_DEPTH, None), (MAX_DEPTH + 1, "TOO_DEEP")])
 def test_data_nested_near_the_limit_is_judged_alike_in_every_encoding(levels, code):
     """The limit counts the event object around the data, however the data travels:
