@@ -280,8 +280,9 @@ def _binary_event(payload: bytes, text: str, position: str, order: tuple,
     data_text = None
     if payload and is_json_content_type(obj.get("datacontenttype", "application/json")):
         document, problem = decode_json(payload, within=1)
-        if problem:
+        if problem:  # as a structured event's unreadable data: meters then say nothing more
             problems.append((problem[0], f"data: {problem[1]}"))
+            obj["data"] = _UNREADABLE  # never in raw (_structured_text leaves data out)
         else:
             obj["data"], data_text = document, text.strip(" \t\r\n")  # JSON whitespace
     raw = _structured_text(obj, data_text)

@@ -26,7 +26,8 @@ from cloudevents.v1.conversion import to_binary, to_json, to_structured
 from cloudevents.v1.http import CloudEvent
 
 from schemas.catalog import CatalogError, parse_catalog
-from schemas.events import MAX_DEPTH, Limits, Payload, Rejection, UsageEvent, parse_payload
+from schemas.events import (MAX_DEPTH, Limits, Payload, Rejection, UsageEvent,
+                            is_json_content_type, parse_payload)
 from schemas.values import parse_rfc3339
 from tallyflow.local.publish import Outgoing
 from tallyflow.local.synthetic import INVALID, SyntheticConfig, generate
@@ -125,6 +126,21 @@ def test_every_mode_reads_the_same_event():
         assert billed(s) == billed(b) == billed(a)
         assert dict(json.loads(s.readings[0].dimensions)) == {
             "model": event.get_data()["model"], "region": event["region"]}
+
+
+def test_where_and_when_a_payload_was_received_reaches_its_event_in_every_mode():
+    """Position, order (the dedup's first-copy rule) and ingest time are the message's,
+    not the limits' processing time."""
+    received = NOW - HOUR_NS
+    payloads = {"s": (structured(SAMPLE[1], "m"), "m-s", ("m", 0)),
+                "b": (binary(SAMPLE[1], "m"), "m-b", ("m", 1)),
+                "a": (batch([SAMPLE[1]], "m"), "m-a", ("m", 2))}
+    for mode, (payload, position, order) in payloads.items():
+        [accepted] = payload._replace(position=position, order=order, ingest_ns=received).parse(
+            CATALOG, LIMITS)
+        suffix = "#0" if mode == "a" else ""
+        assert (accepted.position, accepted.order, accepted.ingest_ns) == (
+            position + suffix, order + ((0,) if suffix else ()), received)
 
 
 def test_a_binary_events_raw_is_the_structured_event_and_re_reads_as_it():
@@ -328,6 +344,36 @@ def test_attributes_that_are_not_the_events_are_passed_over_wherever_they_are():
     for first in ({"googclient_origin": "x"}, {7: "x"}, {"content-encoding": "identity"}):
         [accepted] = parsed(Payload("b", (), data, NOW, {**first, **headers}))
         assert (billed(accepted), accepted.raw) == (billed(expected), expected.raw)
+
+
+@pytest.mark.parametrize("data,content_type,message", [
+    (b"\xff", "application/json", "data: not UTF-8: 'utf-8' codec can't decode byte 0xff in "
+     "position 0: invalid start byte"),
+    (b"[" * 70 + b"]" * 70, "application/json", "data: arrays and objects are nested more than "
+     f"{MAX_DEPTH - 1} levels deep ({MAX_DEPTH} with the event around them)"),
+    # data that is not JSON under a type that is not JSON: only the type is wrong
+    (b"tokens=3", "text/plain", "datacontenttype 'text/plain' is not JSON: tallyflow meters "
+     "JSON data only (application/json, or a +json type)"),
+])
+def test_a_binary_messages_data_problem_is_named_as_the_datas(data, content_type, message):
+    [rejected] = parsed(binary_message(data, **{"content-type": content_type}))
+    assert (rejected.error_message, rejected.event_id) == (message, "ev-0")
+
+
+@pytest.mark.parametrize("content_type,is_json", [
+    ("application/json", True), ("text/json", True), ("Application/JSON", True),
+    ("application/cloudevents+json", True), ("application/vnd.api+json", True),
+    ("application/json; charset=utf-8", True), ("application/json;charset=UTF8", True),
+    ('application/json; charset="utf-8"', True), ("application/json; v=1; charset=utf-8", True),
+    ("text/plain", False), ("application/xml", False), ("+json", False), ("json", False),
+    ("application/json; charset=latin-1", False), ("application/json;charset=latin-1", False),
+    ("application/json; v=1; charset=latin-1", False),
+    ("application/json; charset=latin-1=utf-8", False), (7, False), (None, False),
+])
+def test_what_counts_as_a_json_content_type(content_type, is_json):
+    """JSON format 1.0 §3.1: application/json, text/json or a +json type, in any case;
+    a charset parameter, if any, is UTF-8."""
+    assert is_json_content_type(content_type) is is_json
 
 
 @pytest.mark.parametrize("levels,code", [(MAX_DEPTH, None), (MAX_DEPTH + 1, "TOO_DEEP")])
