@@ -308,6 +308,16 @@ def test_what_only_a_binary_message_can_get_wrong_is_a_precise_dead_letter(messa
     assert rejected.payload_bytes in (None, message.data)
 
 
+def test_a_cloudevents_format_other_than_json_is_one_dead_letter_as_received():
+    message = Payload("m", (), to_json(SAMPLE[0]), NOW,
+                      {"Content-Type": "application/cloudevents+avro; v=1"})
+    [rejected] = parsed(message)
+    assert rejected == Rejection(
+        "UNSUPPORTED_CONTENT_TYPE", "content-type 'application/cloudevents+avro; v=1' is not a "
+        "JSON event format (application/cloudevents+json)", message.data.decode(), "m",
+        attributes=message.attributes, ingest_ns=NOW)
+
+
 NOT_A_NAME = ("Pub/Sub attribute {!r} is not a CloudEvents attribute (ce- and 1 to 64 letters "
               "and digits, not ce-data)")
 
