@@ -154,6 +154,20 @@ def test_a_binary_events_raw_is_the_structured_event_and_re_reads_as_it():
     assert billed(again) == billed(accepted) and again.raw == accepted.raw
 
 
+def test_a_binary_events_raw_is_the_documented_structured_text():
+    """docs/cloudevents.md, "What raw stores": required attributes in their order, the
+    others by name, then "data": and the data's text verbatim, trimmed."""
+    attributes = {"ce-region": "eu", "content-type": "application/json", "ce-time":
+                  "2026-11-02T09:00:00Z", "ce-subject": "acme", "ce-type": "llm.completion",
+                  "ce-source": "//svc", "ce-id": "e1", "ce-specversion": "1.0"}
+    data = b'\r\n\t {"tokens": 5, "model": "small", "user": "u"} \n'
+    [accepted] = parsed(Payload("m", (), data, NOW, attributes))
+    assert accepted.raw == (
+        '{"specversion":"1.0","id":"e1","source":"//svc","type":"llm.completion",'
+        '"subject":"acme","time":"2026-11-02T09:00:00Z","datacontenttype":"application/json",'
+        '"region":"eu","data":{"tokens": 5, "model": "small", "user": "u"}}')
+
+
 def test_explain_re_reads_a_stored_binary_event_as_the_event():
     [accepted] = parsed(binary(SAMPLE[2], "msg-9"))
     row = {"raw": accepted.raw, "message_id": "msg-9",
