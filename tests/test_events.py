@@ -4,9 +4,10 @@ from decimal import Decimal
 
 import pytest
 
-from schemas.catalog import MAX_TEXT_LENGTH
+from schemas import events
+from schemas.catalog import MAX_TEXT_LENGTH, parse_catalog
 from schemas.events import ERROR_CODES, MAX_DEPTH, Limits, Rejection, UsageEvent, parse_payload
-from schemas.values import parse_rfc3339
+from schemas.values import dumps_exact, parse_rfc3339
 from tests.conftest import event, line
 
 NOW = parse_rfc3339("2026-11-21T00:00:00Z")
@@ -191,3 +192,28 @@ def test_an_escaped_surrogate_pair_is_the_character_it_encodes(catalog):
     result = one(payload, catalog)
     assert isinstance(result, UsageEvent), result
     assert {r.meter: r.value for r in result.readings}["users"] == "\U0001F600"
+
+
+GROUPED = parse_catalog({"meters": [{"key": "m", "event_type": "t", "aggregation": "COUNT",
+                                     "group_by": {"zone": "$.zone", "app": "$.app"}}]})
+
+
+def test_dimensions_are_canonical_json_computed_once_per_combination(monkeypatch):
+    """Sorted keys, compact, numbers as text; remembered, so a recurring combination is
+    serialised once (the memo starts empty here, as in a fresh worker)."""
+    monkeypatch.setattr(events, "_DIMENSIONS_CACHE", {})
+    serialised = []
+    monkeypatch.setattr(events, "dumps_exact",
+                        lambda value, **kw: serialised.append(value) or dumps_exact(value, **kw))
+    for n in range(2):
+        result = one(line(event(id=f"e{n}", type="t", data={"zone": "z", "app": 7})), GROUPED)
+        assert [r.dimensions for r in result.readings] == ['{"app":"7","zone":"z"}']
+    assert serialised.count({"zone": "z", "app": "7"}) == 1
+
+
+def test_the_dimensions_memo_stops_growing_at_its_bound(monkeypatch):
+    full = {(("n", str(n)),): "{}" for n in range(100_000)}
+    monkeypatch.setattr(events, "_DIMENSIONS_CACHE", full)
+    result = one(line(event(type="t", data={"zone": "z", "app": "a"})), GROUPED)
+    assert [r.dimensions for r in result.readings] == ['{"app":"a","zone":"z"}']
+    assert len(full) == 100_000

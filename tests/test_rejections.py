@@ -171,3 +171,10 @@ def test_a_bug_judging_a_payload_is_a_dead_letter_naming_the_error(rejected, mon
     assert r == Rejection("UNEXPECTED_ERROR", "tallyflow could not judge this payload (KeyError: "
                           "'a bug'); please report it", '{"id": "e1"}', "m-1", None, None,
                           ATTRIBUTES, INGEST)
+
+
+def test_an_identity_that_is_no_text_is_not_recorded_as_one(rejected):
+    [r] = rejected(call(source=17, id=True))
+    assert (r.error_code, r.event_source, r.event_id) == ("INVALID_ATTRIBUTE", None, None)
+    [r] = rejected(call(source="", id="e1"))
+    assert (r.error_code, r.event_source, r.event_id) == ("EMPTY_ATTRIBUTE", None, "e1")
