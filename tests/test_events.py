@@ -185,6 +185,15 @@ def test_nesting_exactly_at_the_limit_is_accepted_one_level_more_is_too_deep(cat
         "TOO_DEEP", f"arrays and objects are nested more than {MAX_DEPTH} levels deep")
 
 
+@pytest.mark.parametrize("levels,code", [(MAX_DEPTH, None), (MAX_DEPTH + 1, "TOO_DEEP")])
+def test_objects_count_as_levels_as_arrays_do(catalog, levels, code):
+    deep = 1
+    for _ in range(levels - 2):  # inside the event's object and data's object
+        deep = {"a": deep}
+    result = one(line(event(data={**CALL, "deep": deep})), catalog)
+    assert (result.error_code if isinstance(result, Rejection) else None) == code
+
+
 def test_an_escaped_surrogate_pair_is_the_character_it_encodes(catalog):
     # "\ud83d\ude00" is U+1F600 written as JSON escapes: a pair, not a lone surrogate
     payload = line(event(data={**CALL, "user": "\U0001F600", "n": [1, None, True]}))
