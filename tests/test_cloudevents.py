@@ -392,7 +392,8 @@ def test_a_binary_messages_data_problem_is_named_as_the_datas(data, content_type
     ("text/plain", False), ("application/xml", False), ("+json", False), ("json", False),
     ("application/json; charset=latin-1", False), ("application/json;charset=latin-1", False),
     ("application/json; v=1; charset=latin-1", False),
-    ("application/json; charset=latin-1=utf-8", False), (7, False), (None, False),
+    ("application/json; charset=latin-1=utf-8", False),
+    ('application/json; charset=X"utf-8', False), (7, False), (None, False),
 ])
 def test_what_counts_as_a_json_content_type(content_type, is_json):
     """JSON format 1.0 §3.1: application/json, text/json or a +json type, in any case;

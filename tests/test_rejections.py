@@ -162,6 +162,18 @@ def test_what_a_dead_letter_says_is_wrong(rejected, payload, code, message):
     assert (r.error_code, r.error_message) == (code, message)
 
 
+@pytest.mark.parametrize("encoded", ["not base64!", base64_of(b"{}")[:-1],
+                                     base64_of(b'{"amount": 1}') + "\n", " " + base64_of(b"{}")])
+def test_data_base64_is_strict_rfc_4648_and_the_dead_letter_says_why(rejected, encoded):
+    """Padding required, no whitespace or other characters (RFC 4648 §3.3: non-alphabet
+    characters are rejected unless a specification says otherwise)."""
+    with pytest.raises(ValueError) as strict:  # the standard library's strict decoder
+        base64.b64decode(encoded, validate=True)
+    [r] = rejected(call(data=None, data_base64=encoded))
+    assert (r.error_code, r.error_message) == (
+        "INVALID_DATA_BASE64", f"data_base64 is not base64: {strict.value}")
+
+
 def test_a_bug_judging_a_payload_is_a_dead_letter_naming_the_error(rejected, monkeypatch):
     def broken(*args):
         raise KeyError("a bug")
