@@ -12,6 +12,8 @@ a time. Slow (minutes per module, mostly Beam pipeline start-up); not in CI.
     .venv/bin/python benchmarks/mutation.py --show-survivors schemas/values.py
     .venv/bin/python benchmarks/mutation.py --json before.json ...   # then, after new tests:
     .venv/bin/python benchmarks/mutation.py --recheck before.json ...
+    .venv/bin/python benchmarks/mutation.py --recheck before.json schemas/events.py \
+        --rerun 'schemas.events.x__parse__mutmut_*'    # every mutant of a changed function
     .venv/bin/python benchmarks/mutation.py transforms/batch_usage.py \
         --tests tests/test_batch_steps.py             # other tests than FAST_TESTS
 
@@ -22,6 +24,7 @@ test or listed as equivalent in docs/testing.md.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import shutil
 import subprocess
@@ -106,11 +109,13 @@ def scratch_copy(module: str, tests: list[str]) -> Path:
 
 
 def measure(module: str, tests: list[str], jobs: int, show: bool,
-            earlier: dict | None = None) -> dict:
+            earlier: dict | None = None, rerun: list[str] = ()) -> dict:
     """Runs every mutant of `module`; with `earlier` (this module's result of a previous
-    run), only the mutants that survived it, the others counting as killed again."""
+    run), only the mutants that survived it and those matching a `rerun` pattern, the
+    others counting as killed again. A function changed since `earlier` needs a pattern:
+    mutmut numbers a function's mutants in order, so its survivors' numbers moved."""
     work = scratch_copy(module, tests)
-    only = sorted(earlier["survivors"]) if earlier else []
+    only = sorted(earlier["survivors"]) + list(rerun) if earlier else []
     run = subprocess.run([*MUTMUT, "run", "--max-children", str(jobs), *only], cwd=work,
                          capture_output=True, text=True)
     meta = work / "mutants" / f"{module}.meta"
@@ -120,7 +125,9 @@ def measure(module: str, tests: list[str], jobs: int, show: bool,
     by_mutant = {name: _status(code)
                  for name, code in json.loads(meta.read_text())["exit_code_by_key"].items()}
     if earlier:
-        by_mutant = {name: by_mutant[name] if name in only else "killed" for name in by_mutant}
+        by_mutant = {name: by_mutant[name] if any(fnmatch.fnmatchcase(name, pattern)
+                                                  for pattern in only) else "killed"
+                     for name in by_mutant}
     survivors = sorted(name for name, status in by_mutant.items() if status not in KILLED)
     result = {"module": module, "mutants": len(by_mutant),
               "killed": len(by_mutant) - len(survivors),
@@ -143,6 +150,9 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--recheck", help="results (--json) of an earlier run: rerun only "
                                           "its survivors, after new tests")
+    parser.add_argument("--rerun", nargs="+", default=[],
+                        help="with --recheck: also every mutant matching these patterns "
+                             "(mutmut names, e.g. 'schemas.events.x__parse__mutmut_*')")
     parser.add_argument("--tests", nargs="+", help="run these tests against the mutants "
                                                    "instead of the module's FAST_TESTS")
     args = parser.parse_args(argv)
@@ -151,7 +161,7 @@ def main(argv=None) -> int:
     results = []
     for module in args.modules:
         result = measure(module, args.tests or FAST_TESTS[module], args.jobs, args.show_survivors,
-                         earlier.get(module))
+                         earlier.get(module), args.rerun)
         results.append(result)
         score = result["killed"] / result["mutants"] if result["mutants"] else 1
         print(f"{module:28} {result['killed']:4} / {result['mutants']:<4} killed  "
