@@ -131,6 +131,8 @@ def test_event_is_rejected_whole_when_one_meter_fails(catalog):
 def test_valid_event_with_all_readings(catalog):
     result = one(line(event(time="2026-11-02T10:00:00+01:00", data=CALL)), catalog)
     assert isinstance(result, UsageEvent)
+    assert (result.source, result.id, result.type, result.subject) == ("//test", "e1", "call",
+                                                                       "acme")
     assert result.time_ns == parse_rfc3339("2026-11-02T09:00:00Z")
     readings = {r.meter: (r.dimensions, r.value) for r in result.readings}
     assert readings == {
