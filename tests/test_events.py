@@ -228,3 +228,12 @@ def test_the_dimensions_memo_stops_growing_at_its_bound(monkeypatch):
     result = one(line(event(type="t", data={"zone": "z", "app": "a"})), GROUPED)
     assert [r.dimensions for r in result.readings] == ['{"app":"a","zone":"z"}']
     assert len(full) == 100_000
+
+
+def test_identifiers_of_one_character_and_with_inner_or_leading_spaces_are_accepted(catalog):
+    # README "Identifiers": 1..256 characters, any text but control and bidi formatting
+    # characters, not only whitespace; compared as received
+    for identifier in ("x", " x", "a b", "x "):
+        result = one(line(event(id=identifier, subject=identifier, data=CALL)), catalog)
+        assert isinstance(result, UsageEvent), (identifier, result)
+        assert (result.id, result.subject) == (identifier, identifier)
