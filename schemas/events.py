@@ -198,8 +198,6 @@ def decode_json(payload: bytes, numbers_under: str | None = None, within: int = 
         return None, ("INVALID_UNICODE", f"not UTF-8: {e}")
     except RecursionError:
         return None, ("TOO_DEEP", f"nested too deep to parse (the limit is {MAX_DEPTH} levels)")
-    except ValueProblem as e:
-        return None, (e.code, str(e))
     except ValueError as e:
         return None, ("MALFORMED_JSON", f"not valid JSON: {e}")
 

@@ -231,6 +231,17 @@ def test_an_attribute_dimension_reads_the_same_whatever_its_json_type():
         "region"] == "r" * 1024
 
 
+def test_an_attribute_dimension_holding_a_decimal_reads_every_digit():
+    """An attribute is parsed exactly too when a meter groups by it, not only data (a
+    binary float would read 0.1000000000000000055511151231257827 as 0.1)."""
+    digits = "0.1000000000000000055511151231257827"
+    doc = json.loads(to_json(sdk_event(2)))
+    doc["region"] = "REGION"
+    payload = json.dumps(doc).encode().replace(b'"REGION"', digits.encode())
+    [accepted] = parsed(Payload("m", (), payload, NOW))
+    assert json.loads(accepted.readings[0].dimensions)["region"] == digits
+
+
 def test_a_structured_message_with_ce_attributes_but_no_specversion_attribute_stays_structured():
     # what tallyflow publish sends, and what a publisher setting filter attributes sends
     headers, body = to_structured(SAMPLE[4])
