@@ -222,6 +222,11 @@ def test_dimensions_are_canonical_json_computed_once_per_combination(monkeypatch
     assert serialised.count({"zone": "z", "app": "7"}) == 1
 
 
+def test_dimensions_json_sorts_the_keys_it_is_given(monkeypatch):
+    monkeypatch.setattr(events, "_DIMENSIONS_CACHE", {})
+    assert events.dimensions_json({"zone": "z", "app": None}) == '{"app":null,"zone":"z"}'
+
+
 def test_the_dimensions_memo_stops_growing_at_its_bound(monkeypatch):
     full = {(("n", str(n)),): "{}" for n in range(100_000)}
     monkeypatch.setattr(events, "_DIMENSIONS_CACHE", full)
