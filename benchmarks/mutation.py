@@ -51,8 +51,9 @@ FAST_TESTS = {
     "schemas/values.py": ["tests/test_values.py", "tests/test_values_edges.py",
                           "tests/test_events.py", FASTPATH_AGREES],
     # events.py: without test_cloudevents.py's two pipeline tests and the fast path's
-    # (15 of the 18 s a surviving mutant costs; they bill parsed events, which the other
-    # tests check directly: run against the survivors of 2026-12-01, they killed none)
+    # (15 of the 18 s a surviving mutant cost; they bill parsed events, which the other
+    # tests check directly: run against the 24 survivors of 2026-12-01, the equivalents
+    # of docs/testing.md, they killed none); test_encoding.py: the decompression path
     "schemas/events.py": ["tests/test_events.py", "tests/test_rejections.py",
                           "tests/test_cloudevents.py", "tests/test_encoding.py",
                           *deselected("tests/test_cloudevents.py::test_the_recompute_bills_every_"
