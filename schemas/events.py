@@ -166,11 +166,11 @@ def _parse(payload: bytes, text: str, position: str, order: tuple,
     mode = content_mode(context.attributes)
     if mode == BINARY:
         return [_binary_event(payload, text, position, order, context)]
-    if mode == UNSUPPORTED:
+    if mode == UNSUPPORTED:  # the content-type attribute, however its name is spelled
+        content_type = _by_name(context.attributes)["content-type"]
         return [_whole(context, ("UNSUPPORTED_CONTENT_TYPE", f"content-type "
-                                 f"{clip(context.attributes['content-type'])!r} is not a JSON "
-                                 "event format (application/cloudevents+json)"),
-                       payload, text, position)]
+                                 f"{clip(content_type)!r} is not a JSON event format "
+                                 "(application/cloudevents+json)"), payload, text, position)]
     if not payload.strip():
         return [context.reject("MALFORMED_JSON", "empty payload", text, position)]
     document, problem = decode_json(
@@ -198,8 +198,6 @@ def decode_json(payload: bytes, numbers_under: str | None = None, within: int = 
         return None, ("INVALID_UNICODE", f"not UTF-8: {e}")
     except RecursionError:
         return None, ("TOO_DEEP", f"nested too deep to parse (the limit is {MAX_DEPTH} levels)")
-    except ValueProblem as e:
-        return None, (e.code, str(e))
     except ValueError as e:
         return None, ("MALFORMED_JSON", f"not valid JSON: {e}")
 
@@ -237,12 +235,17 @@ def content_mode(attributes: dict | None) -> str:
     attributes for subscription filters without changing what its data means."""
     if not attributes:
         return STRUCTURED
-    names = {key.lower(): value for key, value in attributes.items() if isinstance(key, str)}
+    names = _by_name(attributes)
     content_type = names.get("content-type")
     if isinstance(content_type, str) and _media_type(content_type).startswith(
             "application/cloudevents"):
         return STRUCTURED if is_json_content_type(content_type) else UNSUPPORTED
     return BINARY if CE_PREFIX + "specversion" in names else STRUCTURED
+
+
+def _by_name(attributes: dict) -> dict:
+    """The attributes by lowercase name: the binding's names are case-insensitive."""
+    return {key.lower(): value for key, value in attributes.items() if isinstance(key, str)}
 
 
 def is_json_content_type(content_type) -> bool:
@@ -280,8 +283,9 @@ def _binary_event(payload: bytes, text: str, position: str, order: tuple,
     data_text = None
     if payload and is_json_content_type(obj.get("datacontenttype", "application/json")):
         document, problem = decode_json(payload, within=1)
-        if problem:
+        if problem:  # as a structured event's unreadable data: meters then say nothing more
             problems.append((problem[0], f"data: {problem[1]}"))
+            obj["data"] = _UNREADABLE  # never in raw (_structured_text leaves data out)
         else:
             obj["data"], data_text = document, text.strip(" \t\r\n")  # JSON whitespace
     raw = _structured_text(obj, data_text)

@@ -26,7 +26,8 @@ from cloudevents.v1.conversion import to_binary, to_json, to_structured
 from cloudevents.v1.http import CloudEvent
 
 from schemas.catalog import CatalogError, parse_catalog
-from schemas.events import MAX_DEPTH, Limits, Payload, Rejection, UsageEvent, parse_payload
+from schemas.events import (MAX_DEPTH, Limits, Payload, Rejection, UsageEvent,
+                            is_json_content_type, parse_payload)
 from schemas.values import parse_rfc3339
 from tallyflow.local.publish import Outgoing
 from tallyflow.local.synthetic import INVALID, SyntheticConfig, generate
@@ -127,6 +128,21 @@ def test_every_mode_reads_the_same_event():
             "model": event.get_data()["model"], "region": event["region"]}
 
 
+def test_where_and_when_a_payload_was_received_reaches_its_event_in_every_mode():
+    """Position, order (the dedup's first-copy rule) and ingest time are the message's,
+    not the limits' processing time."""
+    received = NOW - HOUR_NS
+    payloads = {"s": (structured(SAMPLE[1], "m"), "m-s", ("m", 0)),
+                "b": (binary(SAMPLE[1], "m"), "m-b", ("m", 1)),
+                "a": (batch([SAMPLE[1]], "m"), "m-a", ("m", 2))}
+    for mode, (payload, position, order) in payloads.items():
+        [accepted] = payload._replace(position=position, order=order, ingest_ns=received).parse(
+            CATALOG, LIMITS)
+        suffix = "#0" if mode == "a" else ""
+        assert (accepted.position, accepted.order, accepted.ingest_ns) == (
+            position + suffix, order + ((0,) if suffix else ()), received)
+
+
 def test_a_binary_events_raw_is_the_structured_event_and_re_reads_as_it():
     event = sdk_event(5, traceparent="00-abc-01")
     [accepted] = parsed(binary(event, "msg-1"))
@@ -136,6 +152,20 @@ def test_a_binary_events_raw_is_the_structured_event_and_re_reads_as_it():
     # what the recompute and explain do: re-parse the stored raw, without the message
     [again] = parse_payload(accepted.raw.encode(), "msg-1", (), CATALOG, LIMITS)
     assert billed(again) == billed(accepted) and again.raw == accepted.raw
+
+
+def test_a_binary_events_raw_is_the_documented_structured_text():
+    """docs/cloudevents.md, "What raw stores": required attributes in their order, the
+    others by name, then "data": and the data's text verbatim, trimmed."""
+    attributes = {"ce-region": "eu", "content-type": "application/json", "ce-time":
+                  "2026-11-02T09:00:00Z", "ce-subject": "acme", "ce-type": "llm.completion",
+                  "ce-source": "//svc", "ce-id": "e1", "ce-specversion": "1.0"}
+    data = b'\r\n\t {"tokens": 5, "model": "small", "user": "u"} \n'
+    [accepted] = parsed(Payload("m", (), data, NOW, attributes))
+    assert accepted.raw == (
+        '{"specversion":"1.0","id":"e1","source":"//svc","type":"llm.completion",'
+        '"subject":"acme","time":"2026-11-02T09:00:00Z","datacontenttype":"application/json",'
+        '"region":"eu","data":{"tokens": 5, "model": "small", "user": "u"}}')
 
 
 def test_explain_re_reads_a_stored_binary_event_as_the_event():
@@ -199,6 +229,17 @@ def test_an_attribute_dimension_reads_the_same_whatever_its_json_type():
     headers, body = to_binary(sdk_event(2, region="r" * 1024))  # Pub/Sub's longest value
     assert json.loads(parsed(Payload("m", (), body, NOW, headers))[0].readings[0].dimensions)[
         "region"] == "r" * 1024
+
+
+def test_an_attribute_dimension_holding_a_decimal_reads_every_digit():
+    """An attribute is parsed exactly too when a meter groups by it, not only data (a
+    binary float would read 0.1000000000000000055511151231257827 as 0.1)."""
+    digits = "0.1000000000000000055511151231257827"
+    doc = json.loads(to_json(sdk_event(2)))
+    doc["region"] = "REGION"
+    payload = json.dumps(doc).encode().replace(b'"REGION"', digits.encode())
+    [accepted] = parsed(Payload("m", (), payload, NOW))
+    assert json.loads(accepted.readings[0].dimensions)["region"] == digits
 
 
 def test_a_structured_message_with_ce_attributes_but_no_specversion_attribute_stays_structured():
@@ -290,6 +331,85 @@ def test_what_only_a_binary_message_can_get_wrong_is_a_precise_dead_letter(messa
     [rejected] = parsed(message)
     assert isinstance(rejected, Rejection) and rejected.error_code == code, rejected
     assert rejected.payload_bytes in (None, message.data)
+
+
+def test_a_cloudevents_format_other_than_json_is_one_dead_letter_as_received():
+    message = Payload("m", (), to_json(SAMPLE[0]), NOW,
+                      {"Content-Type": "application/cloudevents+avro; v=1"})
+    [rejected] = parsed(message)
+    assert rejected == Rejection(
+        "UNSUPPORTED_CONTENT_TYPE", "content-type 'application/cloudevents+avro; v=1' is not a "
+        "JSON event format (application/cloudevents+json)", message.data.decode(), "m",
+        attributes=message.attributes, ingest_ns=NOW)
+
+
+NOT_A_NAME = ("Pub/Sub attribute {!r} is not a CloudEvents attribute (ce- and 1 to 64 letters "
+              "and digits, not ce-data)")
+
+
+@pytest.mark.parametrize("attributes,message", [
+    ({"ce-re_gion": "eu"}, NOT_A_NAME.format("ce-re_gion")),
+    ({"ce-data": "{}"}, NOT_A_NAME.format("ce-data")),
+    ({"ce-region": "eu", "ce-Region": "us"}, "attribute region is given twice, with different "
+     "values (names are case-insensitive; content-type is datacontenttype)"),
+    ({"ce-region": "\ud800"}, "attribute region holds a lone UTF-16 surrogate, which is not "
+                               "Unicode text"),
+    ({"ce-partitionkey": "p" * 1025},
+     "attribute partitionkey is longer than 1024 bytes (Pub/Sub's limit)"),
+    # bytes, not characters: 513 two-byte characters
+    ({"ce-region": "\u00e9" * 513}, "attribute region is longer than 1024 bytes (Pub/Sub's limit)"),
+    # an identifier has its own limit, in characters, and only that one
+    ({"ce-id": "x" * 1025}, "attribute id is longer than 256 characters"),
+])
+def test_a_binary_attribute_problem_says_what_is_wrong_and_the_rest_is_still_judged(
+        attributes, message):
+    """Every problem is listed, in the order of the attributes: one found in an early
+    attribute does not end the reading of the others (ce-subject, last, is empty)."""
+    headers, data = to_binary(SAMPLE[0])
+    headers = {**attributes, **headers, "ce-subject": "", **attributes}
+    [rejected] = parsed(Payload("b", (), data, NOW, headers))
+    assert rejected.error_message == f"{message}; attribute subject is empty", rejected
+
+
+def test_attributes_that_are_not_the_events_are_passed_over_wherever_they_are():
+    """Transport metadata and keys that are no strings (a Pub/Sub client's own, not the
+    event's), before the event's attributes, neither end their reading nor enter raw."""
+    headers, data = to_binary(SAMPLE[3])
+    [expected] = parsed(binary(SAMPLE[3], "b"))
+    for first in ({"googclient_origin": "x"}, {7: "x"}, {"content-encoding": "identity"}):
+        [accepted] = parsed(Payload("b", (), data, NOW, {**first, **headers}))
+        assert (billed(accepted), accepted.raw) == (billed(expected), expected.raw)
+
+
+@pytest.mark.parametrize("data,content_type,message", [
+    (b"\xff", "application/json", "data: not UTF-8: 'utf-8' codec can't decode byte 0xff in "
+     "position 0: invalid start byte"),
+    (b"[" * 70 + b"]" * 70, "application/json", "data: arrays and objects are nested more than "
+     f"{MAX_DEPTH - 1} levels deep ({MAX_DEPTH} with the event around them)"),
+    # data that is not JSON under a type that is not JSON: only the type is wrong
+    (b"tokens=3", "text/plain", "datacontenttype 'text/plain' is not JSON: tallyflow meters "
+     "JSON data only (application/json, or a +json type)"),
+])
+def test_a_binary_messages_data_problem_is_named_as_the_datas(data, content_type, message):
+    [rejected] = parsed(binary_message(data, **{"content-type": content_type}))
+    assert (rejected.error_message, rejected.event_id) == (message, "ev-0")
+
+
+@pytest.mark.parametrize("content_type,is_json", [
+    ("application/json", True), ("text/json", True), ("Application/JSON", True),
+    ("application/cloudevents+json", True), ("application/vnd.api+json", True),
+    ("application/json; charset=utf-8", True), ("application/json;charset=UTF8", True),
+    ('application/json; charset="utf-8"', True), ("application/json; v=1; charset=utf-8", True),
+    ("text/plain", False), ("application/xml", False), ("+json", False), ("json", False),
+    ("application/json; charset=latin-1", False), ("application/json;charset=latin-1", False),
+    ("application/json; v=1; charset=latin-1", False),
+    ("application/json; charset=latin-1=utf-8", False),
+    ('application/json; charset=X"utf-8', False), (7, False), (None, False),
+])
+def test_what_counts_as_a_json_content_type(content_type, is_json):
+    """JSON format 1.0 §3.1: application/json, text/json or a +json type, in any case;
+    a charset parameter, if any, is UTF-8."""
+    assert is_json_content_type(content_type) is is_json
 
 
 @pytest.mark.parametrize("levels,code", [(MAX_DEPTH, None), (MAX_DEPTH + 1, "TOO_DEEP")])

@@ -129,6 +129,7 @@ def test_a_corrupt_or_oversized_message_is_one_dead_letter_with_its_bytes(bad, c
     [rejected] = parse(bad, attributes)
     assert isinstance(rejected, Rejection) and rejected.error_code == code
     assert rejected.payload_bytes == bad and rejected.attributes == attributes
+    assert rejected.position == "m1"
 
 
 def test_a_rejection_inside_a_compressed_batch_holds_the_event_uncompressed():

@@ -4,9 +4,10 @@ from decimal import Decimal
 
 import pytest
 
-from schemas.catalog import MAX_TEXT_LENGTH
+from schemas import events
+from schemas.catalog import MAX_TEXT_LENGTH, parse_catalog
 from schemas.events import ERROR_CODES, MAX_DEPTH, Limits, Rejection, UsageEvent, parse_payload
-from schemas.values import parse_rfc3339
+from schemas.values import dumps_exact, parse_rfc3339
 from tests.conftest import event, line
 
 NOW = parse_rfc3339("2026-11-21T00:00:00Z")
@@ -136,6 +137,8 @@ def test_event_is_rejected_whole_when_one_meter_fails(catalog):
 def test_valid_event_with_all_readings(catalog):
     result = one(line(event(time="2026-11-02T10:00:00+01:00", data=CALL)), catalog)
     assert isinstance(result, UsageEvent)
+    assert (result.source, result.id, result.type, result.subject) == ("//test", "e1", "call",
+                                                                       "acme")
     assert result.time_ns == parse_rfc3339("2026-11-02T09:00:00Z")
     readings = {r.meter: (r.dimensions, r.value) for r in result.readings}
     assert readings == {
@@ -179,3 +182,75 @@ def test_batch_yields_each_element_with_its_own_position(catalog):
 def test_time_at_the_skew_limit_is_accepted(catalog):
     result = one(line(event(time="2026-11-21T00:05:00Z", data=CALL)), catalog)
     assert isinstance(result, UsageEvent)
+
+
+def wide_and_deep(levels: int) -> bytes:
+    """An event `levels` deep (its object, data's object, then arrays) with more
+    brackets than MAX_DEPTH side by side, so the cheap bracket count cannot decide."""
+    data = {**CALL, "deep": nested(levels - 2), "wide": [[] for _ in range(MAX_DEPTH)]}
+    return line(event(data=data))
+
+
+def test_nesting_exactly_at_the_limit_is_accepted_one_level_more_is_too_deep(catalog):
+    assert wide_and_deep(MAX_DEPTH).count(b"[") > MAX_DEPTH
+    assert isinstance(one(wide_and_deep(MAX_DEPTH), catalog), UsageEvent)
+    too_deep = one(wide_and_deep(MAX_DEPTH + 1), catalog)
+    assert (too_deep.error_code, too_deep.error_message) == (
+        "TOO_DEEP", f"arrays and objects are nested more than {MAX_DEPTH} levels deep")
+
+
+@pytest.mark.parametrize("levels,code", [(MAX_DEPTH, None), (MAX_DEPTH + 1, "TOO_DEEP")])
+def test_objects_count_as_levels_as_arrays_do(catalog, levels, code):
+    deep = 1
+    for _ in range(levels - 2):  # inside the event's object and data's object
+        deep = {"a": deep}
+    result = one(line(event(data={**CALL, "deep": deep})), catalog)
+    assert (result.error_code if isinstance(result, Rejection) else None) == code
+
+
+def test_an_escaped_surrogate_pair_is_the_character_it_encodes(catalog):
+    # "\ud83d\ude00" is U+1F600 written as JSON escapes: a pair, not a lone surrogate
+    payload = line(event(data={**CALL, "user": "\U0001F600", "n": [1, None, True]}))
+    assert b"\\ud83d\\ude00" in payload
+    result = one(payload, catalog)
+    assert isinstance(result, UsageEvent), result
+    assert {r.meter: r.value for r in result.readings}["users"] == "\U0001F600"
+
+
+GROUPED = parse_catalog({"meters": [{"key": "m", "event_type": "t", "aggregation": "COUNT",
+                                     "group_by": {"zone": "$.zone", "app": "$.app"}}]})
+
+
+def test_dimensions_are_canonical_json_computed_once_per_combination(monkeypatch):
+    """Sorted keys, compact, numbers as text; remembered, so a recurring combination is
+    serialised once (the memo starts empty here, as in a fresh worker)."""
+    monkeypatch.setattr(events, "_DIMENSIONS_CACHE", {})
+    serialised = []
+    monkeypatch.setattr(events, "dumps_exact",
+                        lambda value, **kw: serialised.append(value) or dumps_exact(value, **kw))
+    for n in range(2):
+        result = one(line(event(id=f"e{n}", type="t", data={"zone": "z", "app": 7})), GROUPED)
+        assert [r.dimensions for r in result.readings] == ['{"app":"7","zone":"z"}']
+    assert serialised.count({"zone": "z", "app": "7"}) == 1
+
+
+def test_dimensions_json_sorts_the_keys_it_is_given(monkeypatch):
+    monkeypatch.setattr(events, "_DIMENSIONS_CACHE", {})
+    assert events.dimensions_json({"zone": "z", "app": None}) == '{"app":null,"zone":"z"}'
+
+
+def test_the_dimensions_memo_stops_growing_at_its_bound(monkeypatch):
+    full = {(("n", str(n)),): "{}" for n in range(100_000)}
+    monkeypatch.setattr(events, "_DIMENSIONS_CACHE", full)
+    result = one(line(event(type="t", data={"zone": "z", "app": "a"})), GROUPED)
+    assert [r.dimensions for r in result.readings] == ['{"app":"a","zone":"z"}']
+    assert len(full) == 100_000
+
+
+def test_identifiers_of_one_character_and_with_inner_or_leading_spaces_are_accepted(catalog):
+    # README "Identifiers": 1..256 characters, any text but control and bidi formatting
+    # characters, not only whitespace; compared as received
+    for identifier in ("x", " x", "a b", "x "):
+        result = one(line(event(id=identifier, subject=identifier, data=CALL)), catalog)
+        assert isinstance(result, UsageEvent), (identifier, result)
+        assert (result.id, result.subject) == (identifier, identifier)
