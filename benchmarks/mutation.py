@@ -49,7 +49,8 @@ FAST_TESTS = {
     "transforms/windowing.py": ["tests/test_streaming.py"],
     "transforms/batch_usage.py": [
         "tests/test_batch_steps.py",
-        "tests/test_transforms.py::test_compute_usage_keeps_the_first_copy_and_counts_conflicts"],
+        "tests/test_transforms.py::test_compute_usage_keeps_the_first_copy_and_counts_conflicts",
+        "tests/test_transforms.py::test_compute_usage_in_blocks_gives_a_list_per_usage_shard"],
     "schemas/pricing.py": ["tests/test_pricing.py", "tests/test_pricing_rules.py"],
     # the commits' decisions against in-memory ledgers and their statements against a
     # recording client; tests/e2e/test_restate.py and test_guards.py run them on the emulator
