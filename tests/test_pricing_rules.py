@@ -2,12 +2,15 @@
 `rate_subject` line by line (every field of usage, zero-usage and limit lines, the
 reasons unpriced rows are counted by, the version a zero line is under), adjustments
 field by field, tier bounds, and the price book's loading and messages."""
+import io
+import json
 from collections import Counter
 from dataclasses import replace
 from decimal import Decimal as D
 
 import pytest
 
+from schemas import pricing
 from schemas.catalog import parse_catalog
 from schemas.pricing import (Line, Model, PriceBookError, UsageWindow, adjustments,
                              load_price_book, parse_price_book, parse_price_book_text,
@@ -396,6 +399,20 @@ def test_errors_of_a_price_book_text_start_with_its_name(tmp_path):
         load_price_book(str(path))
     assert str(caught.value) == \
         f"{path}: the price book must be a mapping with a list under 'plans'"
+
+
+def test_a_price_book_file_is_read_as_utf8_whatever_the_locale(tmp_path, monkeypatch):
+    path = tmp_path / "prices.yaml"
+    book = book_with({**CALLS, "description": "Z\u00fcrich \u2014 \u65e5\u672c"})
+    path.write_text(json.dumps(book, ensure_ascii=False), encoding="utf-8")  # JSON is YAML
+
+    def open_in_an_ascii_locale(file, mode="r", encoding=None, **options):
+        """`open` where the locale's encoding is ASCII, as on a host without a UTF-8 locale."""
+        return io.open(file, mode, encoding=encoding or "ascii", **options)
+
+    monkeypatch.setattr(pricing, "open", open_in_an_ascii_locale, raising=False)
+    loaded = load_price_book(str(path)).plans[0].versions[0].prices[0]
+    assert loaded.description == "Z\u00fcrich \u2014 \u65e5\u672c"
 
 
 def test_what_a_valid_price_book_holds():
