@@ -237,6 +237,24 @@ def test_a_per_event_fee_is_charged_only_for_events():
     assert Model("percentage", percent=D(2), fixed_fee=D("0.25")).amount(D(100)) == D(2)
 
 
+def test_a_percentage_price_may_be_a_fee_per_event_alone():
+    price = one_price({"id": "calls", "meter": "calls", "model": "percentage",
+                       "fixed_fee": "0.25"})
+    assert price.amount(D(100), 3) == D("0.75")  # 100 x 0 / 100 + 3 x 0.25
+
+
+def test_free_units_come_off_every_model_that_has_them():
+    per_unit = one_price({**CALLS, "unit_amount": "2", "free_units": "3"})
+    assert (per_unit.amount(D(3)), per_unit.amount(D("10.5"))) == (0, D(15))  # 7.5 x 2
+    package = one_price({"id": "calls", "meter": "calls", "model": "package",
+                         "package_size": "4", "package_amount": "5", "free_units": "3"})
+    assert (package.amount(D(3)), package.amount(D(8))) == (0, D(10))  # 5 billable: 2 packages
+    for model in ("graduated", "volume"):
+        tiered = one_price({**graduated({"up_to": None, "unit_amount": "2"}), "model": model,
+                            "free_units": "3"})
+        assert (tiered.amount(D(3)), tiered.amount(D(10))) == (0, D(14))  # 7 x 2
+
+
 def test_yaml_numbers_in_cells_are_spelled_as_usage_rows_spell_them_and_inf_is_refused():
     text = ("plans:\n- id: p\n  currency: USD\n  versions:\n  - version: 1\n"
             "    starting_at: '2026-01-01T00:00:00Z'\n    prices:\n    - id: calls\n"
@@ -321,6 +339,8 @@ REFUSALS = [
     (book_with({**CALLS, "minimum": "1.001"}),
      f"{PRICE}.minimum: 1.001 is finer than the USD minor unit"),
     (book_with({**CALLS, "description": 5}), f"{PRICE}.description: must be a string"),
+    (book_with({"id": "calls", "meter": "calls", "model": "percentage"}),
+     f"{PRICE}.percent: required for percentage (or fixed_fee)"),
     (book_with({"id": "calls", "meter": "calls", "model": "package", "package_size": "0",
                 "package_amount": "1"}), f"{PRICE}.package_size: must be positive, got 0"),
     (book_with(matrix(dimensions="region")), f"{PRICE}.dimensions: required for matrix; "
