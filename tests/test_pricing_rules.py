@@ -151,6 +151,16 @@ def test_limit_lines_name_only_what_they_limit_and_a_limit_reached_exactly_adds_
     )
 
 
+def test_a_minimum_equal_to_the_maximum_bills_exactly_it():
+    book = parse_price_book(book_with({**CALLS, "minimum": "5", "maximum": "5.00"}))
+    below = rate_subject(book, "acme", NOV, DEC, [at(0, value="2")])
+    above = rate_subject(book, "acme", NOV, DEC, [at(0, value="9", events=2)])
+    assert below.lines == (line(quantity="2", events=1, amount="2"),
+                           line(kind="minimum", amount="3"))  # 5 - 2
+    assert above.lines == (line(quantity="9", events=2, amount="9"),
+                           line(kind="maximum", amount="-4"))  # 5 - 9
+
+
 def test_a_graduated_line_charges_the_first_tiers_flat_fee_once():
     tiers = [{"up_to": 5, "unit_amount": 5, "flat_amount": 10},
              {"up_to": None, "unit_amount": 4, "flat_amount": 20}]
@@ -339,6 +349,9 @@ REFUSALS = [
     (book_with({**CALLS, "minimum": "1.001"}),
      f"{PRICE}.minimum: 1.001 is finer than the USD minor unit"),
     (book_with({**CALLS, "description": 5}), f"{PRICE}.description: must be a string"),
+    (book_with({**CALLS, "minimum": "-1"}), f"{PRICE}.minimum: must be zero or more, got -1"),
+    (book_with({**CALLS, "minimum": "5", "maximum": "4.99"}),
+     f"{PRICE}.maximum: below the minimum"),
     (book_with({"id": "calls", "meter": "calls", "model": "percentage"}),
      f"{PRICE}.percent: required for percentage (or fixed_fee)"),
     (book_with({"id": "calls", "meter": "calls", "model": "package", "package_size": "0",
