@@ -398,6 +398,50 @@ REFUSALS = [
     (book_with(graduated({"up_to": None, "flat_amount": "-1"})),
      f"{PRICE}.tiers[0].flat_amount: must be zero or more, got -1"),
     (book_with(assignment="x"), "assignments[0]: must be a mapping"),
+    ({**book_with(), "colour": "red"}, "colour: unknown field"),
+    ({"plans": [plan("p", "x")]}, "plans[0] (p).versions[0]: must be a mapping"),
+    *(({"plans": [plan("p", version(number, "2026-01-01T00:00:00Z", prices=[CALLS]))]},
+       "plans[0] (p).versions[0].version: required; a positive integer")
+      for number in (0, -1, "1", True, None)),
+    ({"plans": [plan("p", version(1, "2026-01-01T00:00:00Z", prices=[CALLS]))] * 2},
+     "plans[1] (p).id: duplicate plan id"),
+    *(({"plans": [{**plan(plan_id, version(1, "2026-01-01T00:00:00Z", prices=[CALLS]))}]},
+       "plans[0].id: required; lowercase letters, digits and _, starting with a letter, at "
+       "most 64 characters") for plan_id in ("P", "1p", "a" * 65, "", 5)),
+    ({"plans": [plan("p", version(1, "2026-01-01T00:00:00Z", prices=[CALLS]),
+                     currency="XTS")]},
+     "plans[0] (p).currency: must be an ISO 4217 code tallyflow knows the minor unit of "
+     f"({', '.join(sorted(pricing.MINOR_UNITS))}), got 'XTS'"),
+    ({"plans": [plan("p")]}, "plans[0] (p).versions: required; a list of at least one version"),
+    ({"plans": [plan("p", version(3, "2026-01-01T00:00:00Z", "2026-02-01T00:00:00Z",
+                                  prices=[CALLS]),
+                     version(2, "2026-02-01T00:00:00Z", prices=[CALLS]))]},
+     "plans[0] (p).versions (version 2).version: versions must increase with starting_at "
+     "(version 3 starts earlier)"),
+    ({"plans": [plan("p", version(1, "2026-01-01T00:00:00Z", "2026-03-01T00:00:00Z",
+                                  prices=[CALLS]),
+                     version(2, "2026-02-01T00:00:00Z", prices=[CALLS]))]},
+     "plans[0] (p).versions (version 2).starting_at: overlaps version 1; end it "
+     "(ending_before) first"),
+    ({"plans": [plan("p", version(1, "2026-01-01T00:00:00Z"))]},
+     "plans[0] (p).versions[0] (version 1).prices: required; a list of at least one price"),
+    ({"plans": [plan("p", version(1, "2026-01-01T00:00:00Z", prices=[
+        CALLS, {**CALLS, "id": "other"}]))]},
+     "plans[0] (p).versions[0] (version 1).prices[1] (other).meter: calls already has a price "
+     "in this version (a usage row would be billed twice)"),
+    ({"plans": [plan("p", version(1, "2026-01-01T00:00:00Z", "2026-01-01T00:00:00Z",
+                                  prices=[CALLS]))]},
+     "plans[0] (p).versions[0] (version 1).ending_before: must be after starting_at "
+     "(2026-01-01T00:00:00Z)"),
+    ({**book_with(), "assignments": "x"}, "assignments: must be a list"),
+    (book_with(assignment=assigned("acme", "q", "2026-01-01T00:00:00Z")),
+     "assignments[0] (acme).plan: no plan 'q' in the price book"),
+    ({**book_with(), "assignments": [assigned("acme", "p", "2026-01-01T00:00:00Z",
+                                              "2026-03-01T00:00:00Z"),
+                                     assigned("beta", "p", "2026-01-01T00:00:00Z"),
+                                     assigned("acme", "p", "2026-02-01T00:00:00Z")]},
+     "assignments[2] (acme).starting_at: overlaps assignments[0]; a customer is on one plan "
+     "at a time"),
     (book_with(assignment={"subject": "", "plan": "p", "starting_at": "2026-01-01T00:00:00Z"}),
      "assignments[0].subject: required; the customer id (1-256 characters)"),
     (book_with(assignment={"subject": "a" * 257, "plan": "p",
