@@ -159,6 +159,12 @@ def test_a_minimum_equal_to_the_maximum_bills_exactly_it():
                            line(kind="minimum", amount="3"))  # 5 - 2
     assert above.lines == (line(quantity="9", events=2, amount="9"),
                            line(kind="maximum", amount="-4"))  # 5 - 9
+    plan_limits = parse_price_book({"plans": [plan("p", version(
+        1, "2026-01-01T00:00:00Z", prices=[CALLS], minimum="5", maximum="5"))],
+        "assignments": [assigned("acme", "p", "2026-01-01T00:00:00Z")]})
+    assert rate_subject(plan_limits, "acme", NOV, DEC, [at(0, value="9")]).lines == (
+        line(quantity="9", events=1, amount="9"),
+        line(price=None, meter=None, model=None, kind="maximum", amount="-4"))
 
 
 def test_a_graduated_line_charges_the_first_tiers_flat_fee_once():
@@ -399,6 +405,10 @@ REFUSALS = [
      f"{PRICE}.tiers[0].flat_amount: must be zero or more, got -1"),
     (book_with(assignment="x"), "assignments[0]: must be a mapping"),
     ({**book_with(), "colour": "red"}, "colour: unknown field"),
+    ({"plans": [{**plan("p", version(1, "2026-01-01T00:00:00Z", prices=[CALLS])),
+                 "colour": "red"}]}, "plans[0] (p).colour: unknown field"),
+    ({"plans": [plan("p", version(1, "2026-01-01T00:00:00Z", prices=[CALLS], colour="red"))]},
+     "plans[0] (p).versions[0] (version 1).colour: unknown field"),
     ({"plans": [plan("p", "x")]}, "plans[0] (p).versions[0]: must be a mapping"),
     *(({"plans": [plan("p", version(number, "2026-01-01T00:00:00Z", prices=[CALLS]))]},
        "plans[0] (p).versions[0].version: required; a positive integer")
