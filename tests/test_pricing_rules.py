@@ -405,6 +405,17 @@ REFUSALS = [
      f"{PRICE}.tiers[0].flat_amount: must be zero or more, got -1"),
     (book_with(assignment="x"), "assignments[0]: must be a mapping"),
     ({**book_with(), "colour": "red"}, "colour: unknown field"),
+    ({**book_with(), 5: "x", "colour": "red"}, "5: unknown field"),  # first by its text
+    *((document, "the price book must be a mapping with a list under 'plans'")
+      for document in ([], {"plans": "x"}, {"assignments": []})),
+    ({"plans": ["x"]}, "plans[0]: must be a mapping"),
+    ({"plans": [plan("p", version(1, "2026-01-01T00:00:00Z", "2025-12-31T23:59:59Z",
+                                  prices=[CALLS]))]},
+     "plans[0] (p).versions[0] (version 1).ending_before: must be after starting_at "
+     "(2026-01-01T00:00:00Z)"),
+    (book_with(assignment=assigned("acme", "p", "2026-02-01T00:00:00Z",
+                                   "2026-01-31T00:00:00Z")),
+     "assignments[0] (acme).ending_before: must be after starting_at (2026-02-01T00:00:00Z)"),
     ({"plans": [{**plan("p", version(1, "2026-01-01T00:00:00Z", prices=[CALLS])),
                  "colour": "red"}]}, "plans[0] (p).colour: unknown field"),
     ({"plans": [plan("p", version(1, "2026-01-01T00:00:00Z", prices=[CALLS], colour="red"))]},
