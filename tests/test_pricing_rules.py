@@ -434,6 +434,13 @@ REFUSALS = [
      "plans[0] (p).currency: must be an ISO 4217 code tallyflow knows the minor unit of "
      f"({', '.join(sorted(pricing.MINOR_UNITS))}), got 'XTS'"),
     ({"plans": [plan("p")]}, "plans[0] (p).versions: required; a list of at least one version"),
+    ({"plans": [plan("p", version(1, "2026-01-01T00:00:00Z", "2026-02-01T00:00:00Z",
+                                  prices=[CALLS]),
+                     version(1, "2026-02-01T00:00:00Z", prices=[CALLS]))]},
+     "plans[0] (p).versions (version 1).version: versions must increase with starting_at "
+     "(version 1 starts earlier)"),
+    ({"plans": [{**plan("p", version(1, "2026-01-01T00:00:00Z", prices=[CALLS])),
+                 "description": 5}]}, "plans[0] (p).description: must be a string"),
     ({"plans": [plan("p", version(3, "2026-01-01T00:00:00Z", "2026-02-01T00:00:00Z",
                                   prices=[CALLS]),
                      version(2, "2026-02-01T00:00:00Z", prices=[CALLS]))]},
@@ -511,6 +518,18 @@ def test_a_price_book_file_is_read_as_utf8_whatever_the_locale(tmp_path, monkeyp
     monkeypatch.setattr(pricing, "open", open_in_an_ascii_locale, raising=False)
     loaded = load_price_book(str(path)).plans[0].versions[0].prices[0]
     assert loaded.description == "Z\u00fcrich \u2014 \u65e5\u672c"
+
+
+def test_a_customers_assignments_may_be_listed_in_any_order_and_plans_keep_descriptions():
+    book = parse_price_book({
+        "plans": [{**plan("p", version(1, "2026-01-01T00:00:00Z", prices=[CALLS])),
+                   "description": "Pro, monthly"},
+                  plan("q", version(1, "2026-01-01T00:00:00Z", prices=[CALLS]))],
+        "assignments": [assigned("acme", "q", "2026-03-01T00:00:00Z"),  # the later one first
+                        assigned("acme", "p", "2026-01-01T00:00:00Z", "2026-03-01T00:00:00Z")]})
+    assert [p.description for p in book.plans] == ["Pro, monthly", ""]
+    assert [book.assignment_at("acme", parse_rfc3339(t)).plan
+            for t in ("2026-02-28T23:59:59Z", "2026-03-01T00:00:00Z")] == ["p", "q"]
 
 
 def test_what_a_valid_price_book_holds():
