@@ -67,8 +67,13 @@ FAST_TESTS = {
     "transforms/windowing.py": ["tests/test_streaming.py"],
     "transforms/batch_usage.py": [
         "tests/test_batch_steps.py",
-        "tests/test_transforms.py::test_compute_usage_keeps_the_first_copy_and_counts_conflicts"],
-    "schemas/pricing.py": ["tests/test_pricing.py", "tests/test_pricing_rules.py"],
+        "tests/test_transforms.py::test_compute_usage_keeps_the_first_copy_and_counts_conflicts",
+        "tests/test_transforms.py::test_compute_usage_in_blocks_gives_a_list_per_usage_shard"],
+    # not the rating transform's pipeline test (20 s a run; transforms/rating.py's selection)
+    "schemas/pricing.py": [
+        "tests/test_pricing.py", "tests/test_pricing_rules.py",
+        "tests/test_kinds.py::test_price_models_are_members_and_print_as_the_book_spells_them",
+        "--deselect=tests/test_pricing.py::test_rate_subjects_transform"],
     # the commits' decisions against in-memory ledgers and their statements against a
     # recording client; tests/e2e/test_restate.py and test_guards.py run them on the emulator
     "transforms/restate.py": ["tests/test_restatement.py", "tests/test_bigquery_writes.py",

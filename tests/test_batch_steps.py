@@ -151,3 +151,24 @@ def test_a_batch_is_parsed_into_records_by_identity_shard_and_counted(catalog, m
         raise RuntimeError("a fast-path bug")
     monkeypatch.setattr(parse._fast, "accept", broken)  # the full validator decides alike
     assert parsed_batch(parse) == (records, rejected, counts)
+
+
+def test_a_binary_mode_message_is_judged_by_its_attributes_even_if_its_data_looks_structured(
+        catalog):
+    """The fast path reads structured events only: a binary-mode message whose data is
+    itself a well-formed structured event is still the event its ce- attributes make."""
+    inner = event(id="inner", source="//inner", subject="beta",
+                  data={"region": "eu", "amount": "3", "user": "u"})
+    data = line({**inner, "region": "eu", "amount": "7", "user": "u"})
+    attributes = {"ce-specversion": "1.0", "ce-id": "b1", "ce-source": "//s", "ce-type": "call",
+                  "ce-subject": "acme", "ce-time": "2026-11-02T09:00:00Z",
+                  "content-type": "application/json"}
+    parse = batch_usage._ParseBatch(catalog, Limits(now_ns=T0 + HOUR), shards=1)
+    parse.setup()
+    assert parse._fast.accept(data, T0 + HOUR) is not None  # structured, it would be "inner"
+    (shard,), tagged = split(parse.process([Payload("m-1", ("m", 1), data, T0, attributes)]))
+    (record,) = pickle.loads(shard[1])
+    # the message's data is the event's data: its top-level amount, not the inner one's
+    assert (record[:2], record[3][0], dict((m, v) for m, _, v in record[3][3])["amount"]) == \
+        (("//s", "b1"), "acme", "7")
+    assert tagged[batch_usage.COUNTS] == [Counter(lines=1, records=1)]

@@ -109,6 +109,19 @@ def test_tier_bounds_are_inclusive(quantity, volume, graduated):
         D(graduated)
 
 
+@pytest.mark.parametrize("quantity, volume, graduated", [
+    ("5", "35", "35"),        # 5 x 5 + 10: at the bound, the next tier is not reached
+    ("5.5", "42", "57"),      # 5.5 x 4 + 20; 35 + 0.5 x 4 + 20
+    ("10", "60", "75"),       # 10 x 4 + 20; 35 + 5 x 4 + 20
+    ("10.5", "61.5", "106.5"),  # 10.5 x 3 + 30; 75 + 0.5 x 3 + 30
+])
+def test_a_tiers_flat_fee_is_due_only_beyond_the_previous_bound(quantity, volume, graduated):
+    assert single(price(model="volume", tiers=STRIPE_FLAT_TIERS)).amount(D(quantity)) == \
+        D(volume)
+    assert single(price(model="graduated", tiers=STRIPE_FLAT_TIERS)).amount(D(quantity)) == \
+        D(graduated)
+
+
 def test_zero_usage_pays_the_first_tiers_flat_fee_and_nothing_else():
     assert single(price(model="volume", tiers=STRIPE_FLAT_TIERS)).amount(D(0)) == D(10)
     assert single(price(model="graduated", tiers=STRIPE_FLAT_TIERS)).amount(D(0)) == D(10)

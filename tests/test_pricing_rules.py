@@ -2,12 +2,15 @@
 `rate_subject` line by line (every field of usage, zero-usage and limit lines, the
 reasons unpriced rows are counted by, the version a zero line is under), adjustments
 field by field, tier bounds, and the price book's loading and messages."""
+import io
+import json
 from collections import Counter
 from dataclasses import replace
 from decimal import Decimal as D
 
 import pytest
 
+from schemas import pricing
 from schemas.catalog import parse_catalog
 from schemas.pricing import (Line, Model, PriceBookError, UsageWindow, adjustments,
                              load_price_book, parse_price_book, parse_price_book_text,
@@ -148,6 +151,22 @@ def test_limit_lines_name_only_what_they_limit_and_a_limit_reached_exactly_adds_
     )
 
 
+def test_a_minimum_equal_to_the_maximum_bills_exactly_it():
+    book = parse_price_book(book_with({**CALLS, "minimum": "5", "maximum": "5.00"}))
+    below = rate_subject(book, "acme", NOV, DEC, [at(0, value="2")])
+    above = rate_subject(book, "acme", NOV, DEC, [at(0, value="9", events=2)])
+    assert below.lines == (line(quantity="2", events=1, amount="2"),
+                           line(kind="minimum", amount="3"))  # 5 - 2
+    assert above.lines == (line(quantity="9", events=2, amount="9"),
+                           line(kind="maximum", amount="-4"))  # 5 - 9
+    plan_limits = parse_price_book({"plans": [plan("p", version(
+        1, "2026-01-01T00:00:00Z", prices=[CALLS], minimum="5", maximum="5"))],
+        "assignments": [assigned("acme", "p", "2026-01-01T00:00:00Z")]})
+    assert rate_subject(plan_limits, "acme", NOV, DEC, [at(0, value="9")]).lines == (
+        line(quantity="9", events=1, amount="9"),
+        line(price=None, meter=None, model=None, kind="maximum", amount="-4"))
+
+
 def test_a_graduated_line_charges_the_first_tiers_flat_fee_once():
     tiers = [{"up_to": 5, "unit_amount": 5, "flat_amount": 10},
              {"up_to": None, "unit_amount": 4, "flat_amount": 20}]
@@ -234,6 +253,24 @@ def test_a_per_event_fee_is_charged_only_for_events():
     assert Model("percentage", percent=D(2), fixed_fee=D("0.25")).amount(D(100)) == D(2)
 
 
+def test_a_percentage_price_may_be_a_fee_per_event_alone():
+    price = one_price({"id": "calls", "meter": "calls", "model": "percentage",
+                       "fixed_fee": "0.25"})
+    assert price.amount(D(100), 3) == D("0.75")  # 100 x 0 / 100 + 3 x 0.25
+
+
+def test_free_units_come_off_every_model_that_has_them():
+    per_unit = one_price({**CALLS, "unit_amount": "2", "free_units": "3"})
+    assert (per_unit.amount(D(3)), per_unit.amount(D("10.5"))) == (0, D(15))  # 7.5 x 2
+    package = one_price({"id": "calls", "meter": "calls", "model": "package",
+                         "package_size": "4", "package_amount": "5", "free_units": "3"})
+    assert (package.amount(D(3)), package.amount(D(8))) == (0, D(10))  # 5 billable: 2 packages
+    for model in ("graduated", "volume"):
+        tiered = one_price({**graduated({"up_to": None, "unit_amount": "2"}), "model": model,
+                            "free_units": "3"})
+        assert (tiered.amount(D(3)), tiered.amount(D(10))) == (0, D(14))  # 7 x 2
+
+
 def test_yaml_numbers_in_cells_are_spelled_as_usage_rows_spell_them_and_inf_is_refused():
     text = ("plans:\n- id: p\n  currency: USD\n  versions:\n  - version: 1\n"
             "    starting_at: '2026-01-01T00:00:00Z'\n    prices:\n    - id: calls\n"
@@ -318,6 +355,11 @@ REFUSALS = [
     (book_with({**CALLS, "minimum": "1.001"}),
      f"{PRICE}.minimum: 1.001 is finer than the USD minor unit"),
     (book_with({**CALLS, "description": 5}), f"{PRICE}.description: must be a string"),
+    (book_with({**CALLS, "minimum": "-1"}), f"{PRICE}.minimum: must be zero or more, got -1"),
+    (book_with({**CALLS, "minimum": "5", "maximum": "4.99"}),
+     f"{PRICE}.maximum: below the minimum"),
+    (book_with({"id": "calls", "meter": "calls", "model": "percentage"}),
+     f"{PRICE}.percent: required for percentage (or fixed_fee)"),
     (book_with({"id": "calls", "meter": "calls", "model": "package", "package_size": "0",
                 "package_amount": "1"}), f"{PRICE}.package_size: must be positive, got 0"),
     (book_with(matrix(dimensions="region")), f"{PRICE}.dimensions: required for matrix; "
@@ -362,6 +404,72 @@ REFUSALS = [
     (book_with(graduated({"up_to": None, "flat_amount": "-1"})),
      f"{PRICE}.tiers[0].flat_amount: must be zero or more, got -1"),
     (book_with(assignment="x"), "assignments[0]: must be a mapping"),
+    ({**book_with(), "colour": "red"}, "colour: unknown field"),
+    ({**book_with(), 5: "x", "colour": "red"}, "5: unknown field"),  # first by its text
+    *((document, "the price book must be a mapping with a list under 'plans'")
+      for document in ([], {"plans": "x"}, {"assignments": []})),
+    ({"plans": ["x"]}, "plans[0]: must be a mapping"),
+    ({"plans": [plan("p", version(1, "2026-01-01T00:00:00Z", "2025-12-31T23:59:59Z",
+                                  prices=[CALLS]))]},
+     "plans[0] (p).versions[0] (version 1).ending_before: must be after starting_at "
+     "(2026-01-01T00:00:00Z)"),
+    (book_with(assignment=assigned("acme", "p", "2026-02-01T00:00:00Z",
+                                   "2026-01-31T00:00:00Z")),
+     "assignments[0] (acme).ending_before: must be after starting_at (2026-02-01T00:00:00Z)"),
+    ({"plans": [{**plan("p", version(1, "2026-01-01T00:00:00Z", prices=[CALLS])),
+                 "colour": "red"}]}, "plans[0] (p).colour: unknown field"),
+    ({"plans": [plan("p", version(1, "2026-01-01T00:00:00Z", prices=[CALLS], colour="red"))]},
+     "plans[0] (p).versions[0] (version 1).colour: unknown field"),
+    ({"plans": [plan("p", "x")]}, "plans[0] (p).versions[0]: must be a mapping"),
+    *(({"plans": [plan("p", version(number, "2026-01-01T00:00:00Z", prices=[CALLS]))]},
+       "plans[0] (p).versions[0].version: required; a positive integer")
+      for number in (0, -1, "1", True, None)),
+    ({"plans": [plan("p", version(1, "2026-01-01T00:00:00Z", prices=[CALLS]))] * 2},
+     "plans[1] (p).id: duplicate plan id"),
+    *(({"plans": [{**plan(plan_id, version(1, "2026-01-01T00:00:00Z", prices=[CALLS]))}]},
+       "plans[0].id: required; lowercase letters, digits and _, starting with a letter, at "
+       "most 64 characters") for plan_id in ("P", "1p", "a" * 65, "", 5)),
+    ({"plans": [plan("p", version(1, "2026-01-01T00:00:00Z", prices=[CALLS]),
+                     currency="XTS")]},
+     "plans[0] (p).currency: must be an ISO 4217 code tallyflow knows the minor unit of "
+     f"({', '.join(sorted(pricing.MINOR_UNITS))}), got 'XTS'"),
+    ({"plans": [plan("p")]}, "plans[0] (p).versions: required; a list of at least one version"),
+    ({"plans": [plan("p", version(1, "2026-01-01T00:00:00Z", "2026-02-01T00:00:00Z",
+                                  prices=[CALLS]),
+                     version(1, "2026-02-01T00:00:00Z", prices=[CALLS]))]},
+     "plans[0] (p).versions (version 1).version: versions must increase with starting_at "
+     "(version 1 starts earlier)"),
+    ({"plans": [{**plan("p", version(1, "2026-01-01T00:00:00Z", prices=[CALLS])),
+                 "description": 5}]}, "plans[0] (p).description: must be a string"),
+    ({"plans": [plan("p", version(3, "2026-01-01T00:00:00Z", "2026-02-01T00:00:00Z",
+                                  prices=[CALLS]),
+                     version(2, "2026-02-01T00:00:00Z", prices=[CALLS]))]},
+     "plans[0] (p).versions (version 2).version: versions must increase with starting_at "
+     "(version 3 starts earlier)"),
+    ({"plans": [plan("p", version(1, "2026-01-01T00:00:00Z", "2026-03-01T00:00:00Z",
+                                  prices=[CALLS]),
+                     version(2, "2026-02-01T00:00:00Z", prices=[CALLS]))]},
+     "plans[0] (p).versions (version 2).starting_at: overlaps version 1; end it "
+     "(ending_before) first"),
+    ({"plans": [plan("p", version(1, "2026-01-01T00:00:00Z"))]},
+     "plans[0] (p).versions[0] (version 1).prices: required; a list of at least one price"),
+    ({"plans": [plan("p", version(1, "2026-01-01T00:00:00Z", prices=[
+        CALLS, {**CALLS, "id": "other"}]))]},
+     "plans[0] (p).versions[0] (version 1).prices[1] (other).meter: calls already has a price "
+     "in this version (a usage row would be billed twice)"),
+    ({"plans": [plan("p", version(1, "2026-01-01T00:00:00Z", "2026-01-01T00:00:00Z",
+                                  prices=[CALLS]))]},
+     "plans[0] (p).versions[0] (version 1).ending_before: must be after starting_at "
+     "(2026-01-01T00:00:00Z)"),
+    ({**book_with(), "assignments": "x"}, "assignments: must be a list"),
+    (book_with(assignment=assigned("acme", "q", "2026-01-01T00:00:00Z")),
+     "assignments[0] (acme).plan: no plan 'q' in the price book"),
+    ({**book_with(), "assignments": [assigned("acme", "p", "2026-01-01T00:00:00Z",
+                                              "2026-03-01T00:00:00Z"),
+                                     assigned("beta", "p", "2026-01-01T00:00:00Z"),
+                                     assigned("acme", "p", "2026-02-01T00:00:00Z")]},
+     "assignments[2] (acme).starting_at: overlaps assignments[0]; a customer is on one plan "
+     "at a time"),
     (book_with(assignment={"subject": "", "plan": "p", "starting_at": "2026-01-01T00:00:00Z"}),
      "assignments[0].subject: required; the customer id (1-256 characters)"),
     (book_with(assignment={"subject": "a" * 257, "plan": "p",
@@ -396,6 +504,32 @@ def test_errors_of_a_price_book_text_start_with_its_name(tmp_path):
         load_price_book(str(path))
     assert str(caught.value) == \
         f"{path}: the price book must be a mapping with a list under 'plans'"
+
+
+def test_a_price_book_file_is_read_as_utf8_whatever_the_locale(tmp_path, monkeypatch):
+    path = tmp_path / "prices.yaml"
+    book = book_with({**CALLS, "description": "Z\u00fcrich \u2014 \u65e5\u672c"})
+    path.write_text(json.dumps(book, ensure_ascii=False), encoding="utf-8")  # JSON is YAML
+
+    def open_in_an_ascii_locale(file, mode="r", encoding=None, **options):
+        """`open` where the locale's encoding is ASCII, as on a host without a UTF-8 locale."""
+        return io.open(file, mode, encoding=encoding or "ascii", **options)
+
+    monkeypatch.setattr(pricing, "open", open_in_an_ascii_locale, raising=False)
+    loaded = load_price_book(str(path)).plans[0].versions[0].prices[0]
+    assert loaded.description == "Z\u00fcrich \u2014 \u65e5\u672c"
+
+
+def test_a_customers_assignments_may_be_listed_in_any_order_and_plans_keep_descriptions():
+    book = parse_price_book({
+        "plans": [{**plan("p", version(1, "2026-01-01T00:00:00Z", prices=[CALLS])),
+                   "description": "Pro, monthly"},
+                  plan("q", version(1, "2026-01-01T00:00:00Z", prices=[CALLS]))],
+        "assignments": [assigned("acme", "q", "2026-03-01T00:00:00Z"),  # the later one first
+                        assigned("acme", "p", "2026-01-01T00:00:00Z", "2026-03-01T00:00:00Z")]})
+    assert [p.description for p in book.plans] == ["Pro, monthly", ""]
+    assert [book.assignment_at("acme", parse_rfc3339(t)).plan
+            for t in ("2026-02-28T23:59:59Z", "2026-03-01T00:00:00Z")] == ["p", "q"]
 
 
 def test_what_a_valid_price_book_holds():

@@ -73,6 +73,29 @@ def test_compute_usage_keeps_the_first_copy_and_counts_conflicts(catalog):
             "usage_rows": 6})]), label="counts")
 
 
+def test_compute_usage_in_blocks_gives_a_list_per_usage_shard(catalog):
+    docs = [call("a", "1"), call("b", "2", subject="beta"), call("c", "3", region="us"),
+            call("d", "4")]
+    batches = [[Payload(f"f:{n}", ("f", n), line(doc)) for n, doc in enumerate(docs, start=1)]]
+
+    def blocks_of_rows(blocks):
+        # at most one list per usage shard; every row in exactly one of them
+        assert 1 <= len(blocks) <= 2 and all(isinstance(block, list) for block in blocks)
+        rows = sorted((r["subject"], r["meter"], r["dimensions"], r["value"])
+                      for block in blocks for r in block if r["meter"] in ("amount", "calls"))
+        assert rows == [("acme", "amount", '{"region":"eu"}', "5"),
+                        ("acme", "amount", '{"region":"us"}', "3"),
+                        ("acme", "calls", '{"region":"eu"}', "2"),
+                        ("acme", "calls", '{"region":"us"}', "1"),
+                        ("beta", "amount", '{"region":"eu"}', "2"),
+                        ("beta", "calls", '{"region":"eu"}', "1")]
+
+    with TestPipeline() as p:
+        out = p | beam.Create(batches) | ComputeUsage(catalog, LIMITS, 3600 * 10 ** 9,
+                                                      shards=2, blocks=True)
+        assert_that(out["usage"], blocks_of_rows)
+
+
 def sum_counts(counters):
     total = Counter()
     for counter in counters:
