@@ -63,7 +63,10 @@ FAST_TESTS = {
     "schemas/aggregation.py": ["tests/test_aggregation.py", "tests/test_property.py"],
     "schemas/metering.py": ["tests/test_metering.py", "tests/test_transforms.py",
                             "tests/test_upgrade.py"],
-    "transforms/dedup.py": ["tests/test_transforms.py", "tests/test_streaming.py"],
+    "transforms/dedup.py": ["tests/test_transforms.py", "tests/test_streaming.py",
+                            "tests/test_dedup_state.py", "tests/test_upgrade.py"],
+    # the shuffle into deduplication: a wrong byte there is a wrong event downstream
+    "transforms/event_coder.py": ["tests/test_event_coder.py"],
     "transforms/windowing.py": ["tests/test_streaming.py"],
     "transforms/batch_usage.py": [
         "tests/test_batch_steps.py",
