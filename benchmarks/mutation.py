@@ -64,7 +64,8 @@ FAST_TESTS = {
     "schemas/metering.py": ["tests/test_metering.py", "tests/test_transforms.py",
                             "tests/test_upgrade.py"],
     "transforms/dedup.py": ["tests/test_transforms.py", "tests/test_streaming.py",
-                            "tests/test_dedup_state.py", "tests/test_upgrade.py"],
+                            "tests/test_dedup_state.py", "tests/test_upgrade.py",
+                            "tests/test_event_coder.py"],
     # the shuffle into deduplication: a wrong byte there is a wrong event downstream
     "transforms/event_coder.py": ["tests/test_event_coder.py"],
     "transforms/windowing.py": ["tests/test_streaming.py"],
