@@ -10,6 +10,7 @@ import re
 from decimal import Decimal
 
 import apache_beam as beam
+import pytest
 from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.test_stream import TestStream
@@ -148,14 +149,29 @@ def test_a_raw_holding_a_mark_is_kept_verbatim():
     assert assert_round_trip(event)[1] == VERBATIM
 
 
-def test_an_order_part_that_is_not_int_or_text_is_refused():
-    event = parsed(ledger("1"))._replace(order=(1.5,))
-    try:
-        encode_event(event)
-    except TypeError as e:
-        assert "ints and text" in str(e)
-    else:
-        raise AssertionError("encoded a float")
+def test_envelope_words_and_own_literals_said_twice_come_back_exactly():
+    """Only the first of each is a mark: the data may say `"id":`, `"type":`, `"data":`
+    or the event's own source and subject again."""
+    again = {"id": "é-1", "type": "ledger", "source": "//ledger/ü", "subject": "cust-ß",
+             "time": "2026-11-02T09:00:00Z", "data": {"specversion": "1.0"},
+             "datacontenttype": "application/json"}
+    doc = {**ledger("1"), "datacontenttype": "application/json",
+           "data": {"delta": "1", "level": {"value": 3}, "where": ["eu"], **again}}
+    event = parsed(None, data=json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode())
+    for word in ('"id":', '"type":', '"source":', '"data":', '"time":', '"//ledger/ü"',
+                 '"cust-ß"', '"application/json"', '"specversion":"1.0"'):
+        assert event.raw.count(word) >= 2, word
+    assert assert_round_trip(event)[1] == MARKED
+
+
+def test_what_the_coder_refuses_is_named():
+    event = parsed(ledger("1"))
+    with pytest.raises(TypeError, match="^an event's order holds ints and text, not float$"):
+        encode_event(event._replace(order=(1.5,)))
+    with pytest.raises(TypeError, match="^a reading's value is a Decimal, text or None, not int$"):
+        encode_event(event._replace(readings=(Reading("m", "{}", 7),)))
+    with pytest.raises(ValueError, match=r"^not a shuffled event of format 1 \(format 9\)$"):
+        decode_event(b"\x09" + encode_event(event)[1:])
 
 
 def test_a_synthetic_event_costs_well_under_half_the_fallback_coder_bytes():
