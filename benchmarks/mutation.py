@@ -65,7 +65,9 @@ FAST_TESTS = {
                             "tests/test_upgrade.py"],
     "transforms/dedup.py": ["tests/test_transforms.py", "tests/test_streaming.py",
                             "tests/test_dedup_state.py", "tests/test_upgrade.py",
-                            "tests/test_event_coder.py"],
+                            "tests/test_event_coder.py",
+                            "tests/test_dataflow_translation.py::"
+                            "test_the_deduplication_shuffle_carries_events_in_their_compact_coder"],
     # the shuffle into deduplication: a wrong byte there is a wrong event downstream
     "transforms/event_coder.py": ["tests/test_event_coder.py"],
     "transforms/windowing.py": ["tests/test_streaming.py"],
