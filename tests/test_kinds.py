@@ -11,7 +11,7 @@ from schemas.events import Limits, parse_payload
 from schemas.pricing import PriceModel, parse_price_book_text
 from schemas.values import parse_rfc3339
 from tests.conftest import ALL_AGGREGATIONS, event, line
-from transforms.aggregate import _ReadMeters
+from transforms.aggregate import ReadMetersFn
 
 CATALOG_YAML = """
 meters:
@@ -64,7 +64,7 @@ def test_readings_carry_the_aggregation_as_plain_text():
     doc = event(id="e", data={"region": "eu", "amount": "2", "user": "u1"})
     (parsed,) = parse_payload(line(doc), "p", (), catalog, Limits(now_ns=None),
                               parse_rfc3339("2026-11-02T10:00:00Z"))
-    reader = _ReadMeters(catalog)
+    reader = ReadMetersFn(catalog)
     kinds = [value.value[1][0] for value in reader.process(parsed)]
     assert sorted(kinds) == sorted(m["aggregation"] for m in ALL_AGGREGATIONS["meters"]
                                    if m["event_type"] == "call")

@@ -1,6 +1,6 @@
 """Readings cross the shuffle into the combine in a compact form that folds as the parsed one.
 
-`_ReadMeters` sends each reading as `shuffled_reading` makes it (value as exact
+`ReadMetersFn` sends each reading as `shuffled_reading` makes it (value as exact
 text, identity as 16 bytes, time and id only for LATEST); the combine must give
 the same figures as from the parsed form, also when both forms meet in one
 window, as after an in-place update with readings still in the shuffle.
@@ -16,7 +16,7 @@ from schemas.events import Limits, parse_payload
 from schemas.values import parse_rfc3339
 from tests.conftest import ALL_AGGREGATIONS
 from tests.messy import dump_json
-from transforms.aggregate import UsageCombineFn, _ReadMeters
+from transforms.aggregate import UsageCombineFn, ReadMetersFn
 
 CATALOG = parse_catalog(ALL_AGGREGATIONS)
 AMOUNTS = ["2", "2.50", "1E+3", "0.000000001", "99999999999999999999999999999", "7", "1000"]
@@ -42,7 +42,7 @@ def events():
 
 def readings_by_key():
     """(key -> [(shuffled form, parsed form)]) for every reading of every event."""
-    reader, by_key = _ReadMeters(CATALOG), {}
+    reader, by_key = ReadMetersFn(CATALOG), {}
     for event in events():
         identity = aggregation.identity_hash(event.source, event.id)
         values = {r.meter: r.value for r in event.readings}

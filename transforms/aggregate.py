@@ -48,7 +48,10 @@ def combined_reading(reading: tuple) -> tuple:
 
 
 @beam.typehints.with_output_types(typing.Tuple[typing.Tuple[str, str, str], typing.Any])
-class _ReadMeters(beam.DoFn):
+class ReadMetersFn(beam.DoFn):
+    """MeterReadings' per-event step: each reading keyed for the Combine, in its
+    shuffled form."""
+
     def __init__(self, catalog: MeterCatalog):
         # as plain text: readings and accumulators may outlive this code in runner state
         self._aggregations = {m.key: str(m.aggregation) for m in catalog.meters}
@@ -79,7 +82,7 @@ class MeterReadings(beam.PTransform):
         self._catalog = catalog
 
     def expand(self, events):
-        return events | "ReadMeters" >> beam.ParDo(_ReadMeters(self._catalog)).with_outputs(
+        return events | "ReadMeters" >> beam.ParDo(ReadMetersFn(self._catalog)).with_outputs(
             UNMETERED, main=READINGS)
 
 

@@ -11,7 +11,10 @@ EVENTS = "events"
 DEAD_LETTERS = "dead_letters"
 
 
-class _ParseDoFn(beam.DoFn):
+class ParsePayloadsFn(beam.DoFn):
+    """ParseEvents' per-payload step (public so that benchmarks/cost.py can time it
+    outside the runner)."""
+
     def __init__(self, catalog: MeterCatalog, limits: Limits):
         self._catalog = catalog
         self._limits = limits
@@ -39,4 +42,4 @@ class ParseEvents(beam.PTransform):
 
     def expand(self, payloads):
         return payloads | "Parse" >> beam.ParDo(
-            _ParseDoFn(self._catalog, self._limits)).with_outputs(DEAD_LETTERS, main=EVENTS)
+            ParsePayloadsFn(self._catalog, self._limits)).with_outputs(DEAD_LETTERS, main=EVENTS)
