@@ -132,13 +132,33 @@ def dumps_exact(obj, *, sort_keys: bool = False) -> str:
 
     The standard encoder would need floats; this keeps `1.50` and `1E+3`
     spelled as received, so a re-serialised event means exactly what it said.
-    """
+    orjson writes it (about 50x faster, every event of a CloudEvents batch is
+    re-serialised) unless the value holds what orjson would spell differently or
+    refuses: floats, integers beyond 64 bits, lone surrogates, subclasses of the
+    JSON types; those take the standard library's encoder, whose text is the same
+    wherever both can write it (tests/test_values.py compares them)."""
+    if not _holds_floats(obj):
+        try:
+            return orjson.dumps(obj, default=_number_text, option=orjson.OPT_PASSTHROUGH_SUBCLASS
+                                | (orjson.OPT_SORT_KEYS if sort_keys else 0)).decode()
+        except orjson.JSONEncodeError:
+            pass
+    return _dumps_exact_slowly(obj, sort_keys)
+
+
+def _number_text(value):
+    if type(value) is Decimal or type(value) is UnrepresentableNumber:
+        return orjson.Fragment(str(value))
+    raise TypeError(type(value).__name__)
+
+
+def _dumps_exact_slowly(obj, sort_keys: bool) -> str:
     if isinstance(obj, dict):
         items = sorted(obj.items()) if sort_keys else obj.items()
-        return "{" + ",".join(json.dumps(k, ensure_ascii=False) + ":" + dumps_exact(v, sort_keys=sort_keys)
-                              for k, v in items) + "}"
+        return "{" + ",".join(json.dumps(k, ensure_ascii=False) + ":"
+                              + _dumps_exact_slowly(v, sort_keys) for k, v in items) + "}"
     if isinstance(obj, list):
-        return "[" + ",".join(dumps_exact(v, sort_keys=sort_keys) for v in obj) + "]"
+        return "[" + ",".join(_dumps_exact_slowly(v, sort_keys) for v in obj) + "]"
     if isinstance(obj, (Decimal, UnrepresentableNumber)):
         return str(obj)
     return json.dumps(obj, ensure_ascii=False)

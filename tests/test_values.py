@@ -2,10 +2,13 @@
 from decimal import Decimal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from schemas import values
 from schemas.values import (DECIMAL_TEXT, EXACT, MAX_TIME_NS, MIN_TIME_NS, ValueProblem, dumps_exact, format_decimal,
                             format_time, loads_exact, parse_decimal, parse_duration, parse_window,
-                            plain_length, printable,
+                            plain_length, printable, UnrepresentableNumber,
                             parse_rfc3339)
 
 
@@ -214,3 +217,35 @@ def test_values_are_trimmed_to_the_scale_so_exact_sums_never_round(spelling):
 def test_printable_escapes_what_could_drive_a_terminal():
     assert printable("acme\x1b[2J\x9b\u202e\ud800\n ok é 😀") == \
         "acme\\x1b[2J\\x9b\\u202e\\ud800\\x0a ok é 😀"
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats()
+    | st.decimals(allow_nan=True, allow_infinity=True)
+    | st.text().map(UnrepresentableNumber) | st.text(),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(), children, max_size=4),
+    max_leaves=12)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_JSON_VALUES, st.booleans())
+def test_dumps_exact_writes_what_the_standard_encoder_writes(value, sort_keys):
+    """The orjson path and the standard library's encoder agree byte for byte on
+    everything: big ints, lone surrogates, control characters, NaN Decimals, floats."""
+    assert dumps_exact(value, sort_keys=sort_keys) == values._dumps_exact_slowly(value,
+                                                                                 sort_keys)
+
+
+def test_an_event_is_written_by_orjson(monkeypatch):
+    """The fast path is the one taken for what a batch element decodes to."""
+    doc = loads_exact('{"id":"é\\u2028\\u0001","data":{"v":1.50,"n":12,"ok":true,"l":[null]}}'
+                      .encode())
+    expected = dumps_exact(doc)
+
+    def refuse(*_args):
+        raise AssertionError("the slow encoder was used")
+
+    monkeypatch.setattr(values, "_dumps_exact_slowly", refuse)
+    assert dumps_exact(doc) == expected == ('{"id":"é\u2028\\u0001","data":{"v":1.50,'
+                                            '"n":12,"ok":true,"l":[null]}}')
