@@ -24,6 +24,9 @@ NUMERIC_MAX_INTEGER_DIGITS = 29
 NUMERIC_SCALE = 9
 BIGNUMERIC_MAX = Decimal("578960446186580977117854925043439539266."
                          "34992332820282019728792003956564819967")
+# Two's complement: the least value is one unit (1E-38) further from zero than the greatest.
+BIGNUMERIC_MIN = Decimal("-578960446186580977117854925043439539266."
+                         "34992332820282019728792003956564819968")
 BIGNUMERIC_SCALE = 38
 
 NS = 1_000_000_000  # nanoseconds in a second: every time is int ns since the epoch
@@ -200,8 +203,8 @@ def check_range(number: Decimal, precision: str) -> Decimal:
     if precision == "NUMERIC":
         too_big = number.adjusted() >= NUMERIC_MAX_INTEGER_DIGITS
     else:
-        # copy_abs, not abs(): abs() rounds to the context's 28 digits
-        too_big = number.adjusted() > 38 or number.copy_abs() > BIGNUMERIC_MAX
+        # comparisons are exact (no context rounds them)
+        too_big = number.adjusted() > 38 or not BIGNUMERIC_MIN <= number <= BIGNUMERIC_MAX
     if too_big:
         raise ValueProblem("VALUE_OUT_OF_RANGE",
                            f"value {clip(str(number))} is beyond {precision} range")
