@@ -147,6 +147,19 @@ def dumps_exact(obj, *, sort_keys: bool = False) -> str:
     return json.dumps(obj, ensure_ascii=False)
 
 
+# Line breaks a JSON string may hold raw that are not LF: str.splitlines() (and
+# JavaScript, for U+2028 and U+2029) ends a line at each.
+_LINE_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
+def one_line(json_text: str) -> str:
+    """`json_text` (JSON with no raw LF) as one JSONL line for every reader: the other
+    line breaks, which only its strings can hold, escaped; the same JSON value."""
+    if "\x85" in json_text or "\u2028" in json_text or "\u2029" in json_text:
+        return json_text.translate(_LINE_BREAKS)
+    return json_text
+
+
 # ------------------------------------------------------------- decimals
 
 
