@@ -281,18 +281,22 @@ class _MergeParts(beam.DoFn):
         self._path = path
 
     def process(self, parts):
+        """Idempotent: parts are deleted only once the file is whole, so a run of the
+        step again that finds one gone (a retry of a finished step) only finishes that."""
         parts = sorted(parts)
-        opened = [FileSystems.open(p, compression_type=CompressionTypes.UNCOMPRESSED)
-                  for p in parts]
-        try:
-            merged = heapq.merge(*opened)  # lines of bytes, each with its newline
-            with FileSystems.create(self._path) as f:
-                _write_in_chunks(f, merged, b"".join)
-        finally:
-            for part in opened:
-                part.close()
-        if parts:
-            FileSystems.delete(parts)
+        present = [p for p in parts if FileSystems.exists(p)]
+        if len(present) == len(parts):
+            opened = [FileSystems.open(p, compression_type=CompressionTypes.UNCOMPRESSED)
+                      for p in parts]
+            try:
+                merged = heapq.merge(*opened)  # lines of bytes, each with its newline
+                with FileSystems.create(self._path) as f:
+                    _write_in_chunks(f, merged, b"".join)
+            finally:
+                for part in opened:
+                    part.close()
+        if present:
+            FileSystems.delete(present)
         yield self._path
 
 
@@ -347,11 +351,15 @@ class _MoveIntoPlace(beam.DoFn):
         self._staging, self._output_dir, self._names = staging, output_dir, names
 
     def process(self, written):
+        """Idempotent: a file already moved (by an earlier attempt of the step, stopped
+        midway or finished: the run removed the previous results first) stays."""
         if not FileSystems.exists(self._output_dir):
             FileSystems.mkdirs(self._output_dir)
         for name in self._names:  # in order: the summary last
-            FileSystems.rename([FileSystems.join(self._staging, name)],
-                               [FileSystems.join(self._output_dir, name)])
+            staged = FileSystems.join(self._staging, name)
+            final = FileSystems.join(self._output_dir, name)
+            if FileSystems.exists(staged) or not FileSystems.exists(final):
+                FileSystems.rename([staged], [final])
         discard_staging(self._staging)
         yield self._output_dir
 
