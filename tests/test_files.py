@@ -217,3 +217,14 @@ def test_moving_results_in_is_retried_after_a_failure_midway_or_after_it_finishe
     assert list(move.process([])) == [str(out)]  # and once more, after it finished
     assert {p.name: p.read_text() for p in out.iterdir()} == {name: name for name in names}
     assert not staging.exists()
+
+
+@pytest.mark.parametrize("kind", ["gz", "xz", "zst"])
+def test_compressed_data_in_a_file_not_named_so_fails_naming_it(tmp_path, kind):
+    """Read as text, its every line would be a dead letter and the run would succeed:
+    no JSON line starts with these formats' magic bytes (not UTF-8), so it is refused."""
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(compressed(kind, EVENT_LINES))
+    with pytest.raises(UnreadableInput, match=f"cannot read {re.escape(str(path))}: it holds "
+                                              f".*data, but its name does not end in .{kind}"):
+        assert_reads([str(path)], [])

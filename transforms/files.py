@@ -139,6 +139,22 @@ def decompress(f, compression: str, block: int = 8 << 20) -> bytes:
     return b"".join(out)
 
 
+# The first bytes of compressed data no JSON line starts with (they are not UTF-8),
+# and the name that would have it decompressed.
+_MAGIC = ((b"\x1f\x8b", "gzip", ".gz"), (b"\x28\xb5\x2f\xfd", "zstd", ".zst"),
+          (b"\xfd7zXZ\x00", "xz", ".xz"))
+_HEAD = max(len(magic) for magic, _, _ in _MAGIC)
+
+
+def _misnamed_compression(path: str, head: bytes) -> None:
+    """Refuses a file read as text that holds compressed data: each of its lines would
+    be a dead letter, and the run would succeed without one of its events."""
+    for magic, kind, suffix in _MAGIC:
+        if head.startswith(magic):
+            raise _unreadable(path, f"it holds {kind} data, but its name does not end in "
+                              f"{suffix} (rename it to have it decompressed)")
+
+
 class _PlanRanges(beam.DoFn):
     def __init__(self, range_bytes: int):
         self._range_bytes = range_bytes
@@ -150,6 +166,8 @@ class _PlanRanges(beam.DoFn):
                 return
             version = _version(path)
             with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                _misnamed_compression(path, f.read(_HEAD))
+                f.seek(0)
                 ranges = plan_ranges(f, self._range_bytes)
                 size = f.tell()
             if size != version[0] or _version(path) != version:
@@ -202,8 +220,9 @@ class ReadPayloadBatches(beam.PTransform):
     number, and only the (small) ranges are reshuffled, so every worker reads
     and parses ranges of one big file itself: no line crosses a shuffle.
     A pattern that matches nothing, or a file that cannot be read whole (a
-    truncated or corrupt compressed stream, a file that changes while it is
-    read) fails the run with `UnreadableInput`: input is never half read.
+    truncated or corrupt compressed stream, compressed data in a file not named
+    so, a file that changes while it is read) fails the run with
+    `UnreadableInput`: input is never half read, nor read as what it is not.
     """
 
     def __init__(self, patterns: list[str], batch_size: int = 2000,
