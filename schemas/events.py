@@ -129,6 +129,14 @@ class Limits:
     max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED_BYTES
 
 
+def stored_ingest_ns(ingest_us: int) -> int:
+    """The ingest time an `events` row's event is judged against again: the row keeps it
+    cut to the microsecond, and its last nanosecond is never before the instant the
+    event was accepted at, so one accepted just within max_future_skew is not
+    FUTURE_TIME when re-read."""
+    return ingest_us * 1000 + 999
+
+
 def parse_payload(payload: bytes, position: str, order: tuple, catalog: MeterCatalog,
                   limits: Limits, ingest_ns: int | None = None,
                   attributes: dict | None = None) -> list[UsageEvent | Rejection]:

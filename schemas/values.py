@@ -24,6 +24,9 @@ NUMERIC_MAX_INTEGER_DIGITS = 29
 NUMERIC_SCALE = 9
 BIGNUMERIC_MAX = Decimal("578960446186580977117854925043439539266."
                          "34992332820282019728792003956564819967")
+# Two's complement: the least value is one unit (1E-38) further from zero than the greatest.
+BIGNUMERIC_MIN = Decimal("-578960446186580977117854925043439539266."
+                         "34992332820282019728792003956564819968")
 BIGNUMERIC_SCALE = 38
 
 NS = 1_000_000_000  # nanoseconds in a second: every time is int ns since the epoch
@@ -164,6 +167,19 @@ def _dumps_exact_slowly(obj, sort_keys: bool) -> str:
     return json.dumps(obj, ensure_ascii=False)
 
 
+# Line breaks a JSON string may hold raw that are not LF: str.splitlines() (and
+# JavaScript, for U+2028 and U+2029) ends a line at each.
+_LINE_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
+def one_line(json_text: str) -> str:
+    """`json_text` (JSON with no raw LF) as one JSONL line for every reader: the other
+    line breaks, which only its strings can hold, escaped; the same JSON value."""
+    if "\x85" in json_text or "\u2028" in json_text or "\u2029" in json_text:
+        return json_text.translate(_LINE_BREAKS)
+    return json_text
+
+
 # ------------------------------------------------------------- decimals
 
 
@@ -220,8 +236,8 @@ def check_range(number: Decimal, precision: str) -> Decimal:
     if precision == "NUMERIC":
         too_big = number.adjusted() >= NUMERIC_MAX_INTEGER_DIGITS
     else:
-        # copy_abs, not abs(): abs() rounds to the context's 28 digits
-        too_big = number.adjusted() > 38 or number.copy_abs() > BIGNUMERIC_MAX
+        # comparisons are exact (no context rounds them)
+        too_big = number.adjusted() > 38 or not BIGNUMERIC_MIN <= number <= BIGNUMERIC_MAX
     if too_big:
         raise ValueProblem("VALUE_OUT_OF_RANGE",
                            f"value {clip(str(number))} is beyond {precision} range")

@@ -12,8 +12,11 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from schemas.events import Payload
+from apache_beam.io.filesystems import FileSystems
+
 from transforms.files import (ReadPayloadBatches, UnreadableInput, WriteSortedBlocks,
-                             _PlanRanges, _ReadRange, plan_ranges, split_lines)
+                             _MergeParts, _MoveIntoPlace, _PlanRanges, _ReadRange,
+                             _WriteSortedPart, plan_ranges, split_lines)
 
 
 def lines_of(data: bytes) -> list[bytes]:
@@ -173,3 +176,55 @@ def test_blocks_are_written_as_one_sorted_file_and_their_parts_removed(tmp_path,
     with open(path, encoding="utf-8") as f:
         assert f.read() == "".join(f"{line}\n" for line in expected)
     assert [f.name for f in tmp_path.iterdir()] == ["out.jsonl"]
+
+
+# ---------------------------------------------------------------- retried steps
+
+def test_a_merge_retried_after_it_finished_yields_the_same_file(tmp_path):
+    """A runner may run a step again after it finished (a worker lost before its result
+    was committed): the parts it deleted must not fail the retry, nor change the file."""
+    path = str(tmp_path / "out.jsonl")
+    parts = [next(_WriteSortedPart(path, str).process(block)) for block in (["b", "a"], ["c"])]
+    merge = _MergeParts(path)
+    assert list(merge.process(parts)) == [path]
+    assert list(merge.process(parts)) == [path]
+    with open(path, encoding="utf-8") as f:
+        assert f.read() == "a\nb\nc\n"
+    assert [f.name for f in tmp_path.iterdir()] == ["out.jsonl"]
+
+
+def test_moving_results_in_is_retried_after_a_failure_midway_or_after_it_finished(
+        tmp_path, monkeypatch):
+    staging, out = tmp_path / "out.partial-1", tmp_path / "out"
+    staging.mkdir()
+    names = ["usage.jsonl", "dead_letter.jsonl", "summary.json"]
+    for name in names:
+        (staging / name).write_text(name)
+    move = _MoveIntoPlace(str(staging), str(out), names)
+    renamed = []
+
+    def rename_once_then_fail(sources, targets, real=FileSystems.rename):
+        if renamed:
+            raise OSError("the worker was lost")
+        renamed.append(sources)
+        real(sources, targets)
+
+    monkeypatch.setattr(FileSystems, "rename", rename_once_then_fail)
+    with pytest.raises(OSError, match="worker was lost"):
+        list(move.process([]))
+    monkeypatch.undo()
+    assert list(move.process([])) == [str(out)]  # the retry
+    assert list(move.process([])) == [str(out)]  # and once more, after it finished
+    assert {p.name: p.read_text() for p in out.iterdir()} == {name: name for name in names}
+    assert not staging.exists()
+
+
+@pytest.mark.parametrize("kind", ["gz", "xz", "zst"])
+def test_compressed_data_in_a_file_not_named_so_fails_naming_it(tmp_path, kind):
+    """Read as text, its every line would be a dead letter and the run would succeed:
+    no JSON line starts with these formats' magic bytes (not UTF-8), so it is refused."""
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(compressed(kind, EVENT_LINES))
+    with pytest.raises(UnreadableInput, match=f"cannot read {re.escape(str(path))}: it holds "
+                                              f".*data, but its name does not end in .{kind}"):
+        assert_reads([str(path)], [])

@@ -175,6 +175,19 @@ def test_a_diff_record_is_sorted_json_that_keeps_non_ascii_text():
                       '"plan_version": 1, "price_id": "calls", "subject": "acme"}')
 
 
+
+def test_a_diff_record_is_one_line_whatever_its_text_holds():
+    """U+0085, U+2028 and U+2029 are raw text in JSON, but str.splitlines() (which reads
+    diff.jsonl back) ends a line at each: they are written escaped."""
+    added = Line("a\u2028b", "p", 1, "calls", "calls", '{"city": "x\u0085y\u2029z"}',
+                 "per_unit", "usage", D(2), 1, D("0.25"), D("0.25"), "EUR")
+    record = rating.diff_record("debit", added, None)
+    assert record.splitlines() == [record]
+    assert "\\u2028" in record and "\\u0085" in record and "\\u2029" in record
+    parsed = json.loads(record)
+    assert (parsed["subject"], parsed["dimensions"]) == ("a\u2028b", {"city": "x\u0085y\u2029z"})
+
+
 # ---------------------------------------------------------------- the commit's decisions
 
 

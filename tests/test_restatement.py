@@ -4,6 +4,7 @@ read back from `events`, the commit's parameters, and what `commit_through` deci
 an in-memory ledger (tests/ledgers.py); the commit's statements themselves run on the
 emulator (tests/e2e/test_restate.py)."""
 
+import json
 import random
 
 import apache_beam as beam
@@ -12,13 +13,17 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from schemas.events import Payload
+from schemas.events import DEFAULT_MAX_FUTURE_SKEW_NS, Limits, Payload, UsageEvent, parse_payload
+from schemas.values import format_time, parse_rfc3339
 from schemas.tables import USAGE_RECOMPUTED
 from transforms import restate
 from transforms.bigquery import Written
 from transforms.bigquery_target import BigQueryTarget
 from transforms.restate import ConcurrentCommit, RecomputeRun, commit_through, event_payloads
+from transforms.rows import event_row
+from tallyflow.reports import explain
 from tests import ledgers
+from tests.conftest import event
 from tests.ledgers import Period, Recording
 
 NS, HOUR = 10 ** 9, 3600 * 10 ** 9
@@ -56,9 +61,34 @@ def test_events_rows_become_payloads_whose_order_is_ingest_time_then_message_id(
     })
     assert event_payloads(batch) == [
         # stored events are structured: no Pub/Sub attributes to read (schemas.events.Payload)
-        Payload("m-1", (us[0], "m-1"), b'{"id":"a"}', us[0] * 1000),
-        Payload("", (us[1], ""), '{"id":"\u00e9"}'.encode(), us[1] * 1000),
+        # the last nanosecond of the stored microsecond (see the test below)
+        Payload("m-1", (us[0], "m-1"), b'{"id":"a"}', us[0] * 1000 + 999),
+        Payload("", (us[1], ""), '{"id":"\u00e9"}'.encode(), us[1] * 1000 + 999),
     ]
+
+
+def test_an_event_accepted_at_the_future_skew_limit_is_accepted_again_from_events(catalog):
+    """`events` keeps the ingest time to the microsecond; judged again against the start
+    of that microsecond, an event stamped up to 999 ns less than max_future_skew after
+    its ingest would be FUTURE_TIME now, and missing from the restated period."""
+    ingest_ns = START + 5 * HOUR + 123_456_789
+    time = format_time(ingest_ns + DEFAULT_MAX_FUTURE_SKEW_NS)
+    raw = json.dumps(event(type="unmetered", time=time))
+    accepted = parse_payload(raw.encode(), "m-1", ("m-1",), catalog, Limits(now_ns=None),
+                             ingest_ns)
+    assert isinstance(accepted[0], UsageEvent)  # as streaming judged it
+    _, stored = event_row(accepted[0], "job-1")
+    batch = pa.record_batch({
+        "raw": [stored["raw"]], "message_id": [stored["message_id"]],
+        "ingest_time": pa.array([parse_rfc3339(stored["ingest_time"]) // 1000],
+                                pa.timestamp("us", tz="UTC")),
+    })
+    [payload] = event_payloads(batch)
+    assert [type(result) for result in payload.parse(catalog, Limits(now_ns=None))] == \
+        [UsageEvent]
+    # explain re-reads the row, ingest time as BigQuery returns it, the same way
+    row = {**stored, "ingest_time": batch.column("ingest_time").to_pylist()[0]}
+    assert isinstance(explain._parse_stored(catalog, row), UsageEvent)
 
 
 def test_the_commit_parameters_name_the_run(monkeypatch):
@@ -323,6 +353,6 @@ def test_a_period_is_read_from_its_first_instant_to_before_its_end(monkeypatch):
         payloads = (p | restate.ReadPeriodEvents(TARGET, START, START + 24 * HOUR, 3)
                     | beam.FlatMap(lambda batch: batch))
         assert_that(payloads, equal_to([
-            Payload(f"m-{raw}", (ingest, f"m-{raw}"), raw.encode(), ingest * 1000)
+            Payload(f"m-{raw}", (ingest, f"m-{raw}"), raw.encode(), ingest * 1000 + 999)
             for raw in ("first", "last")]))
     assert READS == [(TARGET, "events", ["raw", "message_id", "ingest_time"], 3)]

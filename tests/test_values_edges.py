@@ -28,8 +28,13 @@ def test_range_edges_are_exact():
     assert code_of("6E+38", precision="BIGNUMERIC") == "VALUE_OUT_OF_RANGE"  # 39 digits
     just_over = str(BIGNUMERIC_MAX)[:-1] + "8"  # one unit of the 38th fraction digit more
     assert code_of(just_over, precision="BIGNUMERIC") == "VALUE_OUT_OF_RANGE"
-    assert code_of("-" + just_over, precision="BIGNUMERIC", allow_negative=True) == \
-        "VALUE_OUT_OF_RANGE"
+    # BIGNUMERIC is 256-bit two's complement scaled by 10**-38: -2**255 is its least
+    # value, one unit further from zero than the greatest
+    least = Decimal(f"{-2 ** 255}E-38")
+    assert str(least) == "-" + just_over
+    assert parse_decimal(str(least), precision="BIGNUMERIC", allow_negative=True) == least
+    assert code_of(str(least)[:-1] + "9", precision="BIGNUMERIC",
+                   allow_negative=True) == "VALUE_OUT_OF_RANGE"
     # trailing zeros are not fraction digits: 38 (or 9) significant ones are allowed
     assert parse_decimal("0." + "0" * 37 + "10", precision="BIGNUMERIC") == Decimal("1E-38")
     assert parse_decimal("0.0000000010") == Decimal("1E-9")

@@ -139,6 +139,22 @@ def decompress(f, compression: str, block: int = 8 << 20) -> bytes:
     return b"".join(out)
 
 
+# The first bytes of compressed data no JSON line starts with (they are not UTF-8),
+# and the name that would have it decompressed.
+_MAGIC = ((b"\x1f\x8b", "gzip", ".gz"), (b"\x28\xb5\x2f\xfd", "zstd", ".zst"),
+          (b"\xfd7zXZ\x00", "xz", ".xz"))
+_HEAD = max(len(magic) for magic, _, _ in _MAGIC)
+
+
+def _misnamed_compression(path: str, head: bytes) -> None:
+    """Refuses a file read as text that holds compressed data: each of its lines would
+    be a dead letter, and the run would succeed without one of its events."""
+    for magic, kind, suffix in _MAGIC:
+        if head.startswith(magic):
+            raise _unreadable(path, f"it holds {kind} data, but its name does not end in "
+                              f"{suffix} (rename it to have it decompressed)")
+
+
 class _PlanRanges(beam.DoFn):
     def __init__(self, range_bytes: int):
         self._range_bytes = range_bytes
@@ -150,6 +166,8 @@ class _PlanRanges(beam.DoFn):
                 return
             version = _version(path)
             with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                _misnamed_compression(path, f.read(_HEAD))
+                f.seek(0)
                 ranges = plan_ranges(f, self._range_bytes)
                 size = f.tell()
             if size != version[0] or _version(path) != version:
@@ -202,8 +220,9 @@ class ReadPayloadBatches(beam.PTransform):
     number, and only the (small) ranges are reshuffled, so every worker reads
     and parses ranges of one big file itself: no line crosses a shuffle.
     A pattern that matches nothing, or a file that cannot be read whole (a
-    truncated or corrupt compressed stream, a file that changes while it is
-    read) fails the run with `UnreadableInput`: input is never half read.
+    truncated or corrupt compressed stream, compressed data in a file not named
+    so, a file that changes while it is read) fails the run with
+    `UnreadableInput`: input is never half read, nor read as what it is not.
     """
 
     def __init__(self, patterns: list[str], batch_size: int = 2000,
@@ -281,18 +300,22 @@ class _MergeParts(beam.DoFn):
         self._path = path
 
     def process(self, parts):
+        """Idempotent: parts are deleted only once the file is whole, so a run of the
+        step again that finds one gone (a retry of a finished step) only finishes that."""
         parts = sorted(parts)
-        opened = [FileSystems.open(p, compression_type=CompressionTypes.UNCOMPRESSED)
-                  for p in parts]
-        try:
-            merged = heapq.merge(*opened)  # lines of bytes, each with its newline
-            with FileSystems.create(self._path) as f:
-                _write_in_chunks(f, merged, b"".join)
-        finally:
-            for part in opened:
-                part.close()
-        if parts:
-            FileSystems.delete(parts)
+        present = [p for p in parts if FileSystems.exists(p)]
+        if len(present) == len(parts):
+            opened = [FileSystems.open(p, compression_type=CompressionTypes.UNCOMPRESSED)
+                      for p in parts]
+            try:
+                merged = heapq.merge(*opened)  # lines of bytes, each with its newline
+                with FileSystems.create(self._path) as f:
+                    _write_in_chunks(f, merged, b"".join)
+            finally:
+                for part in opened:
+                    part.close()
+        if present:
+            FileSystems.delete(present)
         yield self._path
 
 
@@ -347,11 +370,15 @@ class _MoveIntoPlace(beam.DoFn):
         self._staging, self._output_dir, self._names = staging, output_dir, names
 
     def process(self, written):
+        """Idempotent: a file already moved (by an earlier attempt of the step, stopped
+        midway or finished: the run removed the previous results first) stays."""
         if not FileSystems.exists(self._output_dir):
             FileSystems.mkdirs(self._output_dir)
         for name in self._names:  # in order: the summary last
-            FileSystems.rename([FileSystems.join(self._staging, name)],
-                               [FileSystems.join(self._output_dir, name)])
+            staged = FileSystems.join(self._staging, name)
+            final = FileSystems.join(self._output_dir, name)
+            if FileSystems.exists(staged) or not FileSystems.exists(final):
+                FileSystems.rename([staged], [final])
         discard_staging(self._staging)
         yield self._output_dir
 

@@ -14,22 +14,24 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 
+from schemas.values import one_line
+
 
 def usage_line(row: dict) -> str:
     """A usage row as a JSONL line: dimensions as a JSON object with sorted keys.
 
     Byte for byte `json.dumps({**row, "dimensions": json.loads(row["dimensions"])},
-    sort_keys=True, ensure_ascii=False)`, written out for speed (a recompute writes
-    about a row per event at high cardinality): the columns in sorted order, each
-    string by the encoder's own function, the few distinct dimensions memoised.
+    sort_keys=True, ensure_ascii=False)` made `one_line`, written out for speed (a
+    recompute writes about a row per event at high cardinality): the columns in sorted
+    order, each string by the encoder's own function, the few distinct dimensions memoised.
     """
     text = _string
-    return (f'{{"dimensions": {_dimensions_json(row["dimensions"])}, '
-            f'"event_count": {int.__repr__(row["event_count"])}, '
-            f'"fingerprint": {text(row["fingerprint"])}, "meter": {text(row["meter"])}, '
-            f'"subject": {text(row["subject"])}, "value": {text(row["value"])}, '
-            f'"window_end": {text(row["window_end"])}, '
-            f'"window_start": {text(row["window_start"])}}}')
+    return one_line(f'{{"dimensions": {_dimensions_json(row["dimensions"])}, '
+                    f'"event_count": {int.__repr__(row["event_count"])}, '
+                    f'"fingerprint": {text(row["fingerprint"])}, "meter": {text(row["meter"])}, '
+                    f'"subject": {text(row["subject"])}, "value": {text(row["value"])}, '
+                    f'"window_end": {text(row["window_end"])}, '
+                    f'"window_start": {text(row["window_start"])}}}')
 
 
 _string = json.encoder.encode_basestring  # what json.dumps(ensure_ascii=False) uses
@@ -52,7 +54,7 @@ def dead_letter_line(rejection) -> str:
     }
     if rejection.payload_bytes is not None:
         line["payload_base64"] = base64.b64encode(rejection.payload_bytes).decode("ascii")
-    return json.dumps(line, sort_keys=True, ensure_ascii=False)
+    return one_line(json.dumps(line, sort_keys=True, ensure_ascii=False))
 
 
 class _Summarize(beam.DoFn):

@@ -21,7 +21,7 @@ import apache_beam as beam
 from schemas.pricing import Line, PriceBook, UsageWindow, adjustments, exact_sum, rate_subject
 from schemas import sql
 from schemas.tables import INVOICE_LINES, INVOICES, Table
-from schemas.values import EXACT, format_decimal, format_time
+from schemas.values import EXACT, format_decimal, format_time, one_line
 from transforms.bigquery_target import BigQueryTarget, exists, period_parameters, query
 from transforms.restate import FINAL, WITHDRAW, CommitAfterWrites, settle
 from transforms.rows import row_id, timestamp
@@ -109,7 +109,7 @@ def invoice_rows(subject: str, lines: list[Line], previous: list[Line], run: Rat
 
 def diff_record(line_type: str, difference: Line, previous: Line | None) -> str:
     """One line of `rate --diff`: what a line was, is, and the debit or credit."""
-    return json.dumps({
+    return one_line(json.dumps({
         "subject": difference.subject, "plan": difference.plan,
         "plan_version": difference.plan_version, "price_id": difference.price_id,
         "dimensions": json.loads(difference.dimensions), "kind": difference.kind,
@@ -118,7 +118,7 @@ def diff_record(line_type: str, difference: Line, previous: Line | None) -> str:
         "new_amount": format_decimal(EXACT.add(previous.amount if previous else 0,
                                                difference.amount)),
         "difference": format_decimal(difference.amount),
-    }, sort_keys=True, ensure_ascii=False)
+    }, sort_keys=True, ensure_ascii=False))
 
 
 LINES, INVOICE_ROWS, DIFF, COUNTS = "lines", "invoices", "diff", "counts"

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import apache_beam as beam
 
 from schemas import sql
-from schemas.events import Payload
+from schemas.events import Payload, stored_ingest_ns
 from schemas.tables import EVENTS, USAGE_RECOMPUTED, Table
 from schemas.values import NS, format_time
 from transforms.bigquery import Written, total_written
@@ -97,11 +97,13 @@ EVENT_COLUMNS = ("raw", "message_id", "ingest_time")
 
 
 def event_payloads(batch) -> list[Payload]:
-    """An Arrow batch of `events` rows -> payloads ordered by (ingest time, message id)."""
+    """An Arrow batch of `events` rows -> payloads ordered by (ingest time, message id),
+    each judged at its `stored_ingest_ns`."""
     import pyarrow as pa
 
     ingest_us = batch.column("ingest_time").cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
-    return [Payload(message_id or "", (us, message_id or ""), raw.encode("utf-8"), us * 1000)
+    return [Payload(message_id or "", (us, message_id or ""), raw.encode("utf-8"),
+                    stored_ingest_ns(us))
             for raw, message_id, us in zip(batch.column("raw").to_pylist(),
                                            batch.column("message_id").to_pylist(),
                                            ingest_us.to_pylist())]

@@ -45,7 +45,7 @@ from pipelines.options import parse_period
 from pipelines.policy import run_command
 from schemas import aggregation
 from schemas.catalog import Meter, MeterCatalog
-from schemas.events import Limits, UsageEvent, parse_payload
+from schemas.events import Limits, UsageEvent, parse_payload, stored_ingest_ns
 from schemas.metering import conflicts, metering_signature, value_text
 from schemas.sql import CUSTOMER_METER_USAGE, EXPLAIN_SURROUNDING, LINEAGE
 from schemas.values import format_decimal, format_time, parse_rfc3339, printable
@@ -119,7 +119,8 @@ def _figures(row: dict | None) -> dict:
 def _parse_stored(catalog: MeterCatalog, row: dict) -> UsageEvent | None:
     """An `events` row re-parsed with the catalog (None if the catalog now rejects it)."""
     parsed = parse_payload(row["raw"].encode("utf-8"), row["message_id"] or "", (),
-                           catalog, Limits(now_ns=None), ingest_ns=ns_of(row["ingest_time"]))
+                           catalog, Limits(now_ns=None),
+                           ingest_ns=stored_ingest_ns(ns_of(row["ingest_time"]) // 1000))
     return parsed[0] if len(parsed) == 1 and isinstance(parsed[0], UsageEvent) else None
 
 
