@@ -18,10 +18,10 @@ from tests.reference import expected_fingerprints, expected_usage, fingerprint
 HOUR_NS = 3600 * 10 ** 9
 
 
-def run_recompute(*args, cwd=ROOT) -> subprocess.CompletedProcess:
+def run_recompute(*args, cwd=ROOT, env=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "tallyflow.cli", "recompute", *args],
                           cwd=cwd, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
 
 
 def read_jsonl(path):
@@ -172,13 +172,16 @@ def test_a_damaged_gzip_fails_the_run_and_leaves_no_results(messy, tmp_path, dam
     good, bad, out = tmp_path / "good.jsonl.gz", tmp_path / "bad.jsonl.gz", tmp_path / "out"
     good.write_bytes(whole)
     bad.write_bytes(damage(whole))
+    logs = tmp_path / "tmp"  # the temporary folder, where worker processes' output goes
+    logs.mkdir()
     first = run_recompute("--meters", str(EXAMPLE_METERS), "--input", str(good),
-                          "--output-dir", str(out))
+                          "--output-dir", str(out), *mode, env={"TMPDIR": str(logs)})
     assert first.returncode == 0, first.stderr[-3000:]
     assert only_results(out) == (["out"], ["dead_letter.jsonl", "summary.json", "usage.jsonl"])
 
     result = run_recompute("--meters", str(EXAMPLE_METERS), "--input", str(good),
-                           "--input", str(bad), "--output-dir", str(out), *mode)
+                           "--input", str(bad), "--output-dir", str(out), *mode,
+                           env={"TMPDIR": str(logs)})
     assert result.returncode == 3
     assert result.stderr.strip().splitlines() == [
         "tallyflow recompute: running the batch pipeline ...",
@@ -186,6 +189,9 @@ def test_a_damaged_gzip_fails_the_run_and_leaves_no_results(messy, tmp_path, dam
     assert result.stdout == ""
     # the previous run's results are gone, and nothing half-written took their place
     assert only_results(out) == (["out"], [])
+    # worker processes' output is kept for the failed run only, in memory there is none
+    kept = [p.read_text() for p in logs.glob("tallyflow-recompute-*.log")]
+    assert len(kept) == (1 if mode else 0) and all(f"cannot read {bad}" in k for k in kept)
 
 
 def conflicting_copies(folder):
