@@ -99,12 +99,12 @@ class _ParseBatch(beam.DoFn):
 
     def process(self, batch):
         counts, rejections = Counter(), []
-        with paused_gc():
-            shards = self._parse(batch, counts, rejections)
+        with paused_gc():  # until the records are pickled and freed: none is left to rescan
+            blobs = [(shard, pickle.dumps(records, protocol=pickle.HIGHEST_PROTOCOL))
+                     for shard, records in self._parse(batch, counts, rejections).items()]
         for rejection in rejections:
             yield pvalue.TaggedOutput(DEAD_LETTERS, rejection)
-        for shard, records in shards.items():
-            yield shard, pickle.dumps(records, protocol=pickle.HIGHEST_PROTOCOL)
+        yield from blobs
         yield pvalue.TaggedOutput(COUNTS, counts)
 
     def _parse(self, batch, counts: Counter, rejections: list) -> dict[int, list]:

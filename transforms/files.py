@@ -201,10 +201,12 @@ class _ReadRange(beam.DoFn):
             yield path, first + at, lines[at:at + self._batch_size]
 
 
-def _payloads(chunk):
-    """(path, first line number, lines) -> [Payload(position, order, line)]."""
+def _payloads(chunk, _new=tuple.__new__):
+    """(path, first line number, lines) -> [Payload(position, order, line)], each made
+    by `tuple.__new__` with every field given: the named tuple's own constructor is
+    Python code, a third of the cost of a Payload."""
     path, first, lines = chunk
-    return [Payload(f"{path}:{number}", (path, number), line)
+    return [_new(Payload, (f"{path}:{number}", (path, number), line, None, None))
             for number, line in enumerate(lines, start=first)]
 
 
