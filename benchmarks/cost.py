@@ -94,7 +94,7 @@ ACTIVE_STORAGE_PER_GIB_MONTH = Decimal("0.02")  # "BigQuery pricing": active log
 # Same page: active physical storage, the compressed bytes, with a dataset's
 # storage_billing_model = PHYSICAL (time travel and fail-safe bytes billed too).
 ACTIVE_PHYSICAL_PER_GIB_MONTH = Decimal("0.04")
-SECONDS_PER_MONTH = 30.4375 * 86400
+SECONDS_PER_MONTH = 2_629_800  # an average month, 30.4375 days: exact, no float
 BILLION = 10 ** 9
 TIB, GIB, GB = 2 ** 40, 2 ** 30, 10 ** 9
 

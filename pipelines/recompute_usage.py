@@ -60,7 +60,8 @@ from transforms.batch_usage import ComputeUsage
 from transforms.bigquery import PENDING_METHOD, WriteRows
 from transforms.bigquery_target import query
 from transforms.files import (PublishResults, ReadPayloadBatches, WriteSortedBlocks,
-                              WriteSortedLines, discard_staging, remove_results, staging_dir)
+                              WriteSortedLines, discard_staging, matching_sizes,
+                              remove_results, staging_dir)
 from transforms.outcomes import SummarizeCounts, WriteJson, dead_letter_line, usage_line
 from transforms.restate import CommitRun, ReadPeriodEvents, RecomputeRun, create_staging
 from transforms.runner import is_dataflow
@@ -238,16 +239,14 @@ def run(argv: list[str] | None = None) -> list[dict]:
 
 
 def input_bytes(patterns: list[str]) -> int:
-    """The size of the files the patterns match (a pattern matching none counts 0: the
-    pipeline's own Match step reports it)."""
+    """The size of the files the patterns match, each file once (a pattern that matches
+    none, or cannot be read, counts 0: the pipeline's own Match step fails the run)."""
     found = {}
     for pattern in patterns:
-        absolute = pattern if FileSystems.get_scheme(pattern) else os.path.abspath(pattern)
         try:
-            matched = FileSystems.match([absolute])[0].metadata_list
-        except Exception:  # unreadable: the pipeline's Match step fails the run
+            found.update(matching_sizes(pattern))
+        except Exception:  # the pipeline's Match step fails the run, as it says why
             continue
-        found.update((m.path, m.size_in_bytes) for m in matched)
     return sum(found.values())
 
 
