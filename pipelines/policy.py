@@ -15,7 +15,6 @@ Every `main` runs its work through `run_command`:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import logging
 import os
@@ -36,9 +35,6 @@ DEBUG_ENV = "TALLYFLOW_DEBUG"
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _OURS = {"schemas", "transforms", "pipelines", "tallyflow", "tests", "benchmarks"}
 _STEP = re.compile(r" \[while running '([^']*)'\]")
-# A frame of a traceback's text, as `traceback` formats it.
-_FRAME = re.compile(r'  File "([^"]*)", line (\d+), in (.*)')
-_TRACEBACK = "Traceback (most recent call last):"
 # google/cloud/<package>/... -> the service a failing call belongs to
 _SERVICES = {"bigquery": "BigQuery", "bigquery_storage_v1": "BigQuery Storage",
              "pubsub_v1": "Pub/Sub", "pubsub": "Pub/Sub", "storage": "Cloud Storage"}
@@ -104,73 +100,17 @@ def quiet_beam() -> None:
             logging.getLogger(noisy).setLevel(logging.CRITICAL)
 
 
-@contextlib.contextmanager
-def worker_output_to(path: str):
-    """Sends what the pipeline's worker processes write to stderr (their own copy of a
-    failing step's traceback, the warnings the runner relays from them) to the file
-    `path` while the block runs, so a failure still ends in one line: the workers
-    inherit the process's stderr, so it is the descriptor that is redirected, and
-    restored once the runner has stopped them."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with open(path, "ab") as log:
-        os.dup2(log.fileno(), 2)
-    try:
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def worker_error(error: BaseException) -> tuple[BaseException, list[traceback.FrameSummary]]:
-    """The error a step raised in a worker process, and the frames it was raised in.
-
-    The DirectRunner's worker processes (`--direct_running_mode=multi_processing`)
-    send a failing step's traceback as text, which the runner re-raises as a
-    RuntimeError: the step's own error is rebuilt from the text's last exception
-    line (type and message, the step's name appended as in one process) when its
-    type is one of the modules already loaded here and takes a message. Any other
-    error is itself, with its own frames."""
-    text = str(error)
-    if type(error) is not RuntimeError or not text.startswith(_TRACEBACK):
-        return error, traceback.extract_tb(error.__traceback__)
-    lines = text.splitlines()
-    frames = [i for i, line in enumerate(lines) if _FRAME.match(line)]
-    if not frames:
-        return error, traceback.extract_tb(error.__traceback__)
-    after = frames[-1] + 1
-    while after < len(lines) and lines[after].startswith("    "):  # code and carets
-        after += 1
-    raised = lines[after:]
-    start = max(i for i, line in enumerate(lines) if line == _TRACEBACK)  # the last chain
-    summaries = [traceback.FrameSummary(m[1], int(m[2]), m[3])
-                 for m in map(_FRAME.match, lines[start:after]) if m]
-    name, _, message = raised[0].partition(": ") if raised else ("RuntimeError", "", "")
-    message = "\n".join([message, *raised[1:]])
-    module, _, qualname = name.rpartition(".")
-    kind = getattr(sys.modules.get(module or "builtins"), qualname, None)
-    if isinstance(kind, type) and issubclass(kind, Exception):
-        try:
-            return kind(message), summaries
-        except Exception:  # a constructor that wants more than a message
-            pass
-    return RuntimeError(f"{qualname}: {message}"), summaries
-
-
 def classify(error: BaseException, usage_errors=()) -> tuple[int, str]:
     """(exit code, one-line reason) for an error a command raised."""
-    error, frames = worker_error(error)
     step = _STEP.search(str(error))
     if step:  # a pipeline step raised: Beam re-raised it with the step's name appended
-        return _runtime(error, frames, f" in pipeline step '{step.group(1)}'")
+        return _runtime(error, f" in pipeline step '{step.group(1)}'")
     if isinstance(error, usage_errors + (ValueError,)) and not _service_error(error):
         return BAD_ARGUMENTS, first_line(error)
-    return _runtime(error, frames, "")
+    return _runtime(error, "")
 
 
-def _runtime(error: BaseException, frames: list[traceback.FrameSummary],
-             where: str) -> tuple[int, str]:
+def _runtime(error: BaseException, where: str) -> tuple[int, str]:
     from transforms.files import UnreadableInput
     from transforms.rating import StaleRating
     from transforms.restate import ConcurrentCommit, IncompleteWrite
@@ -184,7 +124,7 @@ def _runtime(error: BaseException, frames: list[traceback.FrameSummary],
                                  f"{type(error).__name__}: {first_line(error)}")
     if isinstance(error, OSError):
         return RUNTIME_FAILURE, f"{type(error).__name__}{where}: {first_line(error)}"
-    return RUNTIME_FAILURE, (f"unexpected {type(error).__name__}{where} at {_origin(frames)}: "
+    return RUNTIME_FAILURE, (f"unexpected {type(error).__name__}{where} at {_origin(error)}: "
                              f"{first_line(error)}")
 
 
@@ -214,8 +154,9 @@ def _service_call(error: BaseException) -> tuple[str, str]:
     return "Google API", "(unknown call)"
 
 
-def _origin(frames: list[traceback.FrameSummary]) -> str:
+def _origin(error: BaseException) -> str:
     """file:line in function of the innermost tallyflow frame (else the innermost frame)."""
+    frames = traceback.extract_tb(error.__traceback__)
     ours = [f for f in frames if _ours(f.filename)] or frames
     if not ours:
         return "(no traceback)"

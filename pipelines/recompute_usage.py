@@ -24,33 +24,22 @@ transaction appends them to `usage_recomputed` with the run's row in
 `recompute_runs` (a new revision; history is kept). `--dirty` recomputes
 exactly the windows `late_events` marked since they were last recomputed.
 
-On the DirectRunner, a files-mode input of at least 160 MB runs in one worker
-process per core (`--direct_running_mode=multi_processing`), a smaller one in
-memory, unless `--direct_running_mode` or `--direct_num_workers` is given. The
-worker processes' own output goes to a `tallyflow-recompute-*.log` in the
-temporary folder, kept when the run fails (TALLYFLOW_DEBUG=1: on stderr).
-
 The transforms are the streaming pipeline's; only the source, the windowing
 trigger and the sinks differ.
 """
 from __future__ import annotations
 
-import argparse
-import contextlib
 import json
-import os
 import sys
-import tempfile
 import time
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines.options import (UsageOptions, bigquery_target, load_catalog_anywhere,
                                parse_period, print_help)
-from pipelines.policy import (DEBUG_ENV, DIFFERENCE, SUCCESS, CommandFailed, quiet_beam,
-                              run_command, worker_output_to)
+from pipelines.policy import DIFFERENCE, SUCCESS, CommandFailed, quiet_beam, run_command
 from schemas import names, sql
 from schemas.events import Limits
 from schemas.tables import DEAD_LETTER
@@ -60,8 +49,7 @@ from transforms.batch_usage import ComputeUsage
 from transforms.bigquery import PENDING_METHOD, WriteRows
 from transforms.bigquery_target import query
 from transforms.files import (PublishResults, ReadPayloadBatches, WriteSortedBlocks,
-                              WriteSortedLines, discard_staging, matching_sizes,
-                              remove_results, staging_dir)
+                              WriteSortedLines, discard_staging, remove_results, staging_dir)
 from transforms.outcomes import SummarizeCounts, WriteJson, dead_letter_line, usage_line
 from transforms.restate import CommitRun, ReadPeriodEvents, RecomputeRun, create_staging
 from transforms.runner import is_dataflow
@@ -70,11 +58,6 @@ from transforms.storage_read import DEFAULT_MAX_STREAMS
 PIPELINE_NAME = "recompute_usage"
 # files mode's results, in the order they are moved into --output-dir: the summary last
 RESULT_FILES = ["usage.jsonl", "dead_letter.jsonl", "summary.json"]
-# From this much input on, worker processes beat one process: starting them costs
-# about 4 s, and below about 160 MB (640k events) that is more than they save
-# (measured on 2 cores: 50 MB took 8.9 s in memory and 12.1 s in two processes,
-# 250 MB 24.7 s and 22.3 s). Compressed files count by their compressed size.
-MULTI_PROCESS_BYTES = 160 << 20
 
 
 class RecomputeOptions(UsageOptions):
@@ -208,8 +191,6 @@ def run(argv: list[str] | None = None) -> list[dict]:
     limits = Limits(now_ns=time.time_ns() if recompute.input else None,
                     max_future_skew_ns=parse_duration(recompute.max_future_skew))
     if recompute.input:
-        choose_running_mode(options, sys.argv[1:] if argv is None else argv,
-                            len(os.sched_getaffinity(0)))
         return [run_files(options, recompute, limits)]
 
     window_ns = parse_window(recompute.window)
@@ -238,35 +219,6 @@ def run(argv: list[str] | None = None) -> list[dict]:
     return summaries
 
 
-def input_bytes(patterns: list[str]) -> int:
-    """The size of the files the patterns match, each file once (a pattern that matches
-    none, or cannot be read, counts 0: the pipeline's own Match step fails the run)."""
-    found = {}
-    for pattern in patterns:
-        try:
-            found.update(matching_sizes(pattern))
-        except Exception:  # the pipeline's Match step fails the run, as it says why
-            continue
-    return sum(found.values())
-
-
-def choose_running_mode(options: PipelineOptions, argv: list[str], cores: int) -> None:
-    """On the DirectRunner, one worker process per core for an input big enough to
-    gain from it (MULTI_PROCESS_BYTES); the user's `--direct_running_mode` or
-    `--direct_num_workers` always wins, as does any other runner."""
-    given = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    for flag in ("--direct_running_mode", "--direct_num_workers"):
-        given.add_argument(flag)
-    chosen, _ = given.parse_known_args(argv)
-    runner = options.view_as(StandardOptions).runner
-    if (chosen.direct_running_mode is not None or chosen.direct_num_workers is not None
-            or (runner or "DirectRunner") != "DirectRunner" or cores < 2):
-        return
-    if input_bytes(options.view_as(RecomputeOptions).input) >= MULTI_PROCESS_BYTES:
-        direct = options.view_as(DirectOptions)
-        direct.direct_running_mode, direct.direct_num_workers = "multi_processing", cores
-
-
 def run_files(options: PipelineOptions, recompute: RecomputeOptions, limits: Limits) -> dict:
     """Files mode. The previous results go first and the new ones appear only when
     the run succeeds, so `--output-dir` never shows results a failed run did not make
@@ -276,33 +228,16 @@ def run_files(options: PipelineOptions, recompute: RecomputeOptions, limits: Lim
     build(pipeline, recompute, limits, staging=staging)
     remove_results(recompute.output_dir, RESULT_FILES)
     try:
-        with worker_output(options):
-            result = pipeline.run()
-            # a template launch must not wait for its job
-            if is_dataflow(options.view_as(StandardOptions).runner):
-                return {"output_dir": recompute.output_dir, "submitted": True}
-            result.wait_until_finish()
+        result = pipeline.run()
+        # a template launch must not wait for its job
+        if is_dataflow(options.view_as(StandardOptions).runner):
+            return {"output_dir": recompute.output_dir, "submitted": True}
+        result.wait_until_finish()
     except BaseException:
         discard_staging(staging)
         raise
     with FileSystems.open(FileSystems.join(recompute.output_dir, RESULT_FILES[-1])) as f:
         return json.load(f)
-
-
-@contextlib.contextmanager
-def worker_output(options: PipelineOptions):
-    """Worker processes' output into a log file, removed when the run succeeds (kept for
-    a failure, whose one line the policy prints); in one process, or with
-    TALLYFLOW_DEBUG, it stays on stderr."""
-    if (options.view_as(DirectOptions).direct_running_mode != "multi_processing"
-            or os.environ.get(DEBUG_ENV)):
-        yield
-        return
-    fd, log = tempfile.mkstemp(prefix="tallyflow-recompute-", suffix=".log")
-    os.close(fd)
-    with worker_output_to(log):
-        yield
-    os.remove(log)
 
 
 def committed_summary(client, target, run_id: str) -> dict:

@@ -1,7 +1,6 @@
 """One error policy for every command: exit codes and one-line reasons."""
 import apache_beam as beam
 import pytest
-from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 
 from pipelines import policy
@@ -110,47 +109,3 @@ def test_status_of_a_stack_that_is_not_there_is_a_runtime_failure(tmp_path, caps
     from tallyflow.local import stack as local_stack
 
     assert local_stack.main(["status", "--run-dir", str(tmp_path)]) == policy.RUNTIME_FAILURE
-
-
-WORKER_PROCESSES = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
-
-
-@pytest.mark.parametrize("step,error,reason", [
-    (broken_step, "ZeroDivisionError",
-     f"at tests/test_cli.py:{broken_step.__code__.co_firstlineno + 1} in broken_step: "
-     "integer division or modulo by zero"),
-    (int, "ValueError", "at "),
-])
-def test_a_step_failing_in_a_worker_process_ends_in_the_same_one_line(
-        capsys, monkeypatch, tmp_path, step, error, reason):
-    """The runner re-raises a worker's failure as a RuntimeError holding its traceback
-    text: the policy rebuilds the step's error from it, and what the workers write
-    goes to the log, not the command's stderr."""
-    monkeypatch.delenv(policy.DEBUG_ENV, raising=False)
-    log = tmp_path / "workers.log"
-
-    def work():
-        with policy.worker_output_to(str(log)):
-            with beam.Pipeline(options=PipelineOptions(WORKER_PROCESSES)) as p:
-                _ = p | beam.Create(["x"]) | "Broken" >> beam.Map(step)
-
-    code, lines = exit_of(capsys, work)
-    assert code == 3 and len(lines) == 1, lines
-    assert lines[0].startswith(f"tallyflow test: unexpected {error} in pipeline step "
-                               f"'Broken' {reason}"), lines
-    assert "Traceback (most recent call last):" in log.read_text()
-
-
-def test_a_worker_error_of_a_type_not_loaded_here_keeps_its_name_and_place():
-    text = ("Traceback (most recent call last):\n"
-            '  File "/somewhere/else.py", line 7, in helper\n'
-            "    raise Odd(1, 2)\n"
-            "elsewhere.Odd: (1, 2) [while running 'Read/Parse']\n")
-    assert policy.classify(RuntimeError(text)) == (
-        3, "unexpected RuntimeError in pipeline step 'Read/Parse' at /somewhere/else.py:7 "
-           "in helper: Odd: (1, 2)")
-
-
-def test_a_runtime_error_that_is_not_a_worker_traceback_is_itself():
-    error = RuntimeError("Worker subprocess exited with return code 1")
-    assert policy.worker_error(error)[0] is error

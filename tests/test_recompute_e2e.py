@@ -18,10 +18,10 @@ from tests.reference import expected_fingerprints, expected_usage, fingerprint
 HOUR_NS = 3600 * 10 ** 9
 
 
-def run_recompute(*args, cwd=ROOT, env=None) -> subprocess.CompletedProcess:
+def run_recompute(*args, cwd=ROOT) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "tallyflow.cli", "recompute", *args],
                           cwd=cwd, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
 def read_jsonl(path):
@@ -156,32 +156,24 @@ def only_results(folder):
     return beside, inside
 
 
-WORKER_PROCESSES = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
-
-
-@pytest.mark.parametrize("mode", [[], WORKER_PROCESSES], ids=["in memory", "worker processes"])
 @pytest.mark.parametrize("damage,reason", [
     (lambda whole: whole[:len(whole) * 2 // 5],
      "EOFError: the gzip stream ends before its end marker (truncated)"),
     (lambda whole: gzip.decompress(whole),
      "corrupt compressed data (Error -3 while decompressing data: incorrect header check)"),
 ])
-def test_a_damaged_gzip_fails_the_run_and_leaves_no_results(messy, tmp_path, damage, reason,
-                                                            mode):
+def test_a_damaged_gzip_fails_the_run_and_leaves_no_results(messy, tmp_path, damage, reason):
     whole = gzip.compress(b"\n".join(messy.lines) + b"\n")
     good, bad, out = tmp_path / "good.jsonl.gz", tmp_path / "bad.jsonl.gz", tmp_path / "out"
     good.write_bytes(whole)
     bad.write_bytes(damage(whole))
-    logs = tmp_path / "tmp"  # the temporary folder, where worker processes' output goes
-    logs.mkdir()
     first = run_recompute("--meters", str(EXAMPLE_METERS), "--input", str(good),
-                          "--output-dir", str(out), *mode, env={"TMPDIR": str(logs)})
+                          "--output-dir", str(out))
     assert first.returncode == 0, first.stderr[-3000:]
     assert only_results(out) == (["out"], ["dead_letter.jsonl", "summary.json", "usage.jsonl"])
 
     result = run_recompute("--meters", str(EXAMPLE_METERS), "--input", str(good),
-                           "--input", str(bad), "--output-dir", str(out), *mode,
-                           env={"TMPDIR": str(logs)})
+                           "--input", str(bad), "--output-dir", str(out))
     assert result.returncode == 3
     assert result.stderr.strip().splitlines() == [
         "tallyflow recompute: running the batch pipeline ...",
@@ -189,9 +181,6 @@ def test_a_damaged_gzip_fails_the_run_and_leaves_no_results(messy, tmp_path, dam
     assert result.stdout == ""
     # the previous run's results are gone, and nothing half-written took their place
     assert only_results(out) == (["out"], [])
-    # worker processes' output is kept for the failed run only, in memory there is none
-    kept = [p.read_text() for p in logs.glob("tallyflow-recompute-*.log")]
-    assert len(kept) == (1 if mode else 0) and all(f"cannot read {bad}" in k for k in kept)
 
 
 def conflicting_copies(folder):
@@ -276,41 +265,3 @@ def test_a_bignumeric_meter_end_to_end(tmp_path):
     assert row["fingerprint"] == fingerprint(("//bets", f"b{n}") for n in range(4))
     [dead] = read_jsonl(tmp_path / "out" / "dead_letter.jsonl")
     assert (dead["event_id"], dead["error_code"]) == ("b9", "VALUE_OUT_OF_RANGE")
-
-
-def running_mode(tmp_path, size, *flags, cores=2):
-    """(running mode, workers) the recompute picks for one input file of `size` bytes."""
-    from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
-    from pipelines.recompute_usage import choose_running_mode
-
-    events = tmp_path / "events.jsonl"
-    with events.open("wb") as f:
-        f.truncate(size)  # sparse: its size without writing it
-    argv = ["--meters", str(EXAMPLE_METERS), "--input", str(events),
-            "--output-dir", str(tmp_path / "o"), *flags]
-    options = PipelineOptions(argv)
-    choose_running_mode(options, argv, cores)
-    direct = options.view_as(DirectOptions)
-    return direct.direct_running_mode, direct.direct_num_workers
-
-
-def test_a_big_input_runs_in_a_worker_process_per_core_a_small_one_in_memory(tmp_path):
-    from pipelines.recompute_usage import MULTI_PROCESS_BYTES
-
-    assert running_mode(tmp_path, MULTI_PROCESS_BYTES) == ("multi_processing", 2)
-    assert running_mode(tmp_path, MULTI_PROCESS_BYTES, cores=4) == ("multi_processing", 4)
-    assert running_mode(tmp_path, MULTI_PROCESS_BYTES - 1) == ("in_memory", 1)
-    assert running_mode(tmp_path, MULTI_PROCESS_BYTES, cores=1) == ("in_memory", 1)
-
-
-@pytest.mark.parametrize("flags,chosen", [
-    (["--direct_running_mode=in_memory"], ("in_memory", 1)),
-    (["--direct_running_mode", "multi_threading"], ("multi_threading", 1)),
-    (["--direct_num_workers=1"], ("in_memory", 1)),
-    (["--direct_num_workers", "3"], ("in_memory", 3)),
-    (["--runner=PrismRunner"], ("in_memory", 1)),
-])
-def test_the_users_running_mode_or_runner_wins_over_the_default(tmp_path, flags, chosen):
-    from pipelines.recompute_usage import MULTI_PROCESS_BYTES
-
-    assert running_mode(tmp_path, MULTI_PROCESS_BYTES, *flags) == chosen
