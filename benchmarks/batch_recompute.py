@@ -5,9 +5,7 @@ Input is the seeded synthetic stream behind `tallyflow publish --synthetic`
 1% invalid events), written once per configuration under --data-dir.
 
 Sizes (--sizes) and shapes (--shapes): for each, times
-- tallyflow recompute with its default settings (on the DirectRunner: in memory for
-  an input under 160 MB, else one worker process per core);
-- the same in memory, one process (--direct_running_mode=in_memory);
+- tallyflow recompute with its default settings (the DirectRunner in memory, one process);
 - the same with --direct_running_mode=multi_processing --direct_num_workers=2;
 - DuckDB computing the same aggregation (parse, dedup by (source, id) keeping
   the first line, eight meters, hourly windows, exact DECIMAL) in one process.
@@ -119,7 +117,6 @@ COPY (
 
 MODES = {
     "tallyflow defaults": [],
-    "tallyflow in memory": ["--direct_running_mode=in_memory"],
     "tallyflow 2 processes": ["--direct_running_mode=multi_processing", "--direct_num_workers=2"],
 }
 
