@@ -184,6 +184,20 @@ def test_time_at_the_skew_limit_is_accepted(catalog):
     assert isinstance(result, UsageEvent)
 
 
+def test_a_stored_event_is_judged_at_the_last_nanosecond_of_its_ingest_microsecond(catalog):
+    """`events` keeps the ingest time to the microsecond (123 µs after NOW here): re-read,
+    an event is judged as if received at that microsecond's last nanosecond, never before
+    it was, so 5 minutes after that nanosecond is accepted and 1 ns more is not."""
+    ingest_ns = events.stored_ingest_ns(NOW // 1000 + 123)
+    assert ingest_ns == NOW + 123_999
+    for time, kind in (("2026-11-21T00:05:00.000123999Z", UsageEvent),
+                       ("2026-11-21T00:05:00.000124Z", Rejection)):
+        [result] = parse_payload(line(event(time=time, data=CALL)), "m-1", ("m-1",), catalog,
+                                 Limits(now_ns=None), ingest_ns)
+        assert type(result) is kind
+        assert kind is UsageEvent or result.error_code == "FUTURE_TIME"
+
+
 def wide_and_deep(levels: int) -> bytes:
     """An event `levels` deep (its object, data's object, then arrays) with more
     brackets than MAX_DEPTH side by side, so the cheap bracket count cannot decide."""

@@ -1,4 +1,5 @@
 """Exact numbers and times: the decimal and RFC 3339 edge cases billing depends on."""
+import json
 from decimal import Decimal
 
 import pytest
@@ -238,9 +239,11 @@ def test_dumps_exact_writes_what_the_standard_encoder_writes(value, sort_keys):
 
 
 def test_an_event_is_written_by_orjson(monkeypatch):
-    """The fast path is the one taken for what a batch element decodes to."""
-    doc = loads_exact('{"id":"é\\u2028\\u0001","data":{"v":1.50,"n":12,"ok":true,"l":[null]}}'
-                      .encode())
+    """The fast path is the one taken for what a batch element decodes to, a number no
+    Decimal holds included."""
+    doc = loads_exact('{"id":"é\\u2028\\u0001","data":{"v":1.50,"n":12,"ok":true,"l":[null],'
+                      '"far":1E+1000000000000000000}}'.encode())
+    assert type(doc["data"]["far"]) is UnrepresentableNumber
     expected = dumps_exact(doc)
 
     def refuse(*_args):
@@ -248,4 +251,33 @@ def test_an_event_is_written_by_orjson(monkeypatch):
 
     monkeypatch.setattr(values, "_dumps_exact_slowly", refuse)
     assert dumps_exact(doc) == expected == ('{"id":"é\u2028\\u0001","data":{"v":1.50,'
-                                            '"n":12,"ok":true,"l":[null]}}')
+                                            '"n":12,"ok":true,"l":[null],'
+                                            '"far":1E+1000000000000000000}}')
+
+
+def test_subclasses_of_the_json_types_are_written_as_their_values():
+    """orjson refuses them and the standard encoder writes them: never as their str()."""
+    class Text(str):
+        pass
+
+    class Mapping(dict):
+        pass
+
+    assert dumps_exact({"t": Text("v"), "m": Mapping(a=[Text("w")])}) == \
+        '{"t":"v","m":{"a":["w"]}}'
+
+
+@pytest.mark.parametrize("brk, escape", [("\x85", "\\u0085"), ("\u2028", "\\u2028"),
+                                         ("\u2029", "\\u2029")])
+def test_one_line_escapes_each_line_break_a_json_string_may_hold_raw(brk, escape):
+    """Each break alone is enough to be escaped, and each is escaped as itself."""
+    text = '{"a":"x' + brk + 'y","b":"\u00e9\\n"}'
+    written = values.one_line(text)
+    assert written == '{"a":"x' + escape + 'y","b":"\u00e9\\n"}'
+    assert written.splitlines() == [written]
+    assert json.loads(written) == json.loads(text)
+
+
+def test_one_line_leaves_json_without_those_breaks_as_it_is():
+    text = '{"a":"\u00e9\u2027\u202a\x84\\u0085","n":1.50}'
+    assert values.one_line(text) == text
