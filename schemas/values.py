@@ -77,8 +77,8 @@ def loads_exact(raw: bytes | str, numbers_under: str | None = None):
         obj = None
         fallback = True
     else:
-        fallback = _holds_floats(obj[numbers_under] if numbers_under and type(obj) is dict
-                                   and numbers_under in obj else obj)
+        fallback = _holds_inexact(obj[numbers_under] if numbers_under and type(obj) is dict
+                                    and numbers_under in obj else obj)
     if fallback:
         text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray, memoryview)) else raw
         obj = json.loads(text, parse_float=_exact_decimal, parse_constant=Decimal,
@@ -116,17 +116,26 @@ _ZERO = Decimal(0)
 _INT_DIGITS = 4000  # below sys.get_int_max_str_digits() (4300 by default)
 
 
-def _holds_floats(obj) -> bool:
+# What an exact JSON value is made of: JSON's types as parsed, numbers as ints,
+# Decimals or UnrepresentableNumbers (dicts and lists are walked).
+_EXACT_LEAVES = frozenset({str, int, bool, type(None), Decimal, UnrepresentableNumber})
+
+
+def _holds_inexact(obj) -> bool:
+    """Whether `obj` holds anything but an exact JSON value: a float (orjson's reading
+    of a number the standard parser must read again; a value orjson would spell
+    differently), or a type orjson writes where the standard encoder writes it otherwise
+    or refuses it (a tuple, a datetime, a UUID, a subclass of a JSON type)."""
     pending = [obj]
     while pending:
         node = pending.pop()
         kind = type(node)
-        if kind is float:
-            return True
         if kind is dict:
             pending.extend(node.values())
         elif kind is list:
             pending.extend(node)
+        elif kind not in _EXACT_LEAVES:
+            return True
     return False
 
 
@@ -137,13 +146,14 @@ def dumps_exact(obj, *, sort_keys: bool = False) -> str:
     spelled as received, so a re-serialised event means exactly what it said.
     orjson writes it (about 50x faster, every event of a CloudEvents batch is
     re-serialised) unless the value holds what orjson would spell differently or
-    refuses: floats, integers beyond 64 bits, lone surrogates, subclasses of the
-    JSON types; those take the standard library's encoder, whose text is the same
-    wherever both can write it (tests/test_values.py compares them)."""
-    if not _holds_floats(obj):
+    refuses: floats, integers beyond 64 bits, lone surrogates, any type but the
+    JSON ones (tuples, datetimes, subclasses); those take the standard library's
+    encoder, whose text is the same wherever both can write it (tests/test_values.py
+    compares them)."""
+    if not _holds_inexact(obj):
         try:
-            return orjson.dumps(obj, default=_number_text, option=orjson.OPT_PASSTHROUGH_SUBCLASS
-                                | (orjson.OPT_SORT_KEYS if sort_keys else 0)).decode()
+            return orjson.dumps(obj, default=_number_text,
+                                option=orjson.OPT_SORT_KEYS if sort_keys else 0).decode()
         except orjson.JSONEncodeError:
             pass
     return _dumps_exact_slowly(obj, sort_keys)

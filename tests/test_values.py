@@ -1,5 +1,9 @@
 """Exact numbers and times: the decimal and RFC 3339 edge cases billing depends on."""
+import enum
 import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from decimal import Decimal
 
 import pytest
@@ -265,6 +269,34 @@ def test_subclasses_of_the_json_types_are_written_as_their_values():
 
     assert dumps_exact({"t": Text("v"), "m": Mapping(a=[Text("w")])}) == \
         '{"t":"v","m":{"a":["w"]}}'
+
+
+class Meter(enum.Enum):
+    CALLS = "calls"
+
+
+@dataclass
+class Point:
+    x: int
+    y: Decimal
+
+
+def _written(obj, write):
+    try:
+        return write(obj)
+    except (TypeError, ValueError) as error:
+        return type(error)
+
+
+@pytest.mark.parametrize("value", [
+    (1, 2), {"t": (Decimal("1.5"), "x")}, [datetime(2026, 11, 2, tzinfo=timezone.utc)],
+    {"u": uuid.UUID(int=7)}, {"e": Meter.CALLS}, {"d": Point(1, Decimal("2.5"))},
+])
+def test_what_is_not_json_is_written_by_the_standard_encoder_or_refused_by_both(value):
+    """orjson writes tuples, datetimes, UUIDs, enums and dataclasses, each its own way:
+    dumps_exact must not, so its text never depends on which encoder took the value."""
+    assert _written(value, dumps_exact) == _written(
+        value, lambda v: values._dumps_exact_slowly(v, False))
 
 
 @pytest.mark.parametrize("brk, escape", [("\x85", "\\u0085"), ("\u2028", "\\u2028"),
