@@ -3,9 +3,10 @@
 A thread that never ends and is not a daemon (Beam's runner joining a worker
 process that was never told to stop, say) keeps the interpreter from exiting
 after pytest's summary: CI then runs into its time limit, and shows nothing of
-why. So once pytest is done, a daemon thread waits `exit_grace` seconds; if the
-process is still there, it prints every thread's stack and exits failing. A
-process that exits in time never sees it.
+why. So once pytest is done, a daemon thread waits for the interpreter to begin
+exiting (the main thread ends), then `exit_grace` seconds more; if the process is
+still there, it prints every thread's stack and exits failing. A process that
+exits in time never sees it, nor does one that calls pytest and goes on (mutmut).
 """
 from __future__ import annotations
 
@@ -33,10 +34,11 @@ def pytest_unconfigure(config):
 
 
 def _end_if_still_running(grace: float) -> None:
+    threading.main_thread().join()
     threading.Event().wait(grace)
     held = [t.name for t in threading.enumerate()
             if not t.daemon and t is not threading.main_thread()]
-    sys.stderr.write(f"\nthe test process did not exit {grace:g} s after the tests; "
+    sys.stderr.write(f"\nthe test process did not exit {grace:g} s after its main thread ended; "
                      f"threads that are not daemons: {', '.join(held) or 'none'}. "
                      "Every thread's stack:\n")
     sys.stderr.flush()

@@ -32,7 +32,7 @@ def test_a_process_held_by_a_thread_ends_failing_and_shows_the_thread(tmp_path):
     result = run_pytest(tmp_path, LEAKS_A_THREAD)
     assert "1 passed" in result.stdout
     assert result.returncode == 1
-    assert "did not exit 2 s after the tests; threads that are not daemons: left-behind" \
+    assert "did not exit 2 s after its main thread ended; threads that are not daemons: left-behind" \
         in result.stderr
     assert "in wait_for_ever" in result.stderr
 
@@ -48,3 +48,18 @@ def test_a_process_that_exits_in_time_is_left_alone(tmp_path):
     assert (passing.returncode, passing.stderr) == (0, "")
     failing = run_pytest(tmp_path, FAILS, grace="30")
     assert failing.returncode == 1 and "did not exit" not in failing.stderr
+
+
+def test_a_process_that_goes_on_after_pytest_is_not_ended(tmp_path):
+    """A program that calls pytest and carries on (mutmut does) keeps running past the
+    grace: only an exiting process is watched."""
+    (tmp_path / "test_case.py").write_text("def test_passes():\n    pass\n")
+    program = (
+        "import sys, time, pytest\n"
+        f"code = pytest.main(['-q', '-p', 'no:cacheprovider', '-p', 'tests.exit_guard', "
+        f"'-o', 'exit_grace=1', '--rootdir', {str(tmp_path)!r}, {str(tmp_path / 'test_case.py')!r}])\n"
+        "time.sleep(3)\n"
+        "print('still running after', code)\n")
+    result = subprocess.run([sys.executable, "-c", program], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0 and "still running after 0" in result.stdout, result.stderr
