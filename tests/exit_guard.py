@@ -15,25 +15,18 @@ import os
 import sys
 import threading
 
-_status = {"code": 0}
-
-
 def pytest_addoption(parser):
     parser.addini("exit_grace", "seconds the process may take to exit after the tests",
                   default="120")
 
 
 def pytest_sessionfinish(session, exitstatus):
-    _status["code"] = int(exitstatus)
+    grace = float(session.config.getini("exit_grace"))  # float-ok: seconds, not usage
+    threading.Thread(target=_end_if_still_running, args=(grace, int(exitstatus)),
+                     daemon=True, name="exit-guard").start()
 
 
-def pytest_unconfigure(config):
-    grace = float(config.getini("exit_grace"))
-    threading.Thread(target=_end_if_still_running, args=(grace,), daemon=True,
-                     name="exit-guard").start()
-
-
-def _end_if_still_running(grace: float) -> None:
+def _end_if_still_running(grace: float, status: int) -> None:
     threading.main_thread().join()
     threading.Event().wait(grace)
     held = [t.name for t in threading.enumerate()
@@ -44,4 +37,4 @@ def _end_if_still_running(grace: float) -> None:
     sys.stderr.flush()
     faulthandler.dump_traceback(file=sys.stderr)
     sys.stderr.flush()
-    os._exit(_status["code"] or 1)
+    os._exit(status or 1)

@@ -32,8 +32,8 @@ def test_a_process_held_by_a_thread_ends_failing_and_shows_the_thread(tmp_path):
     result = run_pytest(tmp_path, LEAKS_A_THREAD)
     assert "1 passed" in result.stdout
     assert result.returncode == 1
-    assert "did not exit 2 s after its main thread ended; threads that are not daemons: left-behind" \
-        in result.stderr
+    assert ("did not exit 2 s after its main thread ended; "
+            "threads that are not daemons: left-behind") in result.stderr
     assert "in wait_for_ever" in result.stderr
 
 
@@ -54,12 +54,10 @@ def test_a_process_that_goes_on_after_pytest_is_not_ended(tmp_path):
     """A program that calls pytest and carries on (mutmut does) keeps running past the
     grace: only an exiting process is watched."""
     (tmp_path / "test_case.py").write_text("def test_passes():\n    pass\n")
-    program = (
-        "import sys, time, pytest\n"
-        f"code = pytest.main(['-q', '-p', 'no:cacheprovider', '-p', 'tests.exit_guard', "
-        f"'-o', 'exit_grace=1', '--rootdir', {str(tmp_path)!r}, {str(tmp_path / 'test_case.py')!r}])\n"
-        "time.sleep(3)\n"
-        "print('still running after', code)\n")
+    args = ["-q", "-p", "no:cacheprovider", "-p", "tests.exit_guard", "-o", "exit_grace=1",
+            "--rootdir", str(tmp_path), str(tmp_path / "test_case.py")]
+    program = (f"import time, pytest\ncode = pytest.main({args!r})\ntime.sleep(3)\n"
+               "print('still running after', code)\n")
     result = subprocess.run([sys.executable, "-c", program], cwd=ROOT, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0 and "still running after 0" in result.stdout, result.stderr
